@@ -1,0 +1,30 @@
+"""Cached AWS clients. Nothing is created at import time, so tests import handlers without AWS around.
+`AWS_ENDPOINT_URL` (honoured by botocore) points every client at the local stack."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_ec2 import EC2Client
+
+# Standard retry mode backs off on throttling (RequestLimitExceeded, ThrottlingException) with jitter.
+CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
+
+
+@cache
+def client(service: str) -> Any:
+    return boto3.session.Session().client(service, config=CLIENT_CONFIG)  # type: ignore[call-overload]
+
+
+def dynamodb() -> DynamoDBClient:
+    return client("dynamodb")  # type: ignore[no-any-return]
+
+
+def ec2() -> EC2Client:
+    return client("ec2")  # type: ignore[no-any-return]

@@ -1,0 +1,81 @@
+"""Settings models, one per function, validated once at cold start from the environment.
+
+The template sets every variable; there are no silent defaults here. A missing or malformed variable
+fails the cold start with a message naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Annotated, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from annex.clock import parse_duration
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+CsvList = Annotated[tuple[str, ...], BeforeValidator(_split_csv)]
+
+
+class _EnvModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        return cls.model_validate(dict(os.environ if environ is None else environ))
+
+
+class CommonSettings(_EnvModel):
+    table_name: str = Field(alias="TABLE_NAME", min_length=3)
+    stack_name: str = Field(alias="STACK_NAME", min_length=1)
+    retention: Annotated[timedelta, BeforeValidator(lambda v: timedelta(days=int(v)))] = Field(
+        alias="RETENTION_DAYS"
+    )
+
+
+class Policy(_EnvModel):
+    """The administrator's limits and defaults (template parameters)."""
+
+    allowed_instance_types: CsvList = Field(alias="ALLOWED_INSTANCE_TYPES", min_length=1)
+    default_instance_type: str = Field(alias="DEFAULT_INSTANCE_TYPE")
+    max_instances_per_annex: int = Field(alias="MAX_INSTANCES_PER_ANNEX", ge=1, le=10_000)
+    max_live_instances_per_owner: int = Field(alias="MAX_LIVE_INSTANCES_PER_OWNER", ge=1)
+    max_lease: Duration = Field(alias="MAX_LEASE")
+    default_lease: Duration = Field(alias="DEFAULT_LEASE")
+    min_lease: Duration = Field(alias="MIN_LEASE")
+    default_idle_timeout: Duration = Field(alias="DEFAULT_IDLE_TIMEOUT")
+    min_idle_timeout: Duration = Field(alias="MIN_IDLE_TIMEOUT")
+    admin_principals: CsvList = Field(alias="ADMIN_PRINCIPALS", default=())
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.default_instance_type not in self.allowed_instance_types:
+            raise ValueError("DEFAULT_INSTANCE_TYPE must be one of ALLOWED_INSTANCE_TYPES")
+        if not self.min_lease <= self.default_lease <= self.max_lease:
+            raise ValueError("MIN_LEASE <= DEFAULT_LEASE <= MAX_LEASE must hold")
+        if self.default_idle_timeout < self.min_idle_timeout:
+            raise ValueError("DEFAULT_IDLE_TIMEOUT must be at least MIN_IDLE_TIMEOUT")
+        if self.max_instances_per_annex > self.max_live_instances_per_owner:
+            raise ValueError("MAX_INSTANCES_PER_ANNEX must not exceed MAX_LIVE_INSTANCES_PER_OWNER")
+        return self
+
+
+class RequestSettings(CommonSettings, Policy):
+    """The request (API) function."""
+
+
+class ReapTiming(_EnvModel):
+    """When an instance counts as silent. Launch writes `reap_at = launched_at + boot_grace`; each
+    heartbeat moves it to the earlier of the idle deadline and `now + heartbeat_loss_grace`."""
+
+    boot_grace: Duration = Field(alias="BOOT_GRACE")
+    heartbeat_loss_grace: Duration = Field(alias="HEARTBEAT_LOSS_GRACE")

@@ -1,0 +1,61 @@
+"""Domain exceptions. AWS error codes become these (raised `from` the ClientError) in the service modules;
+the request function maps them to HTTP in one exception handler."""
+
+from __future__ import annotations
+
+
+class AnnexError(Exception):
+    """Base of every expected failure. `code` is stable and appears in API error bodies."""
+
+    code = "AnnexError"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class AnnexNotFound(AnnexError):
+    code = "AnnexNotFound"
+
+
+class NameInUse(AnnexError):
+    code = "NameInUse"
+
+
+class QuotaExceeded(AnnexError):
+    code = "QuotaExceeded"
+
+
+class LeaseConflict(AnnexError):
+    """The annex is not in a state that allows the operation (for example, extending an ended annex)."""
+
+    code = "LeaseConflict"
+
+
+class ConcurrentUpdate(AnnexError):
+    """Another writer changed the record first; the caller may retry."""
+
+    code = "ConcurrentUpdate"
+
+
+class TokenReused(AnnexError):
+    code = "ClientTokenReused"
+
+
+class PolicyViolation(AnnexError):
+    """The request is well formed but outside what the administrator allows."""
+
+    code = "PolicyViolation"
+
+
+class Forbidden(AnnexError):
+    code = "Forbidden"
+
+
+class CapacityUnavailable(AnnexError):
+    code = "CapacityUnavailable"
+
+
+class Throttled(AnnexError):
+    code = "Throttled"

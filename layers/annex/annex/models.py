@@ -1,0 +1,305 @@
+"""Records and API shapes. The same models produce the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
+
+from annex.clock import parse_duration, parse_time, to_iso
+
+ANNEX_ID_PATTERN = r"^ax-[0-9a-f]{16}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8,17}$"
+TOKEN_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9 _.:/=+\-@]{1,128}$")
+RESERVED_TAG_PREFIXES = ("aws:", "annex:")
+MAX_USER_TAGS = 20
+
+
+class Market(StrEnum):
+    ON_DEMAND = "on-demand"
+    SPOT = "spot"
+
+
+class AnnexState(StrEnum):
+    REQUESTED = "requested"  # record written; launch pending
+    LAUNCHING = "launching"  # the launch function holds it
+    RUNNING = "running"  # instances launched (possibly fewer than requested; see launch_note)
+    ENDED = "ended"  # stopped, expired or emptied; instances terminated
+    FAILED = "failed"  # no capacity could be had; nothing left running
+
+
+LIVE_STATES = frozenset({AnnexState.REQUESTED, AnnexState.LAUNCHING, AnnexState.RUNNING})
+
+
+class EndReason(StrEnum):
+    STOPPED = "stopped"
+    LEASE_EXPIRED = "lease-expired"
+    LAUNCH_FAILED = "launch-failed"
+    IDLE = "idle"
+    SILENT = "silent"
+    ORPHAN = "orphan"
+    ALL_INSTANCES_GONE = "all-instances-gone"
+
+
+class InstanceState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+
+
+LIVE_INSTANCE_STATES = frozenset({InstanceState.PENDING, InstanceState.RUNNING})
+
+# --- reusable field types -------------------------------------------------------------------------
+
+Time = Annotated[
+    datetime,
+    BeforeValidator(parse_time),
+    PlainSerializer(to_iso, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-22T18:00:00Z"]}),
+]
+DurationIn = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "A duration: 90m, 4h, 1d, 1h30m, ISO 8601 (PT4H) or a number of seconds.",
+            "examples": ["4h"],
+        }
+    ),
+]
+AnnexId = Annotated[str, Field(pattern=ANNEX_ID_PATTERN, examples=["ax-0123456789abcdef"])]
+AnnexName = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN,
+        description="1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.",
+        examples=["bio-run-7"],
+    ),
+]
+
+
+def _check_tags(tags: dict[str, str]) -> dict[str, str]:
+    if len(tags) > MAX_USER_TAGS:
+        raise ValueError(f"at most {MAX_USER_TAGS} tags are allowed")
+    for key, value in tags.items():
+        if not TAG_KEY_PATTERN.match(key):
+            raise ValueError(f"tag key '{key[:40]}' must be 1-128 letters, digits, spaces or _.:/=+-@")
+        if key.lower().startswith(RESERVED_TAG_PREFIXES):
+            raise ValueError(f"tag key '{key[:40]}' uses a reserved prefix (aws: or annex:)")
+        if len(value) > 256:
+            raise ValueError(f"tag '{key[:40]}' has a value longer than 256 characters")
+    return tags
+
+
+UserTags = Annotated[dict[str, str], AfterValidator(_check_tags)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# --- API inputs -----------------------------------------------------------------------------------
+
+
+class CreateAnnexRequest(_Strict):
+    """Body of POST /annexes. Omitted fields take the administrator's defaults."""
+
+    name: AnnexName
+    count: int = Field(ge=1, description="How many instances to launch.")
+    instance_type: str | None = Field(
+        default=None, min_length=1, max_length=64, description="An EC2 instance type the pool allows."
+    )
+    market: Market = Market.ON_DEMAND
+    lease: DurationIn | None = Field(default=None, description="How long the annex may run.")
+    idle_timeout: DurationIn | None = Field(
+        default=None, description="An instance with no claimed slot for this long is terminated."
+    )
+    tags: UserTags = Field(default_factory=dict)
+    client_token: str | None = Field(
+        default=None,
+        pattern=TOKEN_PATTERN,
+        description="Retrying with the same token returns the same annex instead of creating another.",
+    )
+
+
+class ExtendRequest(_Strict):
+    """Body of POST /annexes/{id}/extend: exactly one of `by` or `until`."""
+
+    by: DurationIn | None = Field(default=None, description="Add this to the current lease expiry.")
+    until: Time | None = Field(default=None, description="Move the lease expiry to this time.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (data.get("by") is None) == (data.get("until") is None):
+            raise ValueError("give exactly one of 'by' (a duration) or 'until' (a time)")
+        return data
+
+
+class StopRequest(_Strict):
+    """Body of POST /annexes/{id}/stop (optional)."""
+
+    reason: str | None = Field(default=None, max_length=200)
+
+
+# --- records --------------------------------------------------------------------------------------
+
+
+class Annex(BaseModel):
+    """An annex as stored and as returned by the API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: AnnexId
+    name: AnnexName
+    owner: str = Field(description="The IAM ARN of the caller that requested the annex.")
+    state: AnnexState
+    count: int
+    instance_types: list[str]
+    market: Market
+    lease_expires_at: Time
+    idle_timeout_seconds: int
+    created_at: Time
+    updated_at: Time
+    client_token: str | None = None
+    version: int = 1
+    tags: dict[str, str] = Field(default_factory=dict)
+    launched_count: int = 0
+    launch_note: str | None = None
+    end_reason: EndReason | None = None
+    ended_at: Time | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    @property
+    def idle_timeout(self) -> timedelta:
+        return timedelta(seconds=self.idle_timeout_seconds)
+
+
+class Instance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str = Field(pattern=INSTANCE_ID_PATTERN)
+    annex_id: AnnexId
+    instance_type: str
+    zone: str | None = None
+    market: Market
+    state: InstanceState
+    launched_at: Time
+    last_heartbeat_at: Time | None = None
+    claimed_slots: int | None = None
+    total_slots: int | None = None
+    idle_since: Time | None = None
+    end_reason: EndReason | None = None
+    ended_at: Time | None = None
+
+
+class HistoryEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at: Time
+    actor: str
+    action: str
+    detail: str = ""
+
+
+class AnnexDetail(Annex):
+    instances: list[Instance] = Field(default_factory=list)
+    history: list[HistoryEvent] = Field(default_factory=list)
+
+
+class AnnexList(BaseModel):
+    annexes: list[Annex]
+    next_token: str | None = Field(default=None, description="Pass as ?next_token= for the next page.")
+
+
+class ExtendResult(BaseModel):
+    annex: Annex
+    capped: bool = Field(description="True when the request was cut to the administrator's maximum lease.")
+    message: str
+
+
+class SweepStatus(BaseModel):
+    name: str
+    last_success_at: Time | None = None
+
+
+class Limits(BaseModel):
+    allowed_instance_types: list[str]
+    default_instance_type: str
+    max_instances_per_annex: int
+    max_live_instances_per_owner: int
+    max_lease_seconds: int
+    default_lease_seconds: int
+    min_lease_seconds: int
+    default_idle_timeout_seconds: int
+    min_idle_timeout_seconds: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    caller: str
+    is_admin: bool
+    limits: Limits
+    sweeps: list[SweepStatus]
+
+
+class ErrorField(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="A stable code, such as ValidationError or NameInUse.")
+    message: str
+    fields: list[ErrorField] = Field(default_factory=list)
+
+
+# --- heartbeat (the on-instance agent <-> the heartbeat route) -------------------------------------
+
+
+class HeartbeatAction(StrEnum):
+    RUN = "run"  # keep going
+    DRAIN = "drain"  # finish running jobs, accept no new ones (condor_drain -graceful)
+    TERMINATE = "terminate"  # power off now
+
+
+class HeartbeatRequest(_Strict):
+    """Body of POST /heartbeat, sent every minute by the agent on each instance."""
+
+    instance_id: str = Field(pattern=INSTANCE_ID_PATTERN)
+    annex_id: AnnexId
+    claimed_slots: int = Field(ge=0, le=4096)
+    total_slots: int = Field(ge=0, le=4096)
+
+    @model_validator(mode="after")
+    def _claimed_within_total(self) -> HeartbeatRequest:
+        if self.claimed_slots > self.total_slots:
+            raise ValueError("claimed_slots must not exceed total_slots")
+        return self
+
+
+class HeartbeatResponse(BaseModel):
+    action: HeartbeatAction
+    lease_expires_at: Time | None = Field(
+        default=None, description="The lease expiry the instance must enforce itself (dead-man switch)."
+    )
+    reason: str = ""

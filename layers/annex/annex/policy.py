@@ -1,0 +1,122 @@
+"""The administrator's limits applied to a request. Pure functions: no I/O, time passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from annex.clock import format_duration, to_iso
+from annex.config import Policy
+from annex.errors import PolicyViolation
+from annex.models import CreateAnnexRequest, Market
+
+
+@dataclass(frozen=True)
+class AnnexSpec:
+    """A create request with the defaults filled in and the limits checked."""
+
+    name: str
+    count: int
+    instance_types: tuple[str, ...]
+    market: Market
+    lease: timedelta
+    idle_timeout: timedelta
+    tags: dict[str, str]
+
+
+def resolve_create(request: CreateAnnexRequest, policy: Policy) -> AnnexSpec:
+    instance_type = request.instance_type or policy.default_instance_type
+    if instance_type not in policy.allowed_instance_types:
+        raise PolicyViolation(
+            f"instance type '{instance_type}' is not allowed here; "
+            f"choose one of: {', '.join(policy.allowed_instance_types)}",
+            field="instance_type",
+        )
+    if request.count > policy.max_instances_per_annex:
+        raise PolicyViolation(
+            f"at most {policy.max_instances_per_annex} instances per annex; ask for fewer "
+            "or split the work across annexes",
+            field="count",
+        )
+    lease = request.lease or policy.default_lease
+    if lease < policy.min_lease:
+        raise PolicyViolation(
+            f"the lease must be at least {format_duration(policy.min_lease)}", field="lease"
+        )
+    if lease > policy.max_lease:
+        raise PolicyViolation(
+            f"the lease may be at most {format_duration(policy.max_lease)}; "
+            "request less and extend it later with 'annex-client extend'",
+            field="lease",
+        )
+    idle = request.idle_timeout or policy.default_idle_timeout
+    if idle < policy.min_idle_timeout:
+        raise PolicyViolation(
+            f"the idle timeout must be at least {format_duration(policy.min_idle_timeout)}",
+            field="idle_timeout",
+        )
+    if idle > lease:
+        raise PolicyViolation("the idle timeout must not be longer than the lease", field="idle_timeout")
+    # Spot may use every allowed type (capacity-optimized allocation); the chosen type goes first.
+    types: tuple[str, ...] = (instance_type,)
+    if request.market is Market.SPOT and request.instance_type is None:
+        types = (instance_type, *(t for t in policy.allowed_instance_types if t != instance_type))
+    return AnnexSpec(
+        name=request.name,
+        count=request.count,
+        instance_types=types,
+        market=request.market,
+        lease=lease,
+        idle_timeout=idle,
+        tags=dict(request.tags),
+    )
+
+
+@dataclass(frozen=True)
+class Extension:
+    new_expiry: datetime
+    capped: bool
+    message: str
+
+
+def resolve_extension(
+    current_expiry: datetime,
+    *,
+    by: timedelta | None,
+    until: datetime | None,
+    now: datetime,
+    policy: Policy,
+) -> Extension:
+    """Extend from the current expiry (not from now). The remaining lease never exceeds MAX_LEASE:
+    a longer request is cut to that cap and says so."""
+    if by is not None:
+        wanted = current_expiry + by
+    elif until is not None:
+        wanted = until
+    else:  # the request model guarantees one of them
+        raise PolicyViolation("give 'by' or 'until'", field="by")
+    if wanted <= current_expiry:
+        raise PolicyViolation(
+            f"the new expiry {to_iso(wanted)} is not later than the current one {to_iso(current_expiry)}",
+            field="until" if until is not None else "by",
+        )
+    if wanted <= now:
+        raise PolicyViolation(
+            f"the new expiry {to_iso(wanted)} is already in the past; extend by more",
+            field="until" if until is not None else "by",
+        )
+    cap = now + policy.max_lease
+    if cap <= current_expiry:
+        raise PolicyViolation(
+            f"the lease already reaches the maximum of {format_duration(policy.max_lease)} ahead; "
+            "extend again later",
+            field="until" if until is not None else "by",
+        )
+    if wanted > cap:
+        return Extension(
+            new_expiry=cap,
+            capped=True,
+            message=f"capped at {to_iso(cap)}: a lease may reach at most "
+            f"{format_duration(policy.max_lease)} ahead; extend again later",
+        )
+    return Extension(new_expiry=wanted, capped=False, message=f"lease now ends at {to_iso(wanted)}")

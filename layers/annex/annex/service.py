@@ -1,0 +1,186 @@
+"""The operations the request API exposes. Handlers parse, call one of these and return."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+
+from annex.auth import Caller
+from annex.clock import to_iso
+from annex.config import RequestSettings
+from annex.ec2 import Ec2
+from annex.errors import AnnexNotFound, Forbidden, LeaseConflict, TokenReused
+from annex.models import (
+    Annex,
+    AnnexDetail,
+    AnnexList,
+    AnnexState,
+    CreateAnnexRequest,
+    EndReason,
+    ExtendRequest,
+    ExtendResult,
+    Health,
+    Limits,
+    SweepStatus,
+)
+from annex.policy import AnnexSpec, resolve_create, resolve_extension
+from annex.store import AnnexStore, TokenTaken
+from annex.termination import end_and_terminate
+
+SWEEPS = ("lease-check", "idle-reap")
+
+
+def fingerprint(spec: AnnexSpec) -> str:
+    canonical = json.dumps(
+        {
+            "name": spec.name,
+            "count": spec.count,
+            "types": list(spec.instance_types),
+            "market": spec.market.value,
+            "lease": int(spec.lease.total_seconds()),
+            "idle": int(spec.idle_timeout.total_seconds()),
+            "tags": spec.tags,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class AnnexService:
+    def __init__(self, store: AnnexStore, ec2: Ec2, settings: RequestSettings) -> None:
+        self.store = store
+        self.ec2 = ec2
+        self.settings = settings
+
+    # --- create ---------------------------------------------------------------------------------
+
+    def create(self, caller: Caller, request: CreateAnnexRequest, *, now: datetime) -> tuple[Annex, bool]:
+        """Returns (annex, created). A retry with the same client token returns the first annex."""
+        spec = resolve_create(request, self.settings)
+        fp = fingerprint(spec)
+        token = request.client_token
+        if token:
+            existing = self._by_token(caller, token, fp)
+            if existing:
+                return existing, False
+        annex = Annex(
+            id=self.store.new_annex_id(),
+            name=spec.name,
+            owner=caller.arn,
+            state=AnnexState.REQUESTED,
+            count=spec.count,
+            instance_types=list(spec.instance_types),
+            market=spec.market,
+            lease_expires_at=now + spec.lease,
+            idle_timeout_seconds=int(spec.idle_timeout.total_seconds()),
+            created_at=now,
+            updated_at=now,
+            client_token=token,
+            tags=spec.tags,
+        )
+        try:
+            self.store.create_annex(
+                annex,
+                fingerprint=fp,
+                max_live_per_owner=self.settings.max_live_instances_per_owner,
+                actor=caller.arn,
+                retention=self.settings.retention,
+            )
+        except TokenTaken:
+            existing = self._by_token(caller, token or "", fp)
+            if existing is None:  # pragma: no cover - the token item committed, so it is there
+                raise
+            return existing, False
+        return annex, True
+
+    def _by_token(self, caller: Caller, token: str, fp: str) -> Annex | None:
+        record = self.store.find_token(caller.arn, token)
+        if record is None:
+            return None
+        if record.fingerprint != fp:
+            raise TokenReused(
+                "this client token was already used for a different request; use a new token",
+                field="client_token",
+            )
+        return self.store.get_annex(record.annex_id)
+
+    # --- read -----------------------------------------------------------------------------------
+
+    def _visible(self, caller: Caller, annex_id: str) -> Annex:
+        annex = self.store.get_annex(annex_id)
+        if not caller.may_access(annex.owner):
+            raise AnnexNotFound(f"no annex {annex_id}")  # do not leak that it exists
+        return annex
+
+    def get(self, caller: Caller, annex_id: str) -> AnnexDetail:
+        detail = self.store.get_detail(annex_id)
+        if not caller.may_access(detail.owner):
+            raise AnnexNotFound(f"no annex {annex_id}")
+        return detail
+
+    def list(self, caller: Caller, *, everyone: bool, limit: int, page_token: str | None) -> AnnexList:
+        if everyone and not caller.is_admin:
+            raise Forbidden("only pool administrators may list every owner's annexes; drop scope=all")
+        owner = None if everyone else caller.arn
+        annexes, next_token = self.store.list_annexes(owner=owner, limit=limit, page_token=page_token)
+        return AnnexList(annexes=annexes, next_token=next_token)
+
+    # --- change ---------------------------------------------------------------------------------
+
+    def extend(self, caller: Caller, annex_id: str, request: ExtendRequest, *, now: datetime) -> ExtendResult:
+        annex = self._visible(caller, annex_id)
+        if not annex.live:
+            raise LeaseConflict(f"annex {annex.name} has {annex.state.value}; request a new one instead")
+        ext = resolve_extension(
+            annex.lease_expires_at, by=request.by, until=request.until, now=now, policy=self.settings
+        )
+        updated = self.store.extend_lease(
+            annex,
+            ext.new_expiry,
+            actor=caller.arn,
+            now=now,
+            note=f"{to_iso(annex.lease_expires_at)} -> {to_iso(ext.new_expiry)}"
+            + (" (capped)" if ext.capped else ""),
+        )
+        # Move the lease tag too: the orphan sweep terminates instances whose own tag has passed.
+        instance_ids = [t.instance_id for t in self.ec2.live_instances(annex.id)]
+        if instance_ids:
+            self.ec2.tag_lease(instance_ids, ext.new_expiry)
+        return ExtendResult(annex=updated, capped=ext.capped, message=ext.message)
+
+    def stop(self, caller: Caller, annex_id: str, *, now: datetime, reason: str | None) -> AnnexDetail:
+        """End the annex and send TerminateInstances now, not at the next sweep."""
+        self._visible(caller, annex_id)
+        end_and_terminate(
+            self.store,
+            self.ec2,
+            annex_id,
+            reason=EndReason.STOPPED,
+            actor=caller.arn,
+            now=now,
+            retention=self.settings.retention,
+            detail=reason or "stopped by request",
+        )
+        return self.store.get_detail(annex_id)
+
+    # --- health ---------------------------------------------------------------------------------
+
+    def health(self, caller: Caller) -> Health:
+        p = self.settings
+        limits = Limits(
+            allowed_instance_types=list(p.allowed_instance_types),
+            default_instance_type=p.default_instance_type,
+            max_instances_per_annex=p.max_instances_per_annex,
+            max_live_instances_per_owner=p.max_live_instances_per_owner,
+            max_lease_seconds=int(p.max_lease.total_seconds()),
+            default_lease_seconds=int(p.default_lease.total_seconds()),
+            min_lease_seconds=int(p.min_lease.total_seconds()),
+            default_idle_timeout_seconds=int(p.default_idle_timeout.total_seconds()),
+            min_idle_timeout_seconds=int(p.min_idle_timeout.total_seconds()),
+        )
+        sweeps = [
+            SweepStatus.model_validate({"name": name, "last_success_at": self.store.sweep_status(name)})
+            for name in SWEEPS
+        ]
+        return Health(caller=caller.arn, is_admin=caller.is_admin, limits=limits, sweeps=sweeps)

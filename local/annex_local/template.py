@@ -1,0 +1,128 @@
+"""Read template.yaml: the single source of truth for the table, routes and schedules used by the tests
+and the local stack."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO_ROOT / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """SafeLoader that keeps CloudFormation short-form tags (!Ref, !Sub, ...) as {'Fn::X': value}."""
+
+
+def _tag(loader: _CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt" and isinstance(value, str):
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+@cache
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    with path.open() as fh:
+        loaded: dict[str, Any] = yaml.load(fh, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        return loaded
+
+
+def resources(type_: str, path: Path = TEMPLATE) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in load_template(path)["Resources"].items() if v.get("Type") == type_}
+
+
+def parameter_defaults(path: Path = TEMPLATE) -> dict[str, str]:
+    out = {}
+    for name, spec in load_template(path).get("Parameters", {}).items():
+        out[name] = str(spec.get("Default", ""))
+    return out
+
+
+def table_create_kwargs(
+    table_name: str, logical_id: str = "AnnexTable", path: Path = TEMPLATE
+) -> dict[str, Any]:
+    """CreateTable arguments from the template's own table definition."""
+    props = load_template(path)["Resources"][logical_id]["Properties"]
+    kwargs: dict[str, Any] = {
+        "TableName": table_name,
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "KeySchema": props["KeySchema"],
+        "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+    }
+    if props.get("GlobalSecondaryIndexes"):
+        kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+    if props.get("StreamSpecification"):
+        kwargs["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
+    return kwargs
+
+
+def ttl_attribute(logical_id: str = "AnnexTable", path: Path = TEMPLATE) -> str | None:
+    spec = load_template(path)["Resources"][logical_id]["Properties"].get("TimeToLiveSpecification")
+    return spec["AttributeName"] if spec and spec.get("Enabled") else None
+
+
+def function_environment(logical_id: str, path: Path = TEMPLATE) -> dict[str, Any]:
+    """A function's environment with Globals merged in (values still unresolved intrinsics)."""
+    tpl = load_template(path)
+    env = dict(tpl.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}))
+    env.update(tpl["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {}))
+    return env
+
+
+def resolve_environment(
+    logical_id: str,
+    *,
+    table_name: str,
+    stack_name: str,
+    overrides: dict[str, str] | None = None,
+    path: Path = TEMPLATE,
+) -> dict[str, str]:
+    """Resolve a function's environment against the template's parameter defaults: !Ref Param, !Join of a
+    list parameter, !Ref AnnexTable, AWS::StackName. Other resources come from `overrides`."""
+    params = parameter_defaults(path)
+    overrides = overrides or {}
+    resolved: dict[str, str] = {}
+
+    def ref(name: str) -> str:
+        if name == "AWS::StackName":
+            return stack_name
+        if name in overrides:
+            return overrides[name]
+        if name in params:
+            return params[name]
+        if name == "AnnexTable":
+            return table_name
+        raise KeyError(f"cannot resolve !Ref {name} locally; pass it in overrides")
+
+    def value(v: Any) -> str:
+        if isinstance(v, str | int | float):
+            return str(v)
+        if isinstance(v, dict) and "Ref" in v:
+            return ref(str(v["Ref"]))
+        if isinstance(v, dict) and "Fn::Join" in v:
+            sep, parts = v["Fn::Join"]
+            if isinstance(parts, dict):
+                return value(parts)
+            return str(sep).join(value(p) for p in parts)
+        if isinstance(v, dict) and "Fn::GetAtt" in v:
+            key = ".".join(v["Fn::GetAtt"])
+            if key in overrides:
+                return str(overrides[key])
+        raise KeyError(f"cannot resolve {v!r} locally; pass it in overrides")
+
+    for key, raw in function_environment(logical_id, path).items():
+        resolved[key] = overrides.get(key, value(raw))
+    return resolved

@@ -1,0 +1,123 @@
+"""The integration tier: moto in process, the table built from template.yaml."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from annex import clients
+from annex_local.events import FakeContext, rest_event
+from annex_local.template import resolve_environment, table_create_kwargs, ttl_attribute
+from moto import mock_aws
+
+TABLE = "annex-test"
+STACK = "annex-test-stack"
+ALICE = "arn:aws:iam::123456789012:user/alice"
+BOB = "arn:aws:iam::123456789012:user/bob"
+ADMIN = "arn:aws:sts::123456789012:assumed-role/PoolAdmin/carol"
+# Policy used by the integration tier: the template's defaults, with limits small enough to reach.
+POLICY = {
+    "MAX_INSTANCES_PER_ANNEX": "10",
+    "MAX_LIVE_INSTANCES_PER_OWNER": "12",
+    "ADMIN_PRINCIPALS": "PoolAdmin",
+}
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def ddb(aws):
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(**table_create_kwargs(TABLE))
+    if ttl := ttl_attribute():
+        client.update_time_to_live(
+            TableName=TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl}
+        )
+    return client
+
+
+@pytest.fixture
+def ec2(aws):
+    return boto3.client("ec2", region_name="us-east-1")
+
+
+@pytest.fixture
+def request_env(monkeypatch, ddb):
+    env = resolve_environment("RequestFunction", table_name=TABLE, stack_name=STACK, overrides=POLICY)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+class Api:
+    """Calls the request function's handler as API Gateway would."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def call(
+        self, method: str, path: str, *, as_: str | None = ALICE, body: Any = None, query=None
+    ) -> tuple[int, Any]:
+        event = rest_event(method, path, caller_arn=as_, body=body, query=query)
+        resp = self.module.handler(event, FakeContext("request"))
+        payload = json.loads(resp["body"]) if resp.get("body") else None
+        return resp["statusCode"], payload
+
+
+@pytest.fixture
+def api(request_env) -> Api:
+    module = importlib.import_module("functions.request.app")
+    module.settings.cache_clear()
+    module.service.cache_clear()
+    clients.client.cache_clear()
+    yield Api(module)
+    module.settings.cache_clear()
+    module.service.cache_clear()
+    clients.client.cache_clear()
+
+
+def table_items(client) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"TableName": TABLE}
+    while True:
+        page = client.scan(**kwargs)
+        items.extend(page["Items"])
+        if "LastEvaluatedKey" not in page:
+            return sorted(items, key=lambda i: (i["pk"]["S"], i["sk"]["S"]))
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def run_tagged_instances(
+    ec2, annex_id: str, n: int, *, stack: str = STACK, lease: str = "2030-01-01T00:00:00Z"
+):
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    resp = ec2.run_instances(
+        ImageId=image,
+        MinCount=n,
+        MaxCount=n,
+        InstanceType="c7i.xlarge",
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [
+                    {"Key": "annex:id", "Value": annex_id},
+                    {"Key": "annex:stack", "Value": stack},
+                    {"Key": "annex:lease-expires", "Value": lease},
+                ],
+            }
+        ],
+    )
+    return [i["InstanceId"] for i in resp["Instances"]]
+
+
+def instance_states(ec2, ids) -> dict[str, str]:
+    resp = ec2.describe_instances(InstanceIds=list(ids))
+    return {i["InstanceId"]: i["State"]["Name"] for r in resp["Reservations"] for i in r["Instances"]}
