@@ -59,7 +59,7 @@ build: $(VENV_SAM)/.installed  ## sam build (no container)
 
 .PHONY: openapi
 openapi: venv  ## regenerate docs/openapi.json from the request function's routes
-	$(BIN)/python -m annex.openapi_doc > docs/openapi.json
+	PYTHONPATH=layers/annex $(BIN)/python -m scripts.openapi > docs/openapi.json
 
 .PHONY: test-unit
 test-unit: venv  ## unit tier: no network

@@ -24,6 +24,7 @@ import base64
 import binascii
 import json
 import secrets
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -625,7 +626,10 @@ class AnnexStore:
     def _event_put(self, annex_id: str, at: datetime, actor: str, action: str, detail: str) -> dict[str, Any]:
         event = HistoryEvent(at=at, actor=actor, action=action, detail=detail)
         item = event.model_dump(mode="json")
-        item.update(pk=annex_pk(annex_id), sk=f"EVENT#{to_iso(at)}#{secrets.token_hex(4)}")
+        # `at` is the logical time (tests move it); the wall-clock nanoseconds order events within a second.
+        item.update(
+            pk=annex_pk(annex_id), sk=f"EVENT#{to_iso(at)}#{time.time_ns():020d}{secrets.token_hex(2)}"
+        )
         return {"Put": {"TableName": self.table_name, "Item": to_attrs(item)}}
 
     def add_event(self, annex_id: str, *, at: datetime, actor: str, action: str, detail: str = "") -> None:
