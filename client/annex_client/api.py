@@ -60,11 +60,9 @@ class AnnexApi:
             return name_or_id
         matches = [a for a in self.list() if a.get("name") == name_or_id]
         if not matches:
+            message = f"you have no annex named '{name_or_id}'; 'annex-client list' shows yours"
             raise Refused(
-                f"you have no annex named '{name_or_id}'; 'annex-client list' shows yours",
-                status=404,
-                code="AnnexNotFound",
-                fields=[{"field": "NAME", "reason": "no annex with this name"}],
+                message, status=404, code="AnnexNotFound", fields=[{"field": "NAME", "reason": message}]
             )
         live = [a for a in matches if a.get("state") in LIVE_STATES]
         return str((live or matches)[0]["id"])

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import importlib
+import io
 import json
 import threading
 import traceback
@@ -223,13 +225,18 @@ class Gateway:
         )
         event["requestContext"]["identity"]["accessKey"] = who.access_key
         request_id = str(event["requestContext"]["requestId"])
+        output = io.StringIO()
         try:
-            with self._lock:  # in-process moto is not thread-safe
+            # One at a time: in-process moto is not thread-safe. The function's stdout (its logs and EMF
+            # metrics) goes to the gateway's log, as Lambda sends it to CloudWatch, never to the caller.
+            with self._lock, contextlib.redirect_stdout(output):
                 response = self._handler(route)(event, FakeContext(route.function))
             answer = self._answer(response)
         except Exception:
             self._log(f"{method} {target} -> 502: {route.function} failed\n{traceback.format_exc()}")
             answer = _json_answer(502, {"message": "Internal server error"})
+        for line in output.getvalue().splitlines():
+            self._log(f"  {route.function}: {line}")
         self._log(f"{method} {target} -> {answer.status} ({who.arn})")
         return Answer(answer.status, [*answer.headers, ("x-amzn-RequestId", request_id)], answer.body)
 
@@ -307,8 +314,9 @@ class Gateway:
 
         self._server = ThreadingHTTPServer((self.host, self.port), _Request)
         self._server.daemon_threads = True
+        server = self._server
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="annex-local-gateway", daemon=True
+            target=lambda: server.serve_forever(poll_interval=0.05), name="annex-local-gateway", daemon=True
         )
         self._thread.start()
         return self

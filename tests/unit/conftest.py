@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib3  # noqa: F401 - imported before sockets are disabled: it probes IPv6 support at import
 from pytest_socket import disable_socket
 
 
