@@ -61,8 +61,6 @@ class AnnexApi:
         matches = [a for a in self.list() if a.get("name") == name_or_id]
         if not matches:
             message = f"you have no annex named '{name_or_id}'; 'annex-client list' shows yours"
-            raise Refused(
-                message, status=404, code="AnnexNotFound", fields=[{"field": "NAME", "reason": message}]
-            )
+            raise Refused(message, status=404, code="AnnexNotFound")
         live = [a for a in matches if a.get("state") in LIVE_STATES]
         return str((live or matches)[0]["id"])

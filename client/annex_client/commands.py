@@ -320,7 +320,16 @@ def cmd_stop(ctx: Ctx) -> int:
 
 def cmd_list(ctx: Ctx) -> int:
     everyone = bool(getattr(ctx.args, "all", False))
-    annexes = ctx.api.list(everyone=everyone)
+    try:
+        annexes = ctx.api.list(everyone=everyone)
+    except Refused as exc:
+        if everyone and exc.code == "Forbidden":  # the API speaks of its query parameter, scope=all
+            raise Refused(
+                "only pool administrators may list every owner's annexes; drop --all",
+                status=exc.status,
+                code=exc.code,
+            ) from None
+        raise
     if ctx.json:
         ctx.emit({"annexes": annexes, "next_token": None})
         return OK
@@ -460,7 +469,7 @@ def cmd_configure(ctx: Ctx) -> int:
     rows = [
         ("config file", str(s.config_file), "exists" if s.config_file.exists() else "not written yet"),
         ("endpoint", s.endpoint or "-", s.endpoint_source),
-        ("profile", s.profile or "-", s.profile_source),
+        ("profile", s.profile or ctx.environ.get("AWS_PROFILE") or "default", s.profile_source),
         ("region", s.region or "-", s.region_source),
     ]
     if ctx.json:
