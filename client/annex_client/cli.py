@@ -8,13 +8,15 @@ after the arguments are parsed, and botocore only when a request is signed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from annex_client import __version__
-from annex_client.errors import EXIT_CODES, INTERRUPTED, USAGE, ClientFailure
+from annex_client.errors import EXIT_CODES, INTERRUPTED, OK, USAGE, ClientFailure
 from annex_client.timefmt import DURATION_FORMS, TIME_FORMS, parse_duration, parse_time
 
 DESCRIPTION = """\
@@ -177,3 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("annex-client: interrupted\n")
         return INTERRUPTED
+    except BrokenPipeError:  # `annex-client list | head`: the reader left; say nothing more
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK

@@ -326,3 +326,17 @@ def test_json_errors_have_the_apis_shape(capsys):
     body = json.loads(out)
     assert body["error"] == "NoEndpoint"
     assert body["fields"] == []
+
+
+def test_a_reader_that_goes_away_is_not_an_error(capsys, monkeypatch):
+    rows = {"annexes": [annex(f"run-{i}", f"ax-{i:016x}") for i in range(3)]}
+    Wire.install(monkeypatch).on("GET", "/annexes", (200, rows))
+
+    def closed_pipe(text):
+        raise BrokenPipeError
+
+    monkeypatch.setattr("sys.stdout.write", closed_pipe)
+    code = main(["list"])
+    monkeypatch.undo()
+    assert code == 0
+    assert "Traceback" not in capsys.readouterr().err
