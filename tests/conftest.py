@@ -14,6 +14,7 @@ def no_local_config(monkeypatch, tmp_path):
         "AWS_SESSION_TOKEN",
         "AWS_SECURITY_TOKEN",
         "AWS_ENDPOINT_URL",
+        "ANNEX_ENDPOINT",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -22,6 +23,7 @@ def no_local_config(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("ANNEX_CONFIG_FILE", str(tmp_path / "no-annex-config"))
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "AnnexTest")
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "annex")

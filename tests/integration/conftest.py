@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from annex import clients
 from annex_local.events import FakeContext, rest_event
+from annex_local.gateway import Gateway
+from annex_local.sigv4 import Identity
 from annex_local.template import resolve_environment, table_create_kwargs, ttl_attribute
 from moto import mock_aws
 
@@ -19,6 +22,13 @@ STACK = "annex-test-stack"
 ALICE = "arn:aws:iam::123456789012:user/alice"
 BOB = "arn:aws:iam::123456789012:user/bob"
 ADMIN = "arn:aws:sts::123456789012:assumed-role/PoolAdmin/carol"
+# Signing keys the local gateway knows (access key -> secret, ARN, session token for role sessions).
+KEYS = {
+    "alice": ("AKIAALICE00000000001", "alice-secret-key", None),
+    "bob": ("AKIABOB0000000000002", "bob-secret-key", None),
+    "admin": ("ASIAADMIN00000000003", "admin-secret-key", "admin-session-token"),
+}
+ARNS = {"alice": ALICE, "bob": BOB, "admin": ADMIN}
 # Policy used by the integration tier: the template's defaults, with limits small enough to reach.
 POLICY = {
     "MAX_INSTANCES_PER_ANNEX": "10",
@@ -121,3 +131,31 @@ def run_tagged_instances(
 def instance_states(ec2, ids) -> dict[str, str]:
     resp = ec2.describe_instances(InstanceIds=list(ids))
     return {i["InstanceId"]: i["State"]["Name"] for r in resp["Reservations"] for i in r["Instances"]}
+
+
+@pytest.fixture
+def identities() -> dict[str, Identity]:
+    return {key: Identity(secret, ARNS[who], token) for who, (key, secret, token) in KEYS.items()}
+
+
+@pytest.fixture
+def gateway(api, identities, monkeypatch) -> Iterator[Gateway]:
+    """The local API gateway on 127.0.0.1 (ephemeral port), verifying SigV4, in front of the request
+    function with moto in process. ANNEX_ENDPOINT points at it."""
+    with Gateway(identities) as gw:
+        monkeypatch.setenv("ANNEX_ENDPOINT", gw.url)
+        yield gw
+
+
+@pytest.fixture
+def aws_profiles(tmp_path, monkeypatch) -> Path:
+    """A shared credentials file with the profiles alice, bob and admin (a role session)."""
+    lines = []
+    for who, (key, secret, token) in KEYS.items():
+        lines += [f"[{who}]", f"aws_access_key_id = {key}", f"aws_secret_access_key = {secret}"]
+        if token:
+            lines.append(f"aws_session_token = {token}")
+    path = tmp_path / "credentials"
+    path.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(path))
+    return path

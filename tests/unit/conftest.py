@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-# The X-Ray SDK creates its UDP emitter socket when first imported (Powertools' Tracer imports it at
-# handler import time). Creating it here, before sockets are blocked, keeps that one inert socket out of
-# the way; tracing is disabled in tests, so nothing is ever sent on it.
+# Two libraries create a socket when first imported, without sending anything: the X-Ray SDK its UDP
+# emitter (Powertools' Tracer imports it at handler import time; tracing is disabled in tests) and
+# urllib3 its IPv6 probe. Importing them here, before sockets are blocked, keeps those inert sockets out
+# of the way.
 import aws_xray_sdk.core  # noqa: F401
+import urllib3  # noqa: F401
 from pytest_socket import disable_socket
 
 

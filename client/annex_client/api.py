@@ -1,0 +1,66 @@
+"""The Annex API's routes (functions/request/app.py), as plain dicts: the client must not need pydantic."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from annex_client.errors import Refused
+from annex_client.transport import Transport
+
+ANNEX_ID = re.compile(r"^ax-[0-9a-f]{16}$")
+LIVE_STATES = ("requested", "launching", "running")
+PAGE_SIZE = 100
+
+
+class AnnexApi:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def health(self) -> dict[str, Any]:
+        return dict(self.transport.call("GET", "/health").body)
+
+    def create(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Returns (annex, created). Safe to repeat: the body carries a client token, so a retry after a
+        lost answer returns the first annex (HTTP 200) instead of creating a second one."""
+        reply = self.transport.call("POST", "/annexes", body=body, idempotent=True)
+        return dict(reply.body), reply.status == 201
+
+    def list(self, *, everyone: bool = False) -> list[dict[str, Any]]:
+        """Every page, newest first."""
+        annexes: list[dict[str, Any]] = []
+        query = {"limit": str(PAGE_SIZE), "scope": "all" if everyone else "mine"}
+        while True:
+            page = self.transport.call("GET", "/annexes", query=query).body
+            annexes.extend(page.get("annexes", []))
+            if not page.get("next_token"):
+                return annexes
+            query["next_token"] = page["next_token"]
+
+    def get(self, annex_id: str) -> dict[str, Any]:
+        return dict(self.transport.call("GET", f"/annexes/{quote(annex_id, safe='')}").body)
+
+    def extend(self, annex_id: str, *, by: str | None = None, until: str | None = None) -> dict[str, Any]:
+        body = {"by": by} if by is not None else {"until": until}
+        # `by` adds to the current expiry: repeating it after a lost answer would extend twice.
+        reply = self.transport.call(
+            "POST", f"/annexes/{quote(annex_id, safe='')}/extend", body=body, idempotent=until is not None
+        )
+        return dict(reply.body)
+
+    def stop(self, annex_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else {}
+        reply = self.transport.call("POST", f"/annexes/{quote(annex_id, safe='')}/stop", body=body)
+        return dict(reply.body)
+
+    def resolve(self, name_or_id: str) -> str:
+        """An id as given; a name becomes the id of your live annex with that name, else your newest."""
+        if ANNEX_ID.match(name_or_id):
+            return name_or_id
+        matches = [a for a in self.list() if a.get("name") == name_or_id]
+        if not matches:
+            message = f"you have no annex named '{name_or_id}'; 'annex-client list' shows yours"
+            raise Refused(message, status=404, code="AnnexNotFound")
+        live = [a for a in matches if a.get("state") in LIVE_STATES]
+        return str((live or matches)[0]["id"])

@@ -1,0 +1,184 @@
+"""Human output: aligned tables and short lines. Pure functions of the API's JSON, `now` and a timezone."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from annex_client.timefmt import clock_text, duration_text, parse_api_time, relative
+
+LIVE_STATES = ("requested", "launching", "running")
+LIVE_INSTANCE_STATES = ("pending", "running")
+_ARN = re.compile(r"^arn:aws[\w-]*:(?:iam|sts)::\d{12}:(user|role|assumed-role)/(.+)$")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, no trailing spaces."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = []
+    for row in (headers, *rows):
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def who(arn: str) -> str:
+    """`alice` for user/alice, `PoolAdmin/carol` for an assumed-role session; anything else as is."""
+    match = _ARN.match(arn)
+    if not match:
+        return arn
+    kind, rest = match.groups()
+    return rest if kind == "assumed-role" else rest.rsplit("/", 1)[-1]
+
+
+def lease_left(annex: dict[str, Any], now: datetime) -> str:
+    if annex.get("state") not in LIVE_STATES:
+        reason = annex.get("end_reason")
+        return f"ended ({reason})" if reason else str(annex.get("state", "-"))
+    expires = parse_api_time(annex.get("lease_expires_at"))
+    if expires is None:
+        return "-"
+    if expires <= now:
+        return "expired"
+    return duration_text(expires - now, units=2)
+
+
+def instances_text(annex: dict[str, Any]) -> str:
+    if annex.get("state") in ("requested", "launching"):
+        return f"0/{annex.get('count', 0)}"
+    if annex.get("state") in LIVE_STATES:
+        return f"{annex.get('launched_count', 0)}/{annex.get('count', 0)}"
+    return "-"
+
+
+def annex_table(annexes: Sequence[dict[str, Any]], now: datetime, tz: tzinfo | None, *, owners: bool) -> str:
+    headers = ["NAME", "ID", "STATE", "INSTANCES", "TYPE", "MARKET", "LEASE LEFT", "CREATED"]
+    if owners:
+        headers.insert(1, "OWNER")
+    rows = []
+    for a in annexes:
+        created = parse_api_time(a.get("created_at"))
+        row = [
+            str(a.get("name", "")),
+            str(a.get("id", "")),
+            str(a.get("state", "")),
+            instances_text(a),
+            types_text(a.get("instance_types") or []),
+            str(a.get("market", "")),
+            lease_left(a, now),
+            clock_text(created, tz) if created else "-",
+        ]
+        if owners:
+            row.insert(1, who(str(a.get("owner", ""))))
+        rows.append(row)
+    return table(headers, rows)
+
+
+def types_text(types: Sequence[str]) -> str:
+    if len(types) <= 1:
+        return "".join(types)
+    return f"{types[0]} (+{len(types) - 1})"
+
+
+def activity(instance: dict[str, Any], now: datetime) -> str:
+    """busy 3/4, idle 0/4 (for 5m), or why there is nothing to say."""
+    if instance.get("state") not in LIVE_INSTANCE_STATES:
+        reason = instance.get("end_reason")
+        return f"ended ({reason})" if reason else "-"
+    claimed, total = instance.get("claimed_slots"), instance.get("total_slots")
+    if claimed is None or total is None:
+        return "no heartbeat yet"
+    if claimed > 0:
+        return f"busy {claimed}/{total}"
+    since = parse_api_time(instance.get("idle_since"))
+    return f"idle {claimed}/{total}" + (f" for {duration_text(now - since, units=2)}" if since else "")
+
+
+def instance_table(detail: dict[str, Any], now: datetime) -> str:
+    rows = []
+    for inst in detail.get("instances") or []:
+        heartbeat = parse_api_time(inst.get("last_heartbeat_at"))
+        live = inst.get("state") in LIVE_INSTANCE_STATES
+        rows.append(
+            [
+                str(inst.get("instance_id", "")),
+                str(inst.get("instance_type", "")),
+                str(inst.get("zone") or "-"),
+                str(inst.get("market", "")),
+                str(inst.get("state", "")),
+                activity(inst, now),
+                relative(heartbeat, now) if heartbeat else "never",
+                lease_left(detail, now) if live else "-",
+            ]
+        )
+    headers = ["INSTANCE", "TYPE", "ZONE", "MARKET", "STATE", "SLOTS", "LAST HEARTBEAT", "LEASE LEFT"]
+    return table(headers, rows)
+
+
+def history_table(detail: dict[str, Any], tz: tzinfo | None) -> str:
+    rows = []
+    for event in sorted(detail.get("history") or [], key=lambda e: str(e.get("at", ""))):
+        at = parse_api_time(event.get("at"))
+        rows.append(
+            [
+                clock_text(at, tz) if at else "-",
+                who(str(event.get("actor", ""))),
+                str(event.get("action", "")),
+                str(event.get("detail", "")),
+            ]
+        )
+    return table(["TIME", "BY", "EVENT", "DETAIL"], rows)
+
+
+def state_line(annex: Mapping[str, Any]) -> str:
+    state = str(annex.get("state", ""))
+    if state == "running":
+        text = f"running: {annex.get('launched_count', 0)} of {annex.get('count', 0)} instances launched"
+    elif state in ("ended", "failed"):
+        text = f"{state} ({annex.get('end_reason') or 'no reason recorded'})"
+    else:
+        text = state
+    note = annex.get("launch_note")
+    return f"{text}; {note}" if note else text
+
+
+def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str:
+    expires = parse_api_time(detail.get("lease_expires_at"))
+    created = parse_api_time(detail.get("created_at"))
+    ended = parse_api_time(detail.get("ended_at"))
+    idle = timedelta(seconds=int(detail.get("idle_timeout_seconds") or 0))
+    lines = [
+        ("state", state_line(detail)),
+        ("owner", str(detail.get("owner", ""))),
+        ("type", f"{', '.join(detail.get('instance_types') or [])}, {detail.get('market', '')}"),
+    ]
+    if expires is not None:
+        when = relative(expires, now) if detail.get("state") in LIVE_STATES else "over"
+        lines.append(("lease", f"until {clock_text(expires, tz)} ({when})"))
+    lines.append(("idle stop", f"after {duration_text(idle, units=2)} with no claimed slot"))
+    if created is not None:
+        lines.append(("created", f"{clock_text(created, tz)} ({relative(created, now)})"))
+    if ended is not None:
+        lines.append(("ended", f"{clock_text(ended, tz)} ({relative(ended, now)})"))
+    tags = detail.get("tags") or {}
+    if tags:
+        lines.append(("tags", ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))))
+    width = max(len(k) for k, _ in lines)
+    head = f"Annex {detail.get('name')} ({detail.get('id')})"
+    return "\n".join([head, *(f"  {k.ljust(width)}  {v}" for k, v in lines)])
+
+
+def status_text(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str:
+    parts = [annex_summary(detail, now, tz)]
+    if detail.get("instances"):
+        parts.append(instance_table(detail, now))
+    else:
+        parts.append("No instances yet.")
+    if detail.get("history"):
+        parts.append(history_table(detail, tz))
+    return "\n\n".join(parts)

@@ -1,0 +1,159 @@
+"""Human output: aligned tables, instance activity, lease left, and the cost summary before a request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from annex_client import render
+from annex_client.pricing import PRICES_AS_OF, estimate
+
+from tests.unit.client_fakes import ALICE, annex
+
+NOW = datetime(2026, 11, 22, 14, 48, 0, tzinfo=UTC)
+
+
+def test_table_columns_line_up_without_trailing_spaces():
+    out = render.table(["NAME", "STATE"], [["bio-run-7", "running"], ["x", "ended"]])
+    lines = out.splitlines()
+    assert lines == ["NAME       STATE", "bio-run-7  running", "x          ended"]
+    assert all(line == line.rstrip() for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("arn", "short"),
+    [
+        (ALICE, "alice"),
+        ("arn:aws:iam::123456789012:user/division/bob", "bob"),
+        ("arn:aws:sts::123456789012:assumed-role/PoolAdmin/carol", "PoolAdmin/carol"),
+        ("lease-check", "lease-check"),
+    ],
+)
+def test_owners_and_actors_are_shown_by_short_name(arn, short):
+    assert render.who(arn) == short
+
+
+def test_list_shows_instances_lease_left_and_why_an_annex_ended():
+    rows = [
+        annex("bio", state="running", launched_count=2),
+        annex("old", "ax-00000000000000aa", state="ended", end_reason="lease-expired"),
+    ]
+    out = render.annex_table(rows, NOW, UTC, owners=True).splitlines()
+    assert out[0].split() == [
+        "NAME",
+        "OWNER",
+        "ID",
+        "STATE",
+        "INSTANCES",
+        "TYPE",
+        "MARKET",
+        "LEASE",
+        "LEFT",
+        "CREATED",
+    ]
+    assert out[1].split()[:8] == [
+        "bio",
+        "alice",
+        "ax-0123456789abcdef",
+        "running",
+        "2/3",
+        "c7i.xlarge",
+        "on-demand",
+        "3h12m",
+    ]
+    assert "ended (lease-expired)" in out[2]
+    assert out[1].index("ax-") == out[2].index("ax-")  # aligned
+
+
+def test_an_expired_but_live_lease_says_expired():
+    assert (
+        render.lease_left(annex(state="running", lease_expires_at="2026-11-22T14:00:00Z"), NOW) == "expired"
+    )
+
+
+def test_status_shows_each_instance_busy_or_idle_its_heartbeat_and_the_lease_left():
+    detail = annex(
+        state="running",
+        launched_count=3,
+        instances=[
+            {
+                "instance_id": "i-0aaaaaaaaaaaaaaa1",
+                "instance_type": "c7i.xlarge",
+                "zone": "us-east-1a",
+                "market": "on-demand",
+                "state": "running",
+                "last_heartbeat_at": "2026-11-22T14:47:48Z",
+                "claimed_slots": 3,
+                "total_slots": 4,
+                "idle_since": None,
+            },
+            {
+                "instance_id": "i-0aaaaaaaaaaaaaaa2",
+                "instance_type": "c7i.xlarge",
+                "zone": "us-east-1b",
+                "market": "on-demand",
+                "state": "running",
+                "last_heartbeat_at": "2026-11-22T14:47:20Z",
+                "claimed_slots": 0,
+                "total_slots": 4,
+                "idle_since": "2026-11-22T14:43:00Z",
+            },
+            {
+                "instance_id": "i-0aaaaaaaaaaaaaaa3",
+                "instance_type": "c7i.xlarge",
+                "zone": None,
+                "market": "on-demand",
+                "state": "pending",
+                "last_heartbeat_at": None,
+            },
+            {
+                "instance_id": "i-0aaaaaaaaaaaaaaa4",
+                "instance_type": "c7i.xlarge",
+                "zone": "us-east-1a",
+                "market": "on-demand",
+                "state": "terminated",
+                "end_reason": "idle",
+            },
+        ],
+        history=[
+            {"at": "2026-11-22T14:05:00Z", "actor": "launch", "action": "running", "detail": "3 launched"},
+            {"at": "2026-11-22T14:00:00Z", "actor": ALICE, "action": "requested", "detail": ""},
+        ],
+    )
+    out = render.status_text(detail, NOW, UTC)
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("i-")}
+    assert "busy 3/4" in lines["i-0aaaaaaaaaaaaaaa1"]
+    assert "12s ago" in lines["i-0aaaaaaaaaaaaaaa1"]
+    assert lines["i-0aaaaaaaaaaaaaaa1"].rstrip().endswith("3h12m")
+    assert "idle 0/4 for 5m" in lines["i-0aaaaaaaaaaaaaaa2"]
+    assert "no heartbeat yet" in lines["i-0aaaaaaaaaaaaaaa3"]
+    assert "never" in lines["i-0aaaaaaaaaaaaaaa3"]
+    assert "ended (idle)" in lines["i-0aaaaaaaaaaaaaaa4"]
+    assert "running: 3 of 3 instances launched" in out
+    assert "until 2026-11-22 18:00:00 UTC (in 3h12m)" in out
+    history = [line for line in out.splitlines() if line.startswith("2026-")]
+    assert "requested" in history[0]  # oldest first
+    assert "alice" in history[0]
+
+
+def test_cost_is_count_times_hours_times_the_list_price():
+    est = estimate(10, ["c7i.xlarge"], 4, spot=False)
+    assert est.instance_hours == 40
+    assert est.usd == pytest.approx(10 * 4 * 0.1785)
+    text = est.text()
+    assert text.startswith("about $7.14 = 10 x 4h x $0.1785/h")
+    assert "estimate" in text
+    assert PRICES_AS_OF in text
+
+
+def test_spot_and_several_possible_types_give_an_upper_bound_at_the_dearest_price():
+    est = estimate(2, ["c7i.xlarge", "c7i.2xlarge"], 1.5, spot=True)
+    assert est.usd == pytest.approx(2 * 1.5 * 0.357)
+    assert est.text().startswith("at most $1.07")
+
+
+def test_an_unknown_type_says_price_unknown():
+    est = estimate(3, ["m5.large"], 4, spot=False)
+    assert est.usd is None
+    assert est.text().startswith("price unknown")
+    assert estimate(3, ["c7i.xlarge", "m5.large"], 4, spot=True).usd is None
