@@ -3,6 +3,7 @@ and the local stack."""
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "template.yaml"
+
+
+_SUB = re.compile(r"\$\{([A-Za-z0-9:._]+)\}")
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -74,6 +78,29 @@ def ttl_attribute(logical_id: str = "AnnexTable", path: Path = TEMPLATE) -> str 
     return spec["AttributeName"] if spec and spec.get("Enabled") else None
 
 
+def functions(path: Path = TEMPLATE) -> dict[str, dict[str, Any]]:
+    return resources("AWS::Serverless::Function", path)
+
+
+def events_of_type(type_: str, path: Path = TEMPLATE) -> list[tuple[str, str, dict[str, Any]]]:
+    """(function logical id, event name, event properties) for every event of that type."""
+    out = []
+    for fn, spec in functions(path).items():
+        for name, event in (spec.get("Properties", {}).get("Events") or {}).items():
+            if event.get("Type") == type_:
+                out.append((fn, name, event.get("Properties", {})))
+    return out
+
+
+def handler_path(logical_id: str, path: Path = TEMPLATE) -> tuple[str, str]:
+    """(module, attribute) of a function's handler: CodeUri functions/request/ + app.handler ->
+    ('functions.request.app', 'handler')."""
+    props = load_template(path)["Resources"][logical_id]["Properties"]
+    code = str(props["CodeUri"]).strip("/").replace("/", ".")
+    module, attribute = str(props["Handler"]).rsplit(".", 1)
+    return f"{code}.{module}", attribute
+
+
 def function_environment(logical_id: str, path: Path = TEMPLATE) -> dict[str, Any]:
     """A function's environment with Globals merged in (values still unresolved intrinsics)."""
     tpl = load_template(path)
@@ -89,9 +116,12 @@ def resolve_environment(
     stack_name: str,
     overrides: dict[str, str] | None = None,
     path: Path = TEMPLATE,
+    region: str = "us-east-1",
+    account: str = "123456789012",
 ) -> dict[str, str]:
     """Resolve a function's environment against the template's parameter defaults: !Ref Param, !Join of a
-    list parameter, !Ref AnnexTable, AWS::StackName. Other resources come from `overrides`."""
+    list parameter, !Ref AnnexTable, AWS::StackName, !Sub over those. Other resources come from
+    `overrides` (by logical id, `LogicalId.Attr`, parameter name, or the variable's own name)."""
     params = parameter_defaults(path)
     overrides = overrides or {}
     resolved: dict[str, str] = {}
@@ -121,8 +151,22 @@ def resolve_environment(
             key = ".".join(v["Fn::GetAtt"])
             if key in overrides:
                 return str(overrides[key])
+        if isinstance(v, dict) and "Fn::Sub" in v and isinstance(v["Fn::Sub"], str):
+            return _SUB.sub(lambda m: sub_ref(m.group(1)), v["Fn::Sub"])
         raise KeyError(f"cannot resolve {v!r} locally; pass it in overrides")
 
+    def sub_ref(name: str) -> str:
+        pseudo = {"AWS::Region": region, "AWS::URLSuffix": "amazonaws.com", "AWS::Partition": "aws"}
+        if name in pseudo:
+            return str(pseudo[name])
+        if name == "AWS::AccountId":
+            return str(account)
+        if "." in name:
+            if name in overrides:
+                return str(overrides[name])
+            raise KeyError(f"cannot resolve ${{{name}}} locally; pass it in overrides")
+        return ref(name)
+
     for key, raw in function_environment(logical_id, path).items():
-        resolved[key] = overrides.get(key, value(raw))
+        resolved[key] = overrides[key] if key in overrides else value(raw)
     return resolved

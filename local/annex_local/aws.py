@@ -1,0 +1,166 @@
+"""The embedded AWS: moto in server mode on 127.0.0.1, with the resources template.yaml declares created
+from the template itself (table, indexes, stream, TTL, pool secret, instance role and profile, queues,
+topic), plus the network an administrator would supply (default VPC subnets, a security group, an AMI)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from annex_local.template import load_template, resources, table_create_kwargs, ttl_attribute
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+# Per the moto docs, DynamoDB streams through the server need account-based endpoints off.
+CLIENT_CONFIG = Config(account_id_endpoint_mode="disabled", retries={"mode": "standard", "max_attempts": 3})
+
+
+@dataclass
+class Provisioned:
+    """Physical names of what was created, keyed like template references (`LogicalId`,
+    `LogicalId.Attr`) so they can resolve function environments."""
+
+    refs: dict[str, str] = field(default_factory=dict)
+    table_name: str = ""
+    stream_arn: str = ""
+    instance_role_name: str = ""
+    subnet_ids: list[str] = field(default_factory=list)
+    security_group_id: str = ""
+    image_id: str = ""
+
+
+class EmbeddedAws:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, stack_name: str = "annex-local") -> None:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("the embedded AWS listens on the loopback interface only")
+        self.host = host
+        self.port = port
+        self.stack_name = stack_name
+        self._server: Any = None
+
+    def start(self) -> EmbeddedAws:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self._server.start()
+        self.port = self._server.get_host_and_port()[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def client(self, service: str) -> Any:
+        return boto3.session.Session(
+            aws_access_key_id="annex-local", aws_secret_access_key="annex-local", region_name=REGION
+        ).client(service, endpoint_url=self.endpoint, config=CLIENT_CONFIG)  # type: ignore[call-overload]
+
+    @cached_property
+    def template(self) -> dict[str, Any]:
+        return load_template()
+
+    def provision(self) -> Provisioned:
+        out = Provisioned()
+        self._table(out)
+        self._secrets(out)
+        self._instance_role(out)
+        self._queues_and_topics(out)
+        self._network(out)
+        return out
+
+    def _name(self, logical_id: str) -> str:
+        return f"{self.stack_name}-{logical_id}"
+
+    def _table(self, out: Provisioned) -> None:
+        ddb = self.client("dynamodb")
+        for logical_id in resources("AWS::DynamoDB::Table"):
+            name = self._name(logical_id)
+            desc = ddb.create_table(**table_create_kwargs(name, logical_id))["TableDescription"]
+            if ttl := ttl_attribute(logical_id):
+                ddb.update_time_to_live(
+                    TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl}
+                )
+            out.refs[logical_id] = name
+            out.refs[f"{logical_id}.Arn"] = desc["TableArn"]
+            if "LatestStreamArn" in desc:
+                out.refs[f"{logical_id}.StreamArn"] = desc["LatestStreamArn"]
+            out.table_name, out.stream_arn = name, desc.get("LatestStreamArn", "")
+
+    def _secrets(self, out: Provisioned) -> None:
+        sm = self.client("secretsmanager")
+        for logical_id, spec in resources("AWS::SecretsManager::Secret").items():
+            props = spec.get("Properties", {})
+            arn = sm.create_secret(
+                Name=self._name(logical_id),
+                SecretString="local-pool-token-not-a-real-secret",
+                Description=str(props.get("Description", "")),
+            )["ARN"]
+            out.refs[logical_id] = arn
+
+    def _instance_role(self, out: Provisioned) -> None:
+        iam = self.client("iam")
+        for logical_id, spec in resources("AWS::IAM::Role").items():
+            props = spec["Properties"]
+            name = self._name(logical_id)
+            role = iam.create_role(
+                RoleName=name,
+                AssumeRolePolicyDocument=json.dumps(_plain_policy(props["AssumeRolePolicyDocument"])),
+            )["Role"]
+            out.refs[logical_id] = name
+            out.refs[f"{logical_id}.Arn"] = role["Arn"]
+            out.instance_role_name = name
+        for logical_id, spec in resources("AWS::IAM::InstanceProfile").items():
+            name = self._name(logical_id)
+            profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+            for role_ref in spec["Properties"].get("Roles", []):
+                iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=out.refs[role_ref["Ref"]])
+            out.refs[logical_id] = name
+            out.refs[f"{logical_id}.Arn"] = profile["Arn"]
+
+    def _queues_and_topics(self, out: Provisioned) -> None:
+        sqs = self.client("sqs")
+        for logical_id in resources("AWS::SQS::Queue"):
+            url = sqs.create_queue(QueueName=self._name(logical_id))["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            out.refs[logical_id] = url
+            out.refs[f"{logical_id}.Arn"] = arn
+            out.refs[f"{logical_id}.QueueName"] = self._name(logical_id)
+        sns = self.client("sns")
+        for logical_id in resources("AWS::SNS::Topic"):
+            out.refs[logical_id] = sns.create_topic(Name=self._name(logical_id))["TopicArn"]
+
+    def _network(self, out: Provisioned) -> None:
+        ec2 = self.client("ec2")
+        subnets = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+        out.subnet_ids = [s["SubnetId"] for s in sorted(subnets, key=lambda s: s["AvailabilityZone"])][:3]
+        vpc_id = subnets[0]["VpcId"]
+        out.security_group_id = ec2.create_security_group(
+            GroupName=f"{self.stack_name}-pool", Description="HTCondor pool (local)", VpcId=vpc_id
+        )["GroupId"]
+        images = ec2.describe_images(Owners=["amazon"])["Images"]
+        out.image_id = sorted(images, key=lambda i: i["ImageId"])[0]["ImageId"]
+
+
+def _plain_policy(doc: Any) -> Any:
+    """Resolve the few intrinsics a trust policy uses (!Sub ec2.${AWS::URLSuffix})."""
+    if isinstance(doc, dict):
+        if "Fn::Sub" in doc and isinstance(doc["Fn::Sub"], str):
+            return doc["Fn::Sub"].replace("${AWS::URLSuffix}", "amazonaws.com")
+        return {k: _plain_policy(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_plain_policy(v) for v in doc]
+    return doc

@@ -1,0 +1,230 @@
+"""Simulated HTCondor nodes. Every instance that launches in the embedded EC2 gets a role session of
+the annex instance role (its session name is the instance id, as on EC2), sends signed heartbeats to
+the gateway as itself, and obeys the answer: `drain` stops taking jobs, `terminate` powers off (the
+instance terminates: its shutdown behaviour is terminate). Like the real agent it also keeps a
+dead-man switch: it powers off once the last lease expiry it heard has passed, plus a margin.
+
+Behaviour is chosen per annex by the user tag `annex-sim` (request with `--tag annex-sim=...`):
+
+| value | the node |
+|---|---|
+| `busy` (default) | every slot claimed, always |
+| `idle` | no slot ever claimed |
+| `silent` | never sends a heartbeat (a node that failed to boot or lost its network) |
+| `busy-then-idle:90s` | busy for that long after boot, then idle |
+
+A comma-separated list gives each instance of the annex its own behaviour, in launch order
+(`busy,busy,idle`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from annex.clock import parse_duration
+
+from annex_local.sigv4 import Identity, sign_headers
+
+log = logging.getLogger("annex_local.nodes")
+SIM_TAG = "annex-sim"
+SLOTS = 4
+DEAD_MAN_MARGIN = timedelta(seconds=30)
+
+
+def parse_behaviour(value: str) -> tuple[str, timedelta]:
+    """`busy-then-idle:90s` -> ('busy-then-idle', 90s). Unknown values fall back to busy."""
+    name, _, arg = value.strip().partition(":")
+    if name == "busy-then-idle":
+        try:
+            return name, parse_duration(arg or "60s")
+        except ValueError:
+            return name, timedelta(seconds=60)
+    return (name if name in ("busy", "idle", "silent") else "busy"), timedelta(0)
+
+
+@dataclass
+class Node:
+    instance_id: str
+    annex_id: str
+    behaviour: str
+    busy_for: timedelta
+    booted_at: datetime
+    access_key: str
+    secret_key: str
+    session_token: str
+    lease_expires_at: datetime | None = None
+    draining: bool = False
+    powered_off: bool = False
+    heartbeats: int = 0
+    last_action: str = ""
+    log: list[str] = field(default_factory=list)
+
+    def claimed(self, now: datetime) -> int:
+        if self.draining or self.behaviour == "idle":
+            return 0
+        if self.behaviour == "busy-then-idle" and now - self.booted_at >= self.busy_for:
+            return 0
+        return SLOTS
+
+
+class SimulatedNodes:
+    def __init__(
+        self,
+        *,
+        ec2: Any,
+        heartbeat_url: str,
+        identities: dict[str, Any],
+        role_name: str,
+        stack_name: str,
+        heartbeat_period: float,
+        lock: threading.RLock,
+        region: str = "us-east-1",
+        account: str = "123456789012",
+    ) -> None:
+        self.ec2 = ec2
+        self.heartbeat_url = heartbeat_url
+        self.identities = identities
+        self.role_name = role_name
+        self.stack_name = stack_name
+        self.heartbeat_period = heartbeat_period
+        self.lock = lock
+        self.region = region
+        self.account = account
+        self.nodes: dict[str, Node] = {}
+        self._seen_per_annex: dict[str, int] = {}
+        self._next_beat: dict[str, datetime] = {}
+
+    # --- discovery --------------------------------------------------------------------------------
+
+    def discover(self, now: datetime) -> None:
+        with self.lock:
+            pages = self.ec2.get_paginator("describe_instances").paginate(
+                Filters=[
+                    {"Name": "tag:annex:stack", "Values": [self.stack_name]},
+                    {"Name": "instance-state-name", "Values": ["pending", "running"]},
+                ]
+            )
+            found = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        for raw in sorted(found, key=lambda i: (i["LaunchTime"], i["InstanceId"])):
+            if raw["InstanceId"] in self.nodes:
+                continue
+            tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+            annex_id = tags.get("annex:id", "")
+            index = self._seen_per_annex.get(annex_id, 0)
+            self._seen_per_annex[annex_id] = index + 1
+            choices = [c for c in tags.get(SIM_TAG, "busy").split(",") if c.strip()] or ["busy"]
+            behaviour, busy_for = parse_behaviour(choices[index % len(choices)])
+            lease = tags.get("annex:lease-expires")
+            node = Node(
+                instance_id=raw["InstanceId"],
+                annex_id=annex_id,
+                behaviour=behaviour,
+                busy_for=busy_for,
+                booted_at=now,
+                access_key="ASIA" + secrets.token_hex(8).upper(),
+                secret_key=secrets.token_urlsafe(30),
+                session_token=secrets.token_urlsafe(60),
+                lease_expires_at=datetime.fromisoformat(lease.replace("Z", "+00:00")) if lease else None,
+            )
+            arn = f"arn:aws:sts::{self.account}:assumed-role/{self.role_name}/{node.instance_id}"
+            self.identities[node.access_key] = Identity(node.secret_key, arn, node.session_token)
+            self.nodes[node.instance_id] = node
+            self._next_beat[node.instance_id] = now
+            log.info("node %s of %s booted (%s)", node.instance_id, annex_id, choices[index % len(choices)])
+
+    # --- the agent --------------------------------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        self.discover(now)
+        for node in list(self.nodes.values()):
+            if node.powered_off:
+                continue
+            if not self._still_running(node):
+                node.powered_off = True
+                node.log.append(f"{now:%H:%M:%S} terminated by the cloud")
+                continue
+            if node.lease_expires_at and now > node.lease_expires_at + DEAD_MAN_MARGIN:
+                self.power_off(node, now, "dead-man switch: the lease it last heard has passed")
+                continue
+            if node.behaviour == "silent" or now < self._next_beat[node.instance_id]:
+                continue
+            self._next_beat[node.instance_id] = now + timedelta(seconds=self.heartbeat_period)
+            self.heartbeat(node, now)
+
+    def _still_running(self, node: Node) -> bool:
+        with self.lock:
+            resp = self.ec2.describe_instances(InstanceIds=[node.instance_id])
+        states = [i["State"]["Name"] for r in resp["Reservations"] for i in r["Instances"]]
+        return bool(states) and states[0] in ("pending", "running")
+
+    def heartbeat(self, node: Node, now: datetime) -> dict[str, Any] | None:
+        body = json.dumps(
+            {
+                "instance_id": node.instance_id,
+                "annex_id": node.annex_id,
+                "claimed_slots": node.claimed(now),
+                "total_slots": SLOTS,
+            }
+        ).encode()
+        status, answer = self.signed_post(node, body)
+        node.heartbeats += 1
+        if status != 200 or not isinstance(answer, dict):
+            node.log.append(f"{now:%H:%M:%S} heartbeat answered {status}")
+            return None
+        action = answer.get("action", "run")
+        node.last_action = action
+        if answer.get("lease_expires_at"):
+            node.lease_expires_at = datetime.fromisoformat(answer["lease_expires_at"].replace("Z", "+00:00"))
+        if action == "terminate":
+            self.power_off(node, now, f"told to terminate: {answer.get('reason', '')}".strip())
+        elif action == "drain" and not node.draining:
+            node.draining = True
+            node.log.append(f"{now:%H:%M:%S} draining: {answer.get('reason', '')}")
+        return answer
+
+    def signed_post(self, node: Node, body: bytes) -> tuple[int, Any]:
+        headers = sign_headers(
+            "POST",
+            self.heartbeat_url,
+            access_key=node.access_key,
+            secret_key=node.secret_key,
+            session_token=node.session_token,
+            region=self.region,
+            body=body,
+            headers={"Content-Type": "application/json"},
+        )
+        prepared = urllib.request.Request(  # noqa: S310 - the local gateway's http URL
+            self.heartbeat_url, data=body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(prepared, timeout=10) as resp:  # noqa: S310
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+        except (urllib.error.URLError, OSError) as exc:
+            log.warning("node %s could not reach the heartbeat route: %s", node.instance_id, exc)
+            return 0, None
+
+    def power_off(self, node: Node, now: datetime, why: str) -> None:
+        node.powered_off = True
+        node.log.append(f"{now:%H:%M:%S} powered off: {why}")
+        log.info("node %s powered off: %s", node.instance_id, why)
+        with self.lock:
+            self.ec2.terminate_instances(InstanceIds=[node.instance_id])
+
+    def run(self, stop: threading.Event, period: float) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("simulated nodes: tick failed; continuing")
+            stop.wait(period)

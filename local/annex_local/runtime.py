@@ -1,0 +1,76 @@
+"""Runs the real Lambda handlers in this process, one invocation at a time (one lock: moto is not
+thread-safe, and it keeps the local stack's logs readable). Handlers are found from template.yaml."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from annex_local.events import FakeContext
+from annex_local.template import functions, handler_path, resolve_environment
+
+log = logging.getLogger("annex_local")
+
+
+def stack_environment(
+    *, table_name: str, stack_name: str, overrides: dict[str, str], region: str, account: str
+) -> dict[str, str]:
+    """The union of every function's resolved environment. Functions share one process here, so a
+    variable two functions define differently would be a conflict; the template has none, and this
+    checks it stays so."""
+    merged: dict[str, str] = {}
+    for logical_id in functions():
+        env = resolve_environment(
+            logical_id,
+            table_name=table_name,
+            stack_name=stack_name,
+            overrides=overrides,
+            region=region,
+            account=account,
+        )
+        for key, value in env.items():
+            if key in merged and merged[key] != value and key != "POWERTOOLS_SERVICE_NAME":
+                raise ValueError(f"{key} differs between functions ({merged[key]!r} vs {value!r})")
+            merged[key] = value
+    return merged
+
+
+class LocalRuntime:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.invocations: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._handlers: dict[str, Callable[..., Any]] = {}
+        self.on_invoke: list[Callable[[str, float], None]] = []
+
+    def configure(self, environment: dict[str, str]) -> None:
+        os.environ.update(environment)
+
+    def handler(self, logical_id: str) -> Callable[..., Any]:
+        if logical_id not in self._handlers:
+            module, attribute = handler_path(logical_id)
+            self._handlers[logical_id] = getattr(importlib.import_module(module), attribute)
+        return self._handlers[logical_id]
+
+    def invoke(self, logical_id: str, event: Any) -> Any:
+        fn = self.handler(logical_id)
+        with self.lock:
+            started = time.monotonic()
+            self.invocations[logical_id] += 1
+            try:
+                return fn(event, FakeContext(logical_id))
+            except Exception:
+                self.errors[logical_id] += 1
+                raise
+            finally:
+                for hook in self.on_invoke:
+                    hook(logical_id, time.monotonic() - started)
+
+    def as_gateway_handler(self, logical_id: str) -> Callable[[Any, Any], Any]:
+        return lambda event, _context: self.invoke(logical_id, event)

@@ -1,0 +1,264 @@
+"""The whole control plane offline: embedded AWS, gateway, stream poller, scheduler, simulated nodes.
+`LocalStack(options).start()` returns once everything is ready; `stop()` shuts it down cleanly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from annex_local.aws import ACCOUNT, REGION, EmbeddedAws, Provisioned
+from annex_local.gateway import Gateway
+from annex_local.nodes import SimulatedNodes
+from annex_local.runtime import LocalRuntime, stack_environment
+from annex_local.scheduler import Scheduler, schedules_from_template
+from annex_local.sigv4 import Identity
+from annex_local.streams import StreamMapping, StreamPoller
+from annex_local.template import events_of_type, load_template, parameter_defaults
+
+log = logging.getLogger("annex_local")
+
+USERS = {
+    "alice": f"arn:aws:iam::{ACCOUNT}:user/alice",
+    "bob": f"arn:aws:iam::{ACCOUNT}:user/bob",
+    "admin": f"arn:aws:iam::{ACCOUNT}:user/admin",
+}
+# Parameters for local use: the administrator is `admin`; the rest are the template's defaults unless
+# --param or --fast say otherwise.
+LOCAL_PARAMS = {"AdminPrincipals": USERS["admin"]}
+# --fast: a lifecycle in minutes instead of hours.
+FAST_PARAMS = {
+    "MinLease": "1m",
+    "MinIdleTimeout": "20s",
+    "DefaultIdleTimeout": "1m",
+    "BootGrace": "45s",
+    "HeartbeatLossGrace": "30s",
+}
+FAST_SWEEP_SECONDS = 5.0
+FAST_HEARTBEAT_SECONDS = 5.0
+
+
+@dataclass
+class Options:
+    state_dir: Path = Path(".annex-local")
+    host: str = "127.0.0.1"
+    port: int = 0
+    aws_port: int = 0
+    stack_name: str = "annex-local"
+    sweep_period: float | None = None  # None: the template's schedules
+    heartbeat_period: float = 60.0  # the on-instance agent's timer
+    stream_interval: float = 0.5
+    params: dict[str, str] = field(default_factory=dict)
+    fast: bool = False
+
+    def effective_params(self) -> dict[str, str]:
+        return {**LOCAL_PARAMS, **(FAST_PARAMS if self.fast else {}), **self.params}
+
+    def effective_sweep_period(self) -> float | None:
+        return self.sweep_period or (FAST_SWEEP_SECONDS if self.fast else None)
+
+    def effective_heartbeat_period(self) -> float:
+        return (
+            FAST_HEARTBEAT_SECONDS if self.fast and self.heartbeat_period == 60.0 else self.heartbeat_period
+        )
+
+
+class LocalStack:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.aws = EmbeddedAws(host=options.host, port=options.aws_port, stack_name=options.stack_name)
+        self.runtime = LocalRuntime()
+        self.identities: dict[str, Any] = {}
+        self.users: dict[str, tuple[str, str]] = {}
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.gateway: Gateway | None = None
+        self.provisioned: Provisioned | None = None
+        self.pollers: list[StreamPoller] = []
+        self.scheduler: Scheduler | None = None
+        self.nodes: SimulatedNodes | None = None
+
+    # --- start / stop -----------------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        unknown = set(self.options.params) - set(parameter_defaults())
+        if unknown:
+            raise ValueError(f"unknown template parameter(s): {', '.join(sorted(unknown))}")
+        self.aws.start()
+        self.provisioned = prov = self.aws.provision()
+        for name, arn in USERS.items():
+            key = "AKIA" + secrets.token_hex(8).upper()
+            secret = secrets.token_urlsafe(30)
+            self.identities[key] = Identity(secret, arn)
+            self.users[name] = (key, secret)
+        handlers = {fn: self.runtime.as_gateway_handler(fn) for fn, _, _ in events_of_type("Api")}
+        self.gateway = Gateway(
+            self.identities, region=REGION, host=self.options.host, port=self.options.port, handlers=handlers
+        ).start()
+        self._configure_functions(prov)
+        self._start_pollers(prov)
+        self._start_scheduler()
+        self._start_nodes(prov)
+        self.write_state()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        if self.gateway is not None:
+            self.gateway.stop()
+        self.aws.stop()
+        env_file = self.options.state_dir / "env"
+        if env_file.exists():
+            env_file.unlink()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- wiring -----------------------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        assert self.gateway is not None
+        return self.gateway.url
+
+    def _configure_functions(self, prov: Provisioned) -> None:
+        overrides = {
+            **prov.refs,
+            **self.options.effective_params(),
+            **self.network_parameters(prov),
+            "AnnexApi": "local",
+        }
+        env = stack_environment(
+            table_name=prov.table_name,
+            stack_name=self.options.stack_name,
+            overrides={**overrides, **self.url_overrides()},
+            region=REGION,
+            account=ACCOUNT,
+        )
+        env.update(
+            AWS_ENDPOINT_URL=self.aws.endpoint,
+            AWS_ACCESS_KEY_ID="annex-local",
+            AWS_SECRET_ACCESS_KEY="annex-local",
+            AWS_DEFAULT_REGION=REGION,
+            AWS_REGION=REGION,
+            POWERTOOLS_TRACE_DISABLED="1",
+            POWERTOOLS_METRICS_NAMESPACE="AnnexLocal",
+        )
+        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(var, None)
+        self.runtime.configure(env)
+
+    def network_parameters(self, prov: Provisioned) -> dict[str, str]:
+        """What an administrator supplies at deploy time (subnets, security group, AMI), pointed at
+        the embedded EC2. Matched by the template's parameter types."""
+        out: dict[str, str] = {}
+        for name, spec in load_template().get("Parameters", {}).items():
+            kind = str(spec.get("Type", ""))
+            if kind == "List<AWS::EC2::Subnet::Id>" or name == "SubnetIds":
+                out[name] = ",".join(prov.subnet_ids)
+            elif kind == "AWS::EC2::SecurityGroup::Id" or name == "SecurityGroupId":
+                out[name] = prov.security_group_id
+            elif kind in (
+                "AWS::EC2::Image::Id",
+                "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+            ) or name in (
+                "AmiId",
+                "ImageId",
+            ):
+                out[name] = prov.image_id
+            elif name == "CentralManager":
+                out[name] = "cm.pool.local"
+        return out
+
+    def url_overrides(self) -> dict[str, str]:
+        assert self.gateway is not None
+        return {"HEARTBEAT_URL": f"{self.gateway.url}/heartbeat"}
+
+    def _thread(self, target: Any, *args: Any, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _start_pollers(self, prov: Provisioned) -> None:
+        streams = self.aws.client("dynamodbstreams")
+        sqs = self.aws.client("sqs")
+        for fn, _name, props in events_of_type("DynamoDB"):
+            destination = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+            queue_url = None
+            if isinstance(destination, dict) and "Fn::GetAtt" in destination:
+                queue_url = prov.refs.get(destination["Fn::GetAtt"][0])
+            mapping = StreamMapping(
+                function_id=fn,
+                stream_arn=prov.stream_arn,
+                filters=list((props.get("FilterCriteria") or {}).get("Filters", [])),
+                batch_size=int(props.get("BatchSize", 100)),
+                starting_position=str(props.get("StartingPosition", "TRIM_HORIZON")),
+                max_retries=int(props.get("MaximumRetryAttempts", -1)),
+                on_failure_queue_url=queue_url,
+                report_item_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+            )
+            poller = StreamPoller(mapping, streams, self.runtime.invoke, sqs=sqs, region=REGION)
+            self.pollers.append(poller)
+            self._thread(poller.run, self.stop_event, self.options.stream_interval, name=f"stream-{fn}")
+
+    def _start_scheduler(self) -> None:
+        self.scheduler = Scheduler(
+            schedules_from_template(),
+            self.runtime.invoke,
+            period_override=self.options.effective_sweep_period(),
+            region=REGION,
+            account=ACCOUNT,
+        )
+        if self.scheduler.schedules:
+            self._thread(self.scheduler.run, self.stop_event, name="scheduler")
+
+    def _start_nodes(self, prov: Provisioned) -> None:
+        assert self.gateway is not None
+        period = self.options.effective_heartbeat_period()
+        self.nodes = SimulatedNodes(
+            ec2=self.aws.client("ec2"),
+            heartbeat_url=f"{self.gateway.url}/heartbeat",
+            identities=self.identities,
+            role_name=prov.instance_role_name,
+            stack_name=self.options.stack_name,
+            heartbeat_period=period,
+            lock=self.runtime.lock,
+            region=REGION,
+            account=ACCOUNT,
+        )
+        self._thread(self.nodes.run, self.stop_event, min(1.0, period), name="nodes")
+
+    # --- the state directory ----------------------------------------------------------------------
+
+    def write_state(self) -> None:
+        d = self.options.state_dir.resolve()
+        d.mkdir(parents=True, exist_ok=True)
+        credentials = d / "credentials"
+        config = d / "config"
+        credentials.write_text(
+            "".join(
+                f"[{name}]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n\n"
+                for name, (key, secret) in self.users.items()
+            )
+        )
+        credentials.chmod(0o600)
+        config.write_text("".join(f"[profile {name}]\nregion = {REGION}\n\n" for name in self.users))
+        env = {
+            "ANNEX_ENDPOINT": self.api_url,
+            "AWS_ENDPOINT_URL": self.aws.endpoint,
+            "AWS_CONFIG_FILE": str(config),
+            "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+            "AWS_DEFAULT_REGION": REGION,
+        }
+        tmp = d / "env.tmp"
+        tmp.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        tmp.replace(d / "env")  # appears whole: readers never see half a file

@@ -1,0 +1,211 @@
+"""A DynamoDB stream event source mapping, as Lambda runs one: polls the table's stream, applies the
+template's FilterCriteria, calls the function in batches, honours ReportBatchItemFailures, retries up
+to MaximumRetryAttempts and then sends the batch to the on-failure destination (an SQS queue)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger("annex_local.streams")
+
+
+# --- Lambda event filtering (the subset of the pattern language a stream filter uses) -----------------
+
+
+def matches(pattern: Any, value: Any) -> bool:
+    """Does `value` (a stream record, as Lambda sees it) match one filter `pattern`?"""
+    if isinstance(pattern, dict):
+        if not isinstance(value, dict):
+            return False
+        for key, sub in pattern.items():
+            if isinstance(sub, list) and any(isinstance(r, dict) and "exists" in r for r in sub):
+                want = next(r["exists"] for r in sub if isinstance(r, dict) and "exists" in r)
+                if (key in value) != bool(want):
+                    return False
+                if not want:
+                    continue
+            if key not in value:
+                return False
+            if not matches(sub, value[key]):
+                return False
+        return True
+    if isinstance(pattern, list):
+        return any(_rule(rule, value) for rule in pattern)
+    return bool(pattern == value)
+
+
+def _rule(rule: Any, value: Any) -> bool:
+    if not isinstance(rule, dict):
+        return bool(rule == value)
+    if "exists" in rule:
+        return True  # checked by the caller against the key's presence
+    if "prefix" in rule:
+        return isinstance(value, str) and value.startswith(rule["prefix"])
+    if "anything-but" in rule:
+        banned = rule["anything-but"]
+        banned = banned if isinstance(banned, list) else [banned]
+        return value not in banned
+    if "equals-ignore-case" in rule:
+        return isinstance(value, str) and value.lower() == str(rule["equals-ignore-case"]).lower()
+    if "numeric" in rule:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return False
+        ops = rule["numeric"]
+        checks = {
+            "=": number.__eq__,
+            "<": number.__lt__,
+            "<=": number.__le__,
+            ">": number.__gt__,
+            ">=": number.__ge__,
+        }
+        return all(checks[op](float(arg)) for op, arg in zip(ops[::2], ops[1::2], strict=True))
+    return False
+
+
+def passes(filters: list[dict[str, Any]], record: dict[str, Any]) -> bool:
+    """FilterCriteria: a record passes if any filter's pattern matches (no filters: everything)."""
+    if not filters:
+        return True
+    return any(matches(json.loads(f["Pattern"]), record) for f in filters)
+
+
+# --- the poller ----------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamMapping:
+    function_id: str
+    stream_arn: str
+    filters: list[dict[str, Any]]
+    batch_size: int = 100
+    starting_position: str = "TRIM_HORIZON"
+    max_retries: int = -1
+    on_failure_queue_url: str | None = None
+    report_item_failures: bool = False
+
+
+@dataclass
+class StreamPoller:
+    mapping: StreamMapping
+    streams: Any  # boto3 dynamodbstreams client
+    invoke: Callable[[str, Any], Any]
+    sqs: Any = None
+    region: str = "us-east-1"
+    delivered: int = 0
+    failed_to_dlq: int = 0
+    _positions: dict[str, str] = field(default_factory=dict)
+    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _attempts: int = 0
+
+    def poll_once(self) -> int:
+        """Fetch new records from every shard, filter, and deliver. Returns records delivered."""
+        records = self._pending or self._fetch()
+        self._pending = []
+        records = [r for r in records if passes(self.mapping.filters, r)]
+        delivered = 0
+        for start in range(0, len(records), self.mapping.batch_size):
+            batch = records[start : start + self.mapping.batch_size]
+            failed_from = self._deliver(batch)
+            if failed_from is None:
+                delivered += len(batch)
+                self._attempts = 0
+                continue
+            remainder = batch[failed_from:] + records[start + self.mapping.batch_size :]
+            self._attempts += 1
+            if 0 <= self.mapping.max_retries < self._attempts:
+                self._to_dlq(batch[failed_from:])
+                self._attempts = 0
+                self._pending = records[start + self.mapping.batch_size :]
+            else:
+                self._pending = remainder
+            break
+        self.delivered += delivered
+        return delivered
+
+    def _fetch(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        shards = self.streams.describe_stream(StreamArn=self.mapping.stream_arn)["StreamDescription"][
+            "Shards"
+        ]
+        for shard in shards:
+            shard_id = shard["ShardId"]
+            after = self._positions.get(shard_id)
+            kwargs: dict[str, Any] = {"StreamArn": self.mapping.stream_arn, "ShardId": shard_id}
+            if after:
+                kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after)
+            else:
+                kwargs.update(ShardIteratorType=self.mapping.starting_position)
+            iterator = self.streams.get_shard_iterator(**kwargs)["ShardIterator"]
+            resp = self.streams.get_records(ShardIterator=iterator, Limit=1000)
+            for raw in resp.get("Records", []):
+                record = _as_lambda_record(raw, self.mapping.stream_arn, self.region)
+                out.append(record)
+                self._positions[shard_id] = raw["dynamodb"]["SequenceNumber"]
+        return out
+
+    def _deliver(self, batch: list[dict[str, Any]]) -> int | None:
+        """Invoke with the batch. Returns None on success, else the index of the first failed record."""
+        try:
+            result = self.invoke(self.mapping.function_id, {"Records": batch})
+        except Exception:
+            log.exception("%s failed on a batch of %d stream records", self.mapping.function_id, len(batch))
+            return 0
+        failures = (result or {}).get("batchItemFailures") or [] if self.mapping.report_item_failures else []
+        if not failures:
+            return None
+        ids = [f.get("itemIdentifier") for f in failures]
+        seqs = [r["dynamodb"]["SequenceNumber"] for r in batch]
+        return min((seqs.index(i) for i in ids if i in seqs), default=0)
+
+    def _to_dlq(self, records: list[dict[str, Any]]) -> None:
+        self.failed_to_dlq += len(records)
+        log.error("%s: %d stream records exhausted their retries", self.mapping.function_id, len(records))
+        if self.sqs is None or not self.mapping.on_failure_queue_url:
+            return
+        first, last = records[0]["dynamodb"], records[-1]["dynamodb"]
+        self.sqs.send_message(
+            QueueUrl=self.mapping.on_failure_queue_url,
+            MessageBody=json.dumps(
+                {
+                    "requestContext": {
+                        "condition": "RetryAttemptsExhausted",
+                        "functionArn": self.mapping.function_id,
+                    },
+                    "DDBStreamBatchInfo": {
+                        "streamArn": self.mapping.stream_arn,
+                        "startSequenceNumber": first["SequenceNumber"],
+                        "endSequenceNumber": last["SequenceNumber"],
+                        "batchSize": len(records),
+                    },
+                    "timestamp": datetime.now(UTC).isoformat(),
+                }
+            ),
+        )
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:
+                log.exception("stream poll failed; retrying")
+            stop.wait(interval)
+
+
+def _as_lambda_record(raw: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
+    record = dict(raw)
+    record.setdefault("eventSource", "aws:dynamodb")
+    record.setdefault("awsRegion", region)
+    record["eventSourceARN"] = stream_arn
+    dyn = dict(record["dynamodb"])
+    if isinstance(dyn.get("ApproximateCreationDateTime"), datetime):
+        dyn["ApproximateCreationDateTime"] = dyn["ApproximateCreationDateTime"].timestamp()
+    record["dynamodb"] = dyn
+    return record
