@@ -22,6 +22,7 @@ from annex.errors import (
     QuotaExceeded,
     TokenReused,
 )
+from annex.http import json_only
 from annex.models import (
     ANNEX_ID_PATTERN,
     AnnexDetail,
@@ -212,5 +213,6 @@ def on_not_found(_exc: NotFoundError) -> Response[Any]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
+@json_only
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -9,6 +10,7 @@ from datetime import timedelta
 import pytest
 from annex import clients
 from annex.clock import parse_time
+from annex_local.events import FakeContext, rest_event
 
 from tests.integration.conftest import (
     ADMIN,
@@ -345,6 +347,32 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(api, ddb, method, path, 
         assert field in [f["field"].split(".")[0] for f in resp["fields"]], resp
         assert all(f["reason"] for f in resp["fields"])
     assert table_items(ddb) == before
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data", "text/plain", "application/x-www-form-urlencoded", "application/xml"],
+)
+def test_a_body_that_is_not_json_gets_415_and_changes_nothing(api, ddb, content_type):
+    before = table_items(ddb)
+    event = rest_event(
+        "POST", "/annexes", caller_arn=ALICE, body=json.dumps(BODY), headers={"Content-Type": content_type}
+    )
+    resp = api.module.handler(event, FakeContext())
+    assert resp["statusCode"] == 415
+    assert json.loads(resp["body"])["error"] == "UnsupportedMediaType"
+    assert table_items(ddb) == before
+
+
+def test_json_with_a_charset_is_json(api):
+    event = rest_event(
+        "POST",
+        "/annexes",
+        caller_arn=ALICE,
+        body=json.dumps(BODY),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert api.module.handler(event, FakeContext())["statusCode"] == 201
 
 
 def test_an_unsigned_request_is_refused(api, ddb):
