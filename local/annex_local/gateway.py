@@ -34,6 +34,8 @@ Handler = Callable[[dict[str, Any], Any], Any]
 Authorizer = Callable[[Verified, str, str], bool]  # (identity, method, resource path) -> allowed
 IdentityTable = MutableMapping[str, Identity | tuple[str, str] | tuple[str, str, str]]
 _LITERAL, _PARAM, _GREEDY = 2, 1, 0
+# The methods API Gateway routes (ANY stands for these); others never reach a function.
+API_GATEWAY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,10 @@ class Router:
             return None
         best = max(r.specificity() for r, _ in candidates)
         on_resource = [(r, p) for r, p in candidates if r.specificity() == best]
-        for wanted in (method.upper(), "ANY"):
+        wanted = [method.upper(), "ANY"] if method.upper() in API_GATEWAY_METHODS else [method.upper()]
+        for want in wanted:
             for route, params in on_resource:
-                if route.method == wanted:
+                if route.method == want:
                     return route, params
         return None
 
@@ -307,7 +310,12 @@ class Gateway:
                     raise ValueError("Content-Length is not a number")
                 return self.rfile.read(int(length))
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+            def __getattr__(self, name: str) -> Any:
+                # Every method reaches the router (TRACE, PROPFIND, ...), which answers as API Gateway
+                # would; http.server's own answer for them would be a 501.
+                if name.startswith("do_"):
+                    return self._serve
+                raise AttributeError(name)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return  # Gateway.handle logs each request through `log`

@@ -195,3 +195,10 @@ def test_time_of_signing_is_checked_against_now():
     assert answer.status == 403
     assert "Signature expired" in json.loads(answer.body)["message"]
     assert rec.events == []
+
+
+def test_methods_api_gateway_does_not_route_never_reach_a_function():
+    assert ROUTER.find("TRACE", "/annexes") is None
+    assert ROUTER.find("PROPFIND", "/anything") is None
+    route, _ = ROUTER.find("PATCH", "/anything")
+    assert route.function == "Fallback"
