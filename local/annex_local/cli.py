@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import FrameType
 
@@ -39,10 +40,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Powertools warns on every invocation that emits no metric; locally that is noise.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    from annex_local.runtime import install_code_paths
+
+    install_code_paths()  # before anything imports the handlers or the domain package
     from annex_local.stack import LocalStack, Options
 
     options = Options(

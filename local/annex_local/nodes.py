@@ -19,6 +19,7 @@ A comma-separated list gives each instance of the annex its own behaviour, in la
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
 import secrets
@@ -27,6 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from annex.clock import parse_duration
@@ -88,6 +90,7 @@ class SimulatedNodes:
         lock: threading.RLock,
         region: str = "us-east-1",
         account: str = "123456789012",
+        credentials_file: Path | None = None,
     ) -> None:
         self.ec2 = ec2
         self.heartbeat_url = heartbeat_url
@@ -98,6 +101,7 @@ class SimulatedNodes:
         self.lock = lock
         self.region = region
         self.account = account
+        self.credentials_file = credentials_file
         self.nodes: dict[str, Node] = {}
         self._seen_per_annex: dict[str, int] = {}
         self._next_beat: dict[str, datetime] = {}
@@ -138,7 +142,26 @@ class SimulatedNodes:
             self.identities[node.access_key] = Identity(node.secret_key, arn, node.session_token)
             self.nodes[node.instance_id] = node
             self._next_beat[node.instance_id] = now
+            self._publish_credentials(node)
             log.info("node %s of %s booted (%s)", node.instance_id, annex_id, choices[index % len(choices)])
+
+    def _publish_credentials(self, node: Node) -> None:
+        """What IMDS would give the instance: its role session, as a profile named after the instance
+        (the e2e tests use it to act as an instance, and to try to act as another one)."""
+        if self.credentials_file is None:
+            return
+        config = configparser.ConfigParser()
+        config.read(self.credentials_file)
+        config[node.instance_id] = {
+            "aws_access_key_id": node.access_key,
+            "aws_secret_access_key": node.secret_key,
+            "aws_session_token": node.session_token,
+        }
+        tmp = self.credentials_file.with_suffix(".tmp")
+        with tmp.open("w") as fh:
+            config.write(fh)
+        tmp.chmod(0o600)
+        tmp.replace(self.credentials_file)
 
     # --- the agent --------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -13,9 +14,23 @@ from collections.abc import Callable
 from typing import Any
 
 from annex_local.events import FakeContext
-from annex_local.template import functions, handler_path, resolve_environment
+from annex_local.template import REPO_ROOT, functions, handler_path, resolve_environment, resources
 
 log = logging.getLogger("annex_local")
+
+
+def install_code_paths() -> list[str]:
+    """Make the template's code importable, as Lambda does: each layer's content (Lambda's /opt/python)
+    and the repository root (functions are imported as functions.<name>.app)."""
+    paths = [
+        str(REPO_ROOT / str(spec["Properties"]["ContentUri"]))
+        for spec in resources("AWS::Serverless::LayerVersion").values()
+    ]
+    paths.append(str(REPO_ROOT))
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return paths
 
 
 def stack_environment(

@@ -223,6 +223,7 @@ class LocalStack:
 
     def _start_nodes(self, prov: Provisioned) -> None:
         assert self.gateway is not None
+        self.options.state_dir.mkdir(parents=True, exist_ok=True)
         period = self.options.effective_heartbeat_period()
         self.nodes = SimulatedNodes(
             ec2=self.aws.client("ec2"),
@@ -234,6 +235,7 @@ class LocalStack:
             lock=self.runtime.lock,
             region=REGION,
             account=ACCOUNT,
+            credentials_file=self.options.state_dir.resolve() / "instance-credentials",
         )
         self._thread(self.nodes.run, self.stop_event, min(1.0, period), name="nodes")
 
