@@ -57,6 +57,10 @@ template: venv $(VENV_SAM)/.installed  ## cfn-lint and sam validate --lint
 build: $(VENV_SAM)/.installed  ## sam build (no container)
 	$(SAM_ENV) $(SAM) build --template-file template.yaml
 
+.PHONY: demo
+demo: venv  ## the main job: a full annex lifecycle on the offline local stack, narrated
+	$(BIN)/python scripts/demo.py
+
 .PHONY: openapi
 openapi: venv  ## regenerate docs/openapi.json from the request function's routes
 	PYTHONPATH=layers/annex $(BIN)/python -m scripts.openapi > docs/openapi.json
