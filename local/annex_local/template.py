@@ -3,6 +3,7 @@ and the local stack."""
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,14 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "template.yaml"
+# Pseudo parameters as the local stack and the tests see them (moto's defaults).
+PSEUDO_PARAMETERS = {
+    "AWS::Region": "us-east-1",
+    "AWS::AccountId": "123456789012",
+    "AWS::Partition": "aws",
+    "AWS::URLSuffix": "amazonaws.com",
+}
+_SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9:.]+)\}")
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -91,7 +100,9 @@ def resolve_environment(
     path: Path = TEMPLATE,
 ) -> dict[str, str]:
     """Resolve a function's environment against the template's parameter defaults: !Ref Param, !Join of a
-    list parameter, !Ref AnnexTable, AWS::StackName. Other resources come from `overrides`."""
+    list parameter, !Ref AnnexTable, AWS::StackName and the other pseudo parameters, !Sub over those.
+    Other resources (and their attributes, as "Resource.Attr") come from `overrides`, which may also
+    replace a variable outright."""
     params = parameter_defaults(path)
     overrides = overrides or {}
     resolved: dict[str, str] = {}
@@ -101,6 +112,8 @@ def resolve_environment(
             return stack_name
         if name in overrides:
             return overrides[name]
+        if name in PSEUDO_PARAMETERS:
+            return PSEUDO_PARAMETERS[name]
         if name in params:
             return params[name]
         if name == "AnnexTable":
@@ -121,8 +134,10 @@ def resolve_environment(
             key = ".".join(v["Fn::GetAtt"])
             if key in overrides:
                 return str(overrides[key])
+        if isinstance(v, dict) and isinstance(v.get("Fn::Sub"), str):
+            return _SUB_VARIABLE.sub(lambda m: ref(m.group(1)), v["Fn::Sub"])
         raise KeyError(f"cannot resolve {v!r} locally; pass it in overrides")
 
     for key, raw in function_environment(logical_id, path).items():
-        resolved[key] = overrides.get(key, value(raw))
+        resolved[key] = overrides[key] if key in overrides else value(raw)
     return resolved
