@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from annex_local.template import load_template
+from .template import load_template
 
 STREAMS_CONFIG = Config(account_id_endpoint_mode="disabled")
 
