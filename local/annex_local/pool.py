@@ -56,7 +56,9 @@ def create_pool(
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.42.{i}.0/24", AvailabilityZone=zone)["Subnet"]
         subnets[subnet["SubnetId"]] = zone
     group = ec2.create_security_group(GroupName="htcondor-pool", Description="HTCondor pool", VpcId=vpc)
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    # Any image will do; filtering keeps moto from listing thousands (over a second per call).
+    images = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-hvm-*"]}])
+    image = images["Images"][0]["ImageId"]
     trust = {
         "Version": "2012-10-17",
         "Statement": [
