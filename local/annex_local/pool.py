@@ -53,7 +53,10 @@ def create_pool(
     vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
     subnets: dict[str, str] = {}
     for i, zone in enumerate(zones):
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.42.{i}.0/24", AvailabilityZone=zone)["Subnet"]
+        # /20: room for a thousand instances per zone (moto fails with StopIteration, not
+        # InsufficientFreeAddressesInSubnet, when a subnet runs out of addresses).
+        cidr = f"10.42.{16 * i}.0/20"
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=zone)["Subnet"]
         subnets[subnet["SubnetId"]] = zone
     group = ec2.create_security_group(GroupName="htcondor-pool", Description="HTCondor pool", VpcId=vpc)
     # Any image will do; filtering keeps moto from listing thousands (over a second per call).
