@@ -242,7 +242,7 @@ class Launcher:
         config_errors = sum(1 for r in run.refusals if not r.capacity)
         note = launch_note(annex.count, total, run.refusals)
         if run.stopped or not self._still_launching(annex.id):
-            return self._stopped(annex, now, run, note, config_errors)
+            return self._left_launching(annex, now, run, note, config_errors)
         if total == 0:
             return self._fail(annex, now, note, config_errors=config_errors)
         moved = self.store.set_state(
@@ -256,8 +256,8 @@ class Launcher:
             release=annex.count - total,
             owner=annex.owner,
         )
-        if not moved:  # stopped between the last check and now
-            return self._stopped(annex, now, run, note, config_errors)
+        if not moved:  # it changed between the last check and now
+            return self._left_launching(annex, now, run, note, config_errors)
         self._retag_if_extended(annex, [*have, *(i.instance_id for i in run.launched)])
         return LaunchOutcome(
             annex.id,
@@ -269,11 +269,17 @@ class Launcher:
             note=note,
         )
 
-    def _stopped(
+    def _left_launching(
         self, annex: Annex, now: datetime, run: _Run, note: str, config_errors: int
     ) -> LaunchOutcome:
-        """Stopped (or ended by its lease) while launching: nothing of it may keep running."""
-        terminated = self._terminate_all(self.store.get_annex(annex.id), now)
+        """Someone else moved the annex on while this run launched. Stopped or expired: nothing of it
+        may keep running. Running: a concurrent delivery finished it; its instances are its own."""
+        current = self.store.get_annex(annex.id)
+        if current.live:
+            return LaunchOutcome(
+                annex.id, "duplicate", requested=annex.count, launched=current.launched_count, note=note
+            )
+        terminated = self._terminate_all(current, now)
         return LaunchOutcome(
             annex.id,
             "stopped",
