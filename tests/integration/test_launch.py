@@ -526,6 +526,27 @@ def test_an_annex_stopped_while_launching_leaves_nothing_running(api, launch, fa
     assert {r["state"] for r in after["instances"]} == {"terminated"}
 
 
+def test_a_run_overtaken_by_a_concurrent_delivery_terminates_nothing(api, launch, faults, ec2, store):
+    annex = request(api, name="bio-run", count=2)
+
+    def another_delivery_finished() -> None:
+        store.set_state(
+            annex["id"],
+            expected=[AnnexState.LAUNCHING],
+            new_state=AnnexState.RUNNING,
+            now=utcnow(),
+            actor="launch",
+            extra={"launched_count": 2},
+        )
+
+    faults.before_launch.append(another_delivery_finished)
+
+    launch.deliver()
+
+    assert detail(api, annex["id"])["state"] == "running"
+    assert len(instances_of(ec2, annex["id"])) == 2  # nothing of a running annex was terminated
+
+
 def test_an_ended_annex_redelivered_only_cleans_up(api, launch, faults, ec2):
     annex = request(api, name="bio-run", count=2)
     records = launch.pending()
