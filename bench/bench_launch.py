@@ -18,7 +18,6 @@ import os
 import sys
 import time
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,10 @@ for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
 
 import boto3  # noqa: E402
 from annex import clients  # noqa: E402
-from annex.clock import utcnow  # noqa: E402
-from annex.models import Annex, AnnexState, Market  # noqa: E402
+from annex.models import Market  # noqa: E402
 from annex.store import AnnexStore  # noqa: E402
 from annex_local.events import FakeContext  # noqa: E402
-from annex_local.pool import create_pool  # noqa: E402
+from annex_local.pool import create_pool, put_requested_annex  # noqa: E402
 from annex_local.streams import StreamReader, filter_patterns, lambda_event, passes  # noqa: E402
 from annex_local.template import resolve_environment, table_create_kwargs  # noqa: E402
 from moto import mock_aws  # noqa: E402
@@ -87,23 +85,7 @@ def run(count: int, market: Market) -> dict[str, Any]:
         clients.ec2_launch.cache_clear()
 
         store = AnnexStore(clients.dynamodb(), TABLE)
-        now = utcnow()
-        annex = Annex(
-            id=store.new_annex_id(),
-            name=f"bench-{count}",
-            owner=OWNER,
-            state=AnnexState.REQUESTED,
-            count=count,
-            instance_types=["c7i.xlarge"],
-            market=market,
-            lease_expires_at=now + timedelta(hours=4),
-            idle_timeout_seconds=1200,
-            created_at=now,
-            updated_at=now,
-        )
-        store.create_annex(
-            annex, fingerprint="bench", max_live_per_owner=count, actor=OWNER, retention=timedelta(1)
-        )
+        annex = put_requested_annex(store, owner=OWNER, name=f"bench-{count}", count=count, market=market)
         patterns = filter_patterns("LaunchFunction")
         records = [r for r in StreamReader(TABLE).poll() if passes(patterns, r)]
         assert len(records) == 1, records

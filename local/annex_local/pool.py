@@ -5,9 +5,14 @@ the benchmarks and the local stack."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import boto3
+from annex.clock import utcnow
+from annex.models import Annex, AnnexState, Market
+from annex.store import AnnexStore
 
 CENTRAL_MANAGER = "cm.pool.example.org:9618"
 API_ID = "a1b2c3d4e5"
@@ -82,3 +87,34 @@ def create_pool(
         pool_token_secret_arn=secret["ARN"],
         pool_token=pool_token,
     )
+
+
+def put_requested_annex(
+    store: AnnexStore,
+    *,
+    owner: str,
+    name: str,
+    count: int,
+    types: Sequence[str] = ("c7i.xlarge",),
+    market: Market = Market.ON_DEMAND,
+) -> Annex:
+    """An annex record as the request function writes it, without the request policy (any count, any
+    list of types): what the launch function's stream trigger sees."""
+    now = utcnow()
+    annex = Annex(
+        id=store.new_annex_id(),
+        name=name,
+        owner=owner,
+        state=AnnexState.REQUESTED,
+        count=count,
+        instance_types=list(types),
+        market=market,
+        lease_expires_at=now + timedelta(hours=4),
+        idle_timeout_seconds=1200,
+        created_at=now,
+        updated_at=now,
+    )
+    store.create_annex(
+        annex, fingerprint=name, max_live_per_owner=count, actor=owner, retention=timedelta(days=1)
+    )
+    return annex

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,9 @@ import pytest
 from annex import clients
 from annex.clock import parse_time, to_epoch, utcnow
 from annex.launcher import ordered_subnets
-from annex.models import Annex, AnnexState, Market
+from annex.models import AnnexState
 from annex.store import AnnexStore
+from annex_local.pool import put_requested_annex
 from annex_local.streams import filter_patterns, passes
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
@@ -93,28 +93,6 @@ def faults(launch) -> Ec2Faults:
 @pytest.fixture
 def store(ddb) -> AnnexStore:
     return AnnexStore(ddb, TABLE)
-
-
-def put_requested(store: AnnexStore, *, types: list[str], count: int, market=Market.ON_DEMAND) -> Annex:
-    """An annex record as the request function writes it, without its policy (any type list)."""
-    now = utcnow()
-    annex = Annex(
-        id=store.new_annex_id(),
-        name="typed-run",
-        owner=ALICE,
-        state=AnnexState.REQUESTED,
-        count=count,
-        instance_types=types,
-        market=market,
-        lease_expires_at=now + timedelta(hours=4),
-        idle_timeout_seconds=1200,
-        created_at=now,
-        updated_at=now,
-    )
-    store.create_annex(
-        annex, fingerprint="test", max_live_per_owner=100, actor=ALICE, retention=timedelta(days=1)
-    )
-    return annex
 
 
 def request(api, **body: Any) -> dict[str, Any]:
@@ -375,7 +353,9 @@ def test_capacity_errors_fall_through_to_the_next_subnet(api, launch, faults, ec
 
 def test_an_unsupported_type_falls_through_to_the_next_type(launch, faults, ec2, store, pool):
     # The API gives on-demand annexes one type; the launcher takes any list, in order of preference.
-    annex = put_requested(store, types=["c7i.xlarge", "m7i.xlarge"], count=4)
+    annex = put_requested_annex(
+        store, owner=ALICE, name="typed-run", count=4, types=["c7i.xlarge", "m7i.xlarge"]
+    )
     faults.capacity = {(s, t): 100 for s in pool.subnet_ids for t in ("c7i.xlarge", "m7i.xlarge")}
 
     def unsupported(params, model, **_):
