@@ -384,4 +384,4 @@ class Ec2Launch:
                     zone=zones.get(override.get("SubnetId", "")),
                 )
             )
-        return FleetResult(launched=launched[:count], refusals=refusals)
+        return FleetResult(launched=launched, refusals=refusals)

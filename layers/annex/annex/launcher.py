@@ -228,9 +228,7 @@ class Launcher:
 
         have = self._adopt(annex, now)
         run = _Run()
-        if len(have) > annex.count:
-            self._trim(annex, have, now)
-        elif len(have) < annex.count:
+        if len(have) < annex.count:
             try:
                 if annex.market is Market.SPOT:
                     self._launch_spot(annex, offset=len(have), now=now, run=run)
@@ -238,7 +236,10 @@ class Launcher:
                     self._launch_on_demand(annex, offset=len(have), now=now, run=run)
             except LaunchRejected as exc:  # before any call could launch: the subnets themselves
                 run.refusals.append(Refusal(exc.ec2_code, exc.message, None, None))
-        total = min(len(have) + len(run.launched), annex.count)
+        instance_ids = [*have, *(i.instance_id for i in run.launched)]
+        if len(instance_ids) > annex.count:
+            self._trim(annex, instance_ids, now)
+        total = len(instance_ids)
         config_errors = sum(1 for r in run.refusals if not r.capacity)
         note = launch_note(annex.count, total, run.refusals)
         if run.stopped or not self._still_launching(annex.id):
@@ -258,7 +259,7 @@ class Launcher:
         )
         if not moved:  # it changed between the last check and now
             return self._left_launching(annex, now, run, note, config_errors)
-        self._retag_if_extended(annex, [*have, *(i.instance_id for i in run.launched)])
+        self._retag_if_extended(annex, instance_ids)
         return LaunchOutcome(
             annex.id,
             "running" if total == annex.count else "partial",
@@ -310,14 +311,14 @@ class Launcher:
         self._record(annex, orphans, now)
         return sorted(recorded | {o.instance_id for o in orphans})
 
-    def _trim(self, annex: Annex, have: list[str], now: datetime) -> None:
-        """More instances than asked for must never run: terminate the surplus."""
-        surplus = have[annex.count :]
+    def _trim(self, annex: Annex, instance_ids: list[str], now: datetime) -> None:
+        """More instances than asked for must never run: terminate the surplus (the newest first)."""
+        surplus = instance_ids[annex.count :]
         self.ec2.terminate(surplus)
         self.store.mark_instances_ended(
             annex.id, surplus, reason=EndReason.ORPHAN, now=now, retention=self.settings.retention
         )
-        del have[annex.count :]
+        del instance_ids[annex.count :]
 
     def _spec(self, annex: Annex) -> InstanceSpec:
         return InstanceSpec(
