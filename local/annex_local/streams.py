@@ -1,6 +1,12 @@
-"""A DynamoDB stream event source mapping, as Lambda runs one: polls the table's stream, applies the
-template's FilterCriteria, calls the function in batches, honours ReportBatchItemFailures, retries up
-to MaximumRetryAttempts and then sends the batch to the on-failure destination (an SQS queue)."""
+"""DynamoDB stream -> Lambda, offline. `StreamPoller` is an event source mapping as Lambda runs one: it
+polls the table's stream, applies the template's FilterCriteria, calls the function in batches,
+honours ReportBatchItemFailures, retries up to MaximumRetryAttempts and then sends the batch to the
+on-failure destination (an SQS queue). `StreamReader` just reads (the integration tests deliver by hand).
+
+moto quirks: the dynamodbstreams client needs `account_id_endpoint_mode="disabled"` (otherwise moto
+answers DescribeStream with 404 "Not yet implemented"), and GetRecords returns
+ApproximateCreationDateTime as a datetime where Lambda sends epoch seconds.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import boto3
+from botocore.config import Config
+
+from annex_local.template import load_template
+
+STREAMS_CONFIG = Config(account_id_endpoint_mode="disabled")
 log = logging.getLogger("annex_local.streams")
 
 
@@ -70,11 +82,60 @@ def _rule(rule: Any, value: Any) -> bool:
     return False
 
 
-def passes(filters: list[dict[str, Any]], record: dict[str, Any]) -> bool:
-    """FilterCriteria: a record passes if any filter's pattern matches (no filters: everything)."""
-    if not filters:
+def passes(patterns: list[Any], record: dict[str, Any]) -> bool:
+    """A record reaches the function when any pattern matches (no patterns: every record). Patterns are
+    FilterCriteria filters ({"Pattern": "<json>"}) or already-parsed patterns."""
+    if not patterns:
         return True
-    return any(matches(json.loads(f["Pattern"]), record) for f in filters)
+    parsed = [json.loads(p["Pattern"]) if isinstance(p, dict) and "Pattern" in p else p for p in patterns]
+    return any(matches(p, record) for p in parsed)
+
+
+def filter_patterns(function_logical_id: str, event_name: str | None = None) -> list[dict[str, Any]]:
+    """The FilterCriteria patterns of a function's DynamoDB event in template.yaml, parsed."""
+    events = load_template()["Resources"][function_logical_id]["Properties"].get("Events", {})
+    patterns = []
+    for name, spec in events.items():
+        if spec.get("Type") != "DynamoDB" or (event_name and name != event_name):
+            continue
+        for f in spec["Properties"].get("FilterCriteria", {}).get("Filters", []):
+            patterns.append(json.loads(f["Pattern"]))
+    return patterns
+
+
+def lambda_event(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"Records": records}
+
+
+class StreamReader:
+    """Reads a table's stream from the start, then only what is new on each poll() (in-process moto)."""
+
+    def __init__(self, table_name: str, *, region: str = "us-east-1") -> None:
+        ddb = boto3.client("dynamodb", region_name=region)
+        self.stream_arn = ddb.describe_table(TableName=table_name)["Table"]["LatestStreamArn"]
+        self.region = region
+        self._streams = boto3.client("dynamodbstreams", region_name=region, config=STREAMS_CONFIG)
+        self._iterators: dict[str, str | None] = {}
+
+    def poll(self) -> list[dict[str, Any]]:
+        """New records, as Lambda delivers them (eventSourceARN added, times in epoch seconds)."""
+        shards = self._streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]["Shards"]
+        records: list[dict[str, Any]] = []
+        for shard in shards:
+            shard_id = shard["ShardId"]
+            if shard_id not in self._iterators:
+                self._iterators[shard_id] = self._streams.get_shard_iterator(
+                    StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+                )["ShardIterator"]
+            iterator = self._iterators[shard_id]
+            while iterator:
+                page = self._streams.get_records(ShardIterator=iterator)
+                iterator = page.get("NextShardIterator")
+                if not page["Records"]:
+                    break
+                records.extend(as_lambda_record(r, self.stream_arn, self.region) for r in page["Records"])
+            self._iterators[shard_id] = iterator
+        return records
 
 
 # --- the poller ----------------------------------------------------------------------------------
@@ -146,7 +207,7 @@ class StreamPoller:
             iterator = self.streams.get_shard_iterator(**kwargs)["ShardIterator"]
             resp = self.streams.get_records(ShardIterator=iterator, Limit=1000)
             for raw in resp.get("Records", []):
-                record = _as_lambda_record(raw, self.mapping.stream_arn, self.region)
+                record = as_lambda_record(raw, self.mapping.stream_arn, self.region)
                 out.append(record)
                 self._positions[shard_id] = raw["dynamodb"]["SequenceNumber"]
         return out
@@ -199,13 +260,13 @@ class StreamPoller:
             stop.wait(interval)
 
 
-def _as_lambda_record(raw: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
+def as_lambda_record(raw: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
     record = dict(raw)
     record.setdefault("eventSource", "aws:dynamodb")
     record.setdefault("awsRegion", region)
     record["eventSourceARN"] = stream_arn
     dyn = dict(record["dynamodb"])
     if isinstance(dyn.get("ApproximateCreationDateTime"), datetime):
-        dyn["ApproximateCreationDateTime"] = dyn["ApproximateCreationDateTime"].timestamp()
+        dyn["ApproximateCreationDateTime"] = int(dyn["ApproximateCreationDateTime"].timestamp())
     record["dynamodb"] = dyn
     return record

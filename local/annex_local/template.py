@@ -12,9 +12,14 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "template.yaml"
-
-
-_SUB = re.compile(r"\$\{([A-Za-z0-9:._]+)\}")
+# Pseudo parameters as the local stack and the tests see them (moto's defaults).
+PSEUDO_PARAMETERS = {
+    "AWS::Region": "us-east-1",
+    "AWS::AccountId": "123456789012",
+    "AWS::Partition": "aws",
+    "AWS::URLSuffix": "amazonaws.com",
+}
+_SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9:.]+)\}")
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -120,8 +125,9 @@ def resolve_environment(
     account: str = "123456789012",
 ) -> dict[str, str]:
     """Resolve a function's environment against the template's parameter defaults: !Ref Param, !Join of a
-    list parameter, !Ref AnnexTable, AWS::StackName, !Sub over those. Other resources come from
-    `overrides` (by logical id, `LogicalId.Attr`, parameter name, or the variable's own name)."""
+    list parameter, !Ref AnnexTable, AWS::StackName and the other pseudo parameters, !Sub over those.
+    Other resources (and their attributes, as "Resource.Attr") come from `overrides`, which may also
+    replace a variable outright."""
     params = parameter_defaults(path)
     overrides = overrides or {}
     resolved: dict[str, str] = {}
@@ -131,6 +137,9 @@ def resolve_environment(
             return stack_name
         if name in overrides:
             return overrides[name]
+        pseudo = {**PSEUDO_PARAMETERS, "AWS::Region": region, "AWS::AccountId": account}
+        if name in pseudo:
+            return pseudo[name]
         if name in params:
             return params[name]
         if name == "AnnexTable":
@@ -151,21 +160,9 @@ def resolve_environment(
             key = ".".join(v["Fn::GetAtt"])
             if key in overrides:
                 return str(overrides[key])
-        if isinstance(v, dict) and "Fn::Sub" in v and isinstance(v["Fn::Sub"], str):
-            return _SUB.sub(lambda m: sub_ref(m.group(1)), v["Fn::Sub"])
+        if isinstance(v, dict) and isinstance(v.get("Fn::Sub"), str):
+            return _SUB_VARIABLE.sub(lambda m: ref(m.group(1)), v["Fn::Sub"])
         raise KeyError(f"cannot resolve {v!r} locally; pass it in overrides")
-
-    def sub_ref(name: str) -> str:
-        pseudo = {"AWS::Region": region, "AWS::URLSuffix": "amazonaws.com", "AWS::Partition": "aws"}
-        if name in pseudo:
-            return str(pseudo[name])
-        if name == "AWS::AccountId":
-            return str(account)
-        if "." in name:
-            if name in overrides:
-                return str(overrides[name])
-            raise KeyError(f"cannot resolve ${{{name}}} locally; pass it in overrides")
-        return ref(name)
 
     for key, raw in function_environment(logical_id, path).items():
         resolved[key] = overrides[key] if key in overrides else value(raw)

@@ -14,6 +14,8 @@ from annex import clients
 from annex_local.events import FakeContext, rest_event
 from annex_local.gateway import Gateway
 from annex_local.sigv4 import Identity
+from annex_local.pool import Pool, create_pool
+from annex_local.streams import StreamReader, filter_patterns, lambda_event, passes
 from annex_local.template import resolve_environment, table_create_kwargs, ttl_attribute
 from moto import mock_aws
 
@@ -159,3 +161,61 @@ def aws_profiles(tmp_path, monkeypatch) -> Path:
     path.write_text("\n".join(lines) + "\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(path))
     return path
+
+
+# --- launch: the annex table's stream feeds the launch function ---------------------------------
+
+
+@pytest.fixture
+def pool(aws) -> Pool:
+    """Subnets in three zones, the pool security group, an image, the instance profile, the pool secret."""
+    return create_pool()
+
+
+@pytest.fixture
+def launch_env(monkeypatch, ddb, pool) -> dict[str, str]:
+    env = resolve_environment(
+        "LaunchFunction", table_name=TABLE, stack_name=STACK, overrides=pool.launch_overrides()
+    )
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+class Launch:
+    """Delivers the annex table's stream to the launch handler as the event source mapping would: only
+    the records the template's FilterCriteria let through, in one batch."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.reader = StreamReader(TABLE)
+        self.patterns = filter_patterns("LaunchFunction")
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Stream records written since the last call that would reach the function."""
+        return [r for r in self.reader.poll() if passes(self.patterns, r)]
+
+    def invoke(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.module.handler(lambda_event(records), FakeContext("launch"))
+
+    def deliver(self) -> list[dict[str, Any]]:
+        """Invoke the function with what is pending; returns the records delivered."""
+        records = self.pending()
+        if records:
+            response = self.invoke(records)
+            assert response == {"batchItemFailures": []}, response
+        return records
+
+
+@pytest.fixture
+def launch(launch_env, request_env) -> Iterator[Launch]:
+    module = importlib.import_module("functions.launch.app")
+    module.settings.cache_clear()
+    module.launcher.cache_clear()
+    clients.client.cache_clear()
+    clients.ec2_launch.cache_clear()
+    yield Launch(module)
+    module.settings.cache_clear()
+    module.launcher.cache_clear()
+    clients.client.cache_clear()
+    clients.ec2_launch.cache_clear()

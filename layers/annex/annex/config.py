@@ -7,11 +7,12 @@ fails the cold start with a message naming it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from annex.clock import parse_duration
 
@@ -79,3 +80,59 @@ class ReapTiming(_EnvModel):
 
     boot_grace: Duration = Field(alias="BOOT_GRACE")
     heartbeat_loss_grace: Duration = Field(alias="HEARTBEAT_LOSS_GRACE")
+
+
+_SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+# The template parameters an administrator must set before the first launch. They may be empty at
+# deploy time (the stack deploys without them); a launch then ends the annex FAILED naming them.
+LAUNCH_PARAMETERS = {
+    "SubnetIds": "subnet_ids",
+    "PoolSecurityGroupId": "security_group_id",
+    "AnnexImageId": "image_id",
+    "CentralManager": "central_manager",
+}
+
+
+def _subnet_ids(value: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [s for s in value if not _SUBNET_ID.match(s)]
+    if bad:
+        raise ValueError(f"SUBNET_IDS must be subnet ids (subnet-0123abcd...), not {', '.join(bad)}")
+    if len(set(value)) != len(value):
+        raise ValueError("SUBNET_IDS lists a subnet twice")
+    return value
+
+
+class LaunchSettings(CommonSettings, ReapTiming):
+    """The launch function: where and how annex instances start, and what their user data needs."""
+
+    subnet_ids: Annotated[CsvList, AfterValidator(_subnet_ids)] = Field(alias="SUBNET_IDS")
+    security_group_id: str = Field(alias="SECURITY_GROUP_ID", pattern=r"^(sg-[0-9a-f]{8,17})?$")
+    image_id: str = Field(
+        alias="IMAGE_ID", pattern=r"^(ami-[0-9a-f]{8,17}|resolve:ssm:/(annex|aws/service)/[A-Za-z0-9_./-]+)?$"
+    )
+    central_manager: str = Field(
+        alias="CENTRAL_MANAGER", pattern=r"^([A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?)?$", max_length=253
+    )
+    pool_token_secret_arn: str = Field(
+        alias="POOL_TOKEN_SECRET_ARN", pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$"
+    )
+    secrets_endpoint: str = Field(alias="SECRETS_ENDPOINT", pattern=r"^https?://[A-Za-z0-9.:-]+/?$")
+    instance_profile_arn: str = Field(
+        alias="INSTANCE_PROFILE_ARN", pattern=r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$"
+    )
+    heartbeat_url: str = Field(alias="HEARTBEAT_URL", pattern=r"^https?://[A-Za-z0-9.:-]+/[A-Za-z0-9._/-]*$")
+    deadman_margin: Duration = Field(alias="DEADMAN_MARGIN")
+    config_timeout: Duration = Field(alias="CONFIG_TIMEOUT")
+
+    @model_validator(mode="after")
+    def _config_before_reap(self) -> Self:
+        if self.config_timeout >= self.boot_grace:
+            raise ValueError(
+                "CONFIG_TIMEOUT must be shorter than BOOT_GRACE: an instance that cannot configure itself "
+                "powers off before the cloud would reap it as silent"
+            )
+        return self
+
+    def missing(self) -> list[str]:
+        """Template parameters still empty; launching needs every one of them."""
+        return [param for param, attr in LAUNCH_PARAMETERS.items() if not getattr(self, attr)]

@@ -54,7 +54,25 @@ class Forbidden(AnnexError):
 
 
 class CapacityUnavailable(AnnexError):
+    """EC2 has no capacity (or no quota) for this request here; another subnet, type or a smaller
+    request may still succeed. `ec2_code` is EC2's error code, such as InsufficientInstanceCapacity."""
+
     code = "CapacityUnavailable"
+
+    def __init__(self, message: str, *, field: str | None = None, ec2_code: str = "") -> None:
+        super().__init__(message, field=field)
+        self.ec2_code = ec2_code
+
+
+class LaunchRejected(AnnexError):
+    """EC2 refused a launch for a reason capacity does not explain (image, security group, subnet,
+    permissions): the administrator must act. `ec2_code` is EC2's error code."""
+
+    code = "LaunchRejected"
+
+    def __init__(self, message: str, *, field: str | None = None, ec2_code: str = "") -> None:
+        super().__init__(message, field=field)
+        self.ec2_code = ec2_code
 
 
 class Throttled(AnnexError):

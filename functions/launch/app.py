@@ -1,0 +1,86 @@
+"""The launch function: the annex table's stream -> EC2 capacity. Thin: each stream record becomes a
+LaunchTrigger and one call to the launcher; Powertools reports the records that failed, so only those
+are retried (the template bounds the retries and sends what is left to a dead-letter queue)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import cache
+from typing import Any
+
+from annex import clients
+from annex.clock import utcnow
+from annex.config import LaunchSettings
+from annex.ec2 import Ec2, Ec2Launch
+from annex.launcher import Launcher, LaunchOutcome, LaunchTrigger
+from annex.store import AnnexStore
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+
+
+@cache
+def settings() -> LaunchSettings:
+    return LaunchSettings.from_env()
+
+
+@cache
+def launcher() -> Launcher:
+    cfg = settings()
+    return Launcher(
+        AnnexStore(clients.dynamodb(), cfg.table_name),
+        Ec2(clients.ec2(), cfg.stack_name),
+        Ec2Launch(clients.ec2_launch()),
+        cfg,
+    )
+
+
+@tracer.capture_method
+def record_handler(record: DynamoDBRecord) -> None:
+    change = record.dynamodb
+    trigger = LaunchTrigger.parse(
+        record.raw_event.get("eventName"),
+        change.keys if change else {},
+        change.new_image if change else {},
+    )
+    if trigger is None:
+        logger.info(
+            "not a launch request; skipped", extra={"sequence_number": change and change.sequence_number}
+        )
+        return
+    logger.append_keys(annex_id=trigger.annex_id)
+    outcome = launcher().launch(trigger.annex_id, now=utcnow())
+    _report(outcome)
+
+
+def _report(outcome: LaunchOutcome) -> None:
+    logger.info("launch %s", outcome.result, extra={"outcome": asdict(outcome)})
+    metrics.add_metric(name="InstancesLaunched", unit=MetricUnit.Count, value=outcome.launched_now)
+    if outcome.result in ("partial", "failed"):
+        metrics.add_metric(
+            name="InstancesNotLaunched", unit=MetricUnit.Count, value=outcome.requested - outcome.launched
+        )
+    if outcome.result == "failed":
+        metrics.add_metric(name="AnnexLaunchFailed", unit=MetricUnit.Count, value=1)
+    if outcome.config_errors:
+        logger.error("EC2 refused the launch configuration", extra={"note": outcome.note})
+        metrics.add_metric(name="LaunchConfigErrors", unit=MetricUnit.Count, value=outcome.config_errors)
+    if outcome.terminated:
+        metrics.add_metric(name="InstancesTerminated", unit=MetricUnit.Count, value=outcome.terminated)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

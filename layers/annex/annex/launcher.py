@@ -1,0 +1,464 @@
+"""Launch: turn a requested annex into tagged, recorded EC2 capacity, exactly once.
+
+Exactly once, in three layers:
+1. The record: `requested -> launching` is a conditional write. A delivery that finds the annex
+   `running` does nothing; one that finds it `ended`/`failed` only terminates what may be left of it.
+2. Resuming: a delivery that finds it `launching` (the last run crashed) counts what the annex already
+   has, recorded or only tagged in EC2, and launches the remainder.
+3. EC2: every call carries a client token derived from (annex, offset, slot, count). A retry that
+   repeats a call whose instances EC2 does not list yet repeats the same token, and EC2 answers with the
+   first call's instances instead of launching more.
+
+Instances are recorded (with their reap time) batch by batch as they launch, before the annex moves to
+`running`; if the annex was stopped meanwhile, everything launched is terminated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from annex.clock import to_iso
+from annex.config import LaunchSettings
+from annex.ec2 import (
+    MAX_LAUNCH_BATCH,
+    NEVER_HERE_CODES,
+    TAG_ID,
+    TAG_LEASE,
+    TAG_NAME,
+    TAG_OWNER,
+    TAG_STACK,
+    Ec2,
+    Ec2Launch,
+    InstanceSpec,
+    Launched,
+    Refusal,
+    Slot,
+)
+from annex.errors import AnnexNotFound, CapacityUnavailable, LaunchRejected
+from annex.models import LIVE_INSTANCE_STATES, Annex, AnnexState, EndReason, Instance, InstanceState, Market
+from annex.store import AnnexStore
+from annex.termination import end_and_terminate, terminate_annex_instances
+from annex.userdata import NodeConfig, render_user_data
+
+ACTOR = "launch"
+MAX_NOTE = 1000  # characters of launch_note kept on the record
+
+Result = Literal["running", "partial", "failed", "stopped", "ended", "duplicate", "not-found"]
+
+
+class LaunchTrigger(BaseModel):
+    """The stream record that asks for capacity: an annex META item inserted in state `requested`.
+    The template's FilterCriteria let only these through; the handler checks again."""
+
+    event_name: Literal["INSERT"]
+    pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
+    sk: Literal["META"]
+    state: Literal["requested"]
+
+    @property
+    def annex_id(self) -> str:
+        return self.pk.removeprefix("ANNEX#")
+
+    @classmethod
+    def parse(
+        cls, event_name: object, keys: dict[str, object], new_image: dict[str, object]
+    ) -> LaunchTrigger | None:
+        try:
+            return cls.model_validate(
+                {
+                    "event_name": event_name,
+                    "pk": keys.get("pk"),
+                    "sk": keys.get("sk"),
+                    "state": new_image.get("state"),
+                }
+            )
+        except ValidationError:
+            return None
+
+
+@dataclass(frozen=True)
+class LaunchOutcome:
+    annex_id: str
+    result: Result
+    requested: int = 0
+    launched: int = 0  # instances the annex has after this run
+    launched_now: int = 0  # of which this run launched
+    terminated: int = 0
+    config_errors: int = 0  # refusals the administrator must act on (image, subnet, permissions...)
+    note: str = ""
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+
+def batch_sizes(count: int, limit: int = MAX_LAUNCH_BATCH) -> list[int]:
+    """`count` instances in calls of at most `limit`: ceil(count / limit) calls."""
+    full, rest = divmod(max(count, 0), limit)
+    return [limit] * full + ([rest] if rest else [])
+
+
+def client_token(annex_id: str, *parts: object) -> str:
+    """A deterministic EC2 ClientToken (at most 64 characters) for one call of one annex's launch."""
+    digest = hashlib.sha256("|".join([annex_id, *map(str, parts)]).encode()).hexdigest()
+    return f"{annex_id}-{digest[: 63 - len(annex_id)]}"
+
+
+def ordered_subnets(annex_id: str, subnet_ids: Sequence[str]) -> list[str]:
+    """The subnets rotated by the annex id: annexes spread over the zones, and one annex always tries
+    them in the same order (so its client tokens repeat on a retry)."""
+    if not subnet_ids:
+        return []
+    start = int(annex_id.removeprefix("ax-"), 16) % len(subnet_ids)
+    return [*subnet_ids[start:], *subnet_ids[:start]]
+
+
+def annex_tags(annex: Annex, stack_name: str) -> dict[str, str]:
+    """The tags every instance (and volume) of the annex carries from its first second."""
+    tags = {"Name": f"annex-{annex.name}", **annex.tags}
+    tags.update(
+        {
+            TAG_ID: annex.id,
+            TAG_NAME: annex.name,
+            TAG_OWNER: annex.owner[:256],
+            TAG_STACK: stack_name,
+            TAG_LEASE: to_iso(annex.lease_expires_at),
+        }
+    )
+    return tags
+
+
+def launch_note(requested: int, launched: int, refusals: Iterable[Refusal]) -> str:
+    """`7 of 10 launched: InsufficientInstanceCapacity for c7i.xlarge in us-east-1a, us-east-1b`."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for refusal in refusals:
+        label = refusal.ec2_code
+        if not refusal.capacity and refusal.message:
+            label = f"{refusal.ec2_code} ({refusal.message.removeprefix(refusal.ec2_code + ': ')[:160]})"
+        zones = groups.setdefault((label, refusal.instance_type or "any type"), [])
+        if refusal.zone and refusal.zone not in zones:
+            zones.append(refusal.zone)
+    head = f"{launched} of {requested} launched"
+    if not groups:
+        return head
+    reasons = "; ".join(
+        f"{label} for {itype}" + (f" in {', '.join(zones)}" if zones else "")
+        for (label, itype), zones in groups.items()
+    )
+    sep = ": " if launched < requested else " after "
+    return f"{head}{sep}{reasons}"[:MAX_NOTE]
+
+
+@dataclass
+class _Run:
+    """What one launch run did."""
+
+    launched: list[Launched] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    stopped: bool = False
+
+
+# --- the launcher -------------------------------------------------------------------------------
+
+
+class Launcher:
+    def __init__(self, store: AnnexStore, ec2: Ec2, capacity: Ec2Launch, settings: LaunchSettings) -> None:
+        self.store = store
+        self.ec2 = ec2
+        self.capacity = capacity
+        self.settings = settings
+        self._zones: dict[str, str] | None = None  # subnet -> zone, read once per container
+
+    def launch(self, annex_id: str, *, now: datetime) -> LaunchOutcome:
+        """Bring the annex to `running` with its instances (or `failed` with none). Safe to repeat."""
+        try:
+            annex = self.store.get_annex(annex_id)
+        except AnnexNotFound:
+            return LaunchOutcome(annex_id, "not-found", note="no such annex (deleted after it ended)")
+        if annex.state is AnnexState.REQUESTED:
+            claimed = self.store.set_state(
+                annex.id,
+                expected=[AnnexState.REQUESTED],
+                new_state=AnnexState.LAUNCHING,
+                now=now,
+                actor=ACTOR,
+                detail=f"launching {annex.count} x {'/'.join(annex.instance_types)} {annex.market.value}",
+            )
+            annex = (
+                annex.model_copy(update={"state": AnnexState.LAUNCHING})
+                if claimed
+                else self.store.get_annex(annex_id)
+            )
+        if annex.state is AnnexState.LAUNCHING:
+            return self._launch(annex, now)
+        if annex.state is AnnexState.RUNNING:
+            return LaunchOutcome(annex.id, "duplicate", requested=annex.count, launched=annex.launched_count)
+        # Ended or failed: a launch that crashed before it could see the stop may have left instances.
+        terminated = self._terminate_all(annex, now)
+        return LaunchOutcome(annex.id, "ended", requested=annex.count, terminated=terminated)
+
+    # --- one run ----------------------------------------------------------------------------------
+
+    def _launch(self, annex: Annex, now: datetime) -> LaunchOutcome:
+        missing = self.settings.missing()
+        if missing:
+            note = (
+                f"Annex is not configured for launching: template parameter(s) {', '.join(missing)} "
+                "are empty; the administrator must set them (see docs/launch.md)"
+            )
+            return self._fail(annex, now, note, config_errors=1)
+        if annex.lease_expires_at <= now:
+            result = end_and_terminate(
+                self.store,
+                self.ec2,
+                annex.id,
+                reason=EndReason.LEASE_EXPIRED,
+                actor=ACTOR,
+                now=now,
+                retention=self.settings.retention,
+                detail="the lease ended before the annex could launch",
+            )
+            return LaunchOutcome(annex.id, "ended", requested=annex.count, terminated=len(result.terminated))
+
+        have = self._adopt(annex, now)
+        run = _Run()
+        if len(have) < annex.count:
+            try:
+                if annex.market is Market.SPOT:
+                    self._launch_spot(annex, offset=len(have), now=now, run=run)
+                else:
+                    self._launch_on_demand(annex, offset=len(have), now=now, run=run)
+            except LaunchRejected as exc:  # before any call could launch: the subnets themselves
+                run.refusals.append(Refusal(exc.ec2_code, exc.message, None, None))
+        instance_ids = [*have, *(i.instance_id for i in run.launched)]
+        if len(instance_ids) > annex.count:
+            self._trim(annex, instance_ids, now)
+        total = len(instance_ids)
+        config_errors = sum(1 for r in run.refusals if not r.capacity)
+        note = launch_note(annex.count, total, run.refusals)
+        if run.stopped or not self._still_launching(annex.id):
+            return self._left_launching(annex, now, run, note, config_errors)
+        if total == 0:
+            return self._fail(annex, now, note, config_errors=config_errors)
+        moved = self.store.set_state(
+            annex.id,
+            expected=[AnnexState.LAUNCHING],
+            new_state=AnnexState.RUNNING,
+            now=now,
+            actor=ACTOR,
+            detail=note,
+            extra={"launched_count": total, "launch_note": note},
+            release=annex.count - total,
+            owner=annex.owner,
+        )
+        if not moved:  # it changed between the last check and now
+            return self._left_launching(annex, now, run, note, config_errors)
+        self._retag_if_extended(annex, instance_ids)
+        return LaunchOutcome(
+            annex.id,
+            "running" if total == annex.count else "partial",
+            requested=annex.count,
+            launched=total,
+            launched_now=len(run.launched),
+            config_errors=config_errors,
+            note=note,
+        )
+
+    def _left_launching(
+        self, annex: Annex, now: datetime, run: _Run, note: str, config_errors: int
+    ) -> LaunchOutcome:
+        """Someone else moved the annex on while this run launched. Stopped or expired: nothing of it
+        may keep running. Running: a concurrent delivery finished it; its instances are its own."""
+        current = self.store.get_annex(annex.id)
+        if current.live:
+            return LaunchOutcome(
+                annex.id, "duplicate", requested=annex.count, launched=current.launched_count, note=note
+            )
+        terminated = self._terminate_all(current, now)
+        return LaunchOutcome(
+            annex.id,
+            "stopped",
+            requested=annex.count,
+            launched_now=len(run.launched),
+            terminated=terminated,
+            config_errors=config_errors,
+            note=note,
+        )
+
+    def _adopt(self, annex: Annex, now: datetime) -> list[str]:
+        """The instances the annex already has: recorded, or only tagged by a run that crashed before
+        recording them (those are recorded now). Resuming launches only the rest."""
+        recorded = {
+            i.instance_id for i in self.store.list_instances(annex.id) if i.state in LIVE_INSTANCE_STATES
+        }
+        orphans = [
+            Launched(
+                t.instance_id,
+                t.instance_type or annex.instance_types[0],
+                t.zone,
+                annex.market.value,
+                t.launch_time,
+            )
+            for t in self.ec2.live_instances(annex.id)
+            if t.instance_id not in recorded
+        ]
+        self._record(annex, orphans, now)
+        return sorted(recorded | {o.instance_id for o in orphans})
+
+    def _trim(self, annex: Annex, instance_ids: list[str], now: datetime) -> None:
+        """More instances than asked for must never run: terminate the surplus (the newest first)."""
+        surplus = instance_ids[annex.count :]
+        self.ec2.terminate(surplus)
+        self.store.mark_instances_ended(
+            annex.id, surplus, reason=EndReason.ORPHAN, now=now, retention=self.settings.retention
+        )
+        del instance_ids[annex.count :]
+
+    def _spec(self, annex: Annex) -> InstanceSpec:
+        return InstanceSpec(
+            image_id=self.settings.image_id,
+            instance_profile_arn=self.settings.instance_profile_arn,
+            security_group_id=self.settings.security_group_id,
+            user_data=render_user_data(NodeConfig.for_annex(annex, self.settings)),
+            tags=annex_tags(annex, self.settings.stack_name),
+        )
+
+    def _slots(self, annex: Annex) -> list[Slot]:
+        if self._zones is None:
+            self._zones = self.capacity.subnet_zones(self.settings.subnet_ids)
+        zones = self._zones
+        subnets = ordered_subnets(annex.id, self.settings.subnet_ids)
+        return [
+            Slot(itype, subnet, zones.get(subnet, subnet))
+            for itype in annex.instance_types
+            for subnet in subnets
+        ]
+
+    def _launch_on_demand(self, annex: Annex, *, offset: int, now: datetime, run: _Run) -> None:
+        """RunInstances in batches of at most 100 (MinCount = MaxCount). A batch no slot can take is
+        halved and tried again, so capacity spread over zones is still found; a slot that refused n
+        instances is not asked for n or more again in this run."""
+        spec, slots = self._spec(annex), self._slots(annex)
+        refused: dict[Slot, int] = {}  # slot -> smallest count it refused
+        queue = deque(batch_sizes(annex.count - offset))
+        while queue:
+            count = queue.popleft()
+            launched: list[Launched] | None = None
+            for slot in slots:
+                if refused.get(slot, count + 1) <= count:
+                    continue
+                token = client_token(annex.id, offset, slot.instance_type, slot.subnet_id, count)
+                try:
+                    launched = self.capacity.run_instances(spec, slot, count, token)
+                except (CapacityUnavailable, LaunchRejected) as exc:
+                    permanent = isinstance(exc, LaunchRejected) or exc.ec2_code in NEVER_HERE_CODES
+                    refused[slot] = 0 if permanent else count
+                    run.refusals.append(Refusal(exc.ec2_code, exc.message, slot.instance_type, slot.zone))
+                    continue
+                break
+            if launched is None:
+                if count == 1:
+                    return  # not one more instance fits anywhere
+                queue.extendleft([count // 2, count - count // 2])  # the larger half first
+                continue
+            self._record(annex, launched, now)
+            run.launched.extend(launched)
+            offset += len(launched)
+            if queue and not self._still_launching(annex.id):
+                run.stopped = True
+                return
+
+    def _launch_spot(self, annex: Annex, *, offset: int, now: datetime, run: _Run) -> None:
+        """EC2 Fleet `instant`, capacity-optimized across every allowed type in every subnet, in calls of
+        at most 100. A call that gets fewer than it asked for means the pools are drained: stop there."""
+        spec, slots = self._spec(annex), self._slots(annex)
+        template = f"annex-{annex.id}"
+        owner_tags = {TAG_STACK: self.settings.stack_name, TAG_ID: annex.id}
+        self.capacity.create_launch_template(template, spec, owner_tags)
+        try:
+            queue = deque(batch_sizes(annex.count - offset))
+            while queue:
+                count = queue.popleft()
+                token = client_token(annex.id, offset, "fleet", count)
+                try:
+                    result = self.capacity.create_fleet(template, slots, count, token, owner_tags)
+                except (CapacityUnavailable, LaunchRejected) as exc:
+                    run.refusals.append(Refusal(exc.ec2_code, exc.message, None, None))
+                    return
+                self._record(annex, result.launched, now)
+                run.launched.extend(result.launched)
+                run.refusals.extend(result.refusals)
+                offset += len(result.launched)
+                if len(result.launched) < count:
+                    return
+                if queue and not self._still_launching(annex.id):
+                    run.stopped = True
+                    return
+        finally:
+            self.capacity.delete_launch_template(template)
+
+    # --- records and cleanup ----------------------------------------------------------------------
+
+    def _record(self, annex: Annex, launched: Sequence[Launched], now: datetime) -> None:
+        """Instance records with their reap time (launch + boot grace), written as soon as EC2 answers."""
+        if not launched:
+            return
+        at = max([now, *(i.launch_time for i in launched if i.launch_time)])
+        instances = [
+            Instance(
+                instance_id=i.instance_id,
+                annex_id=annex.id,
+                instance_type=i.instance_type,
+                zone=i.zone,
+                market=Market(i.market),
+                state=InstanceState.PENDING,
+                launched_at=at,
+            )
+            for i in launched
+        ]
+        self.store.put_instances(instances, reap_at=at + self.settings.boot_grace)
+
+    def _still_launching(self, annex_id: str) -> bool:
+        return self.store.get_annex(annex_id).state is AnnexState.LAUNCHING
+
+    def _fail(self, annex: Annex, now: datetime, note: str, *, config_errors: int) -> LaunchOutcome:
+        """No capacity: the annex ends FAILED with the reason, its quota returns, nothing runs."""
+        ended = self.store.end_annex(
+            annex.id,
+            reason=EndReason.LAUNCH_FAILED,
+            now=now,
+            actor=ACTOR,
+            retention=self.settings.retention,
+            detail=note,
+            final_state=AnnexState.FAILED,
+        )
+        terminated = self._terminate_all(ended or self.store.get_annex(annex.id), now)
+        return LaunchOutcome(
+            annex.id,
+            "failed",
+            requested=annex.count,
+            terminated=terminated,
+            config_errors=config_errors,
+            note=note if ended else "already ended",
+        )
+
+    def _terminate_all(self, annex: Annex, now: datetime) -> int:
+        reason = annex.end_reason or EndReason.STOPPED
+        return len(
+            terminate_annex_instances(
+                self.store, self.ec2, annex, reason=reason, now=now, retention=self.settings.retention
+            )
+        )
+
+    def _retag_if_extended(self, launched_with: Annex, instance_ids: Sequence[str]) -> None:
+        """The lease tag was written from the record read at the start; an extension that landed during
+        the launch moved the record (and the tags EC2 listed then), so bring these tags up to date."""
+        current = self.store.get_annex(launched_with.id)
+        if current.lease_expires_at != launched_with.lease_expires_at and instance_ids:
+            self.ec2.tag_lease(instance_ids, current.lease_expires_at)

@@ -1,0 +1,200 @@
+"""The launch function's wiring in template.yaml: what a reviewer of the stack would check by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from annex_local.streams import filter_patterns, matches
+from annex_local.template import load_template
+
+STACK = {"Ref": "AWS::StackName"}
+
+
+@pytest.fixture(scope="module")
+def resources():
+    return load_template()["Resources"]
+
+
+@pytest.fixture(scope="module")
+def statements(resources):
+    policies = resources["LaunchRole"]["Properties"]["Policies"]
+    return {s["Sid"]: s for p in policies for s in p["PolicyDocument"]["Statement"]}
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def test_stream_trigger_is_filtered_bounded_and_dead_lettered(resources):
+    function = resources["LaunchFunction"]["Properties"]
+    event = function["Events"]["AnnexRequested"]
+    props = event["Properties"]
+
+    assert event["Type"] == "DynamoDB"
+    assert props["Stream"] == {"Fn::GetAtt": ["AnnexTable", "StreamArn"]}
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 1 <= props["MaximumRetryAttempts"] <= 5
+    assert props["BisectBatchOnFunctionError"] is True
+    assert props["DestinationConfig"]["OnFailure"]["Destination"] == {
+        "Fn::GetAtt": ["LaunchDeadLetterQueue", "Arn"]
+    }
+    assert resources["LaunchDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+    dlq_alarm = resources["LaunchDeadLetterAlarm"]["Properties"]
+    assert dlq_alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    assert dlq_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["LaunchDeadLetterQueue", "QueueName"]}
+    assert resources["LaunchErrorsAlarm"]["Properties"]["Dimensions"][0]["Value"] == {"Ref": "LaunchFunction"}
+    assert function["LoggingConfig"]["LogGroup"] == {"Ref": "LaunchLogGroup"}
+    assert resources["LaunchLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+@pytest.mark.parametrize(
+    ("record", "reaches"),
+    [
+        (
+            {
+                "eventName": "INSERT",
+                "dynamodb": {
+                    "Keys": {"pk": {"S": "ANNEX#ax-1"}, "sk": {"S": "META"}},
+                    "NewImage": {"state": {"S": "requested"}},
+                },
+            },
+            True,
+        ),
+        (
+            {
+                "eventName": "MODIFY",
+                "dynamodb": {
+                    "Keys": {"pk": {"S": "ANNEX#ax-1"}, "sk": {"S": "META"}},
+                    "NewImage": {"state": {"S": "requested"}},
+                },
+            },
+            False,
+        ),
+        (
+            {
+                "eventName": "MODIFY",
+                "dynamodb": {
+                    "Keys": {"pk": {"S": "ANNEX#ax-1"}, "sk": {"S": "META"}},
+                    "NewImage": {"state": {"S": "running"}},
+                },
+            },
+            False,
+        ),
+        (
+            {
+                "eventName": "INSERT",
+                "dynamodb": {
+                    "Keys": {"pk": {"S": "OWNER#x"}, "sk": {"S": "QUOTA"}},
+                    "NewImage": {"live": {"N": "3"}},
+                },
+            },
+            False,
+        ),
+        (
+            {
+                "eventName": "INSERT",
+                "dynamodb": {
+                    "Keys": {"pk": {"S": "ANNEX#ax-1"}, "sk": {"S": "INST#i-1"}},
+                    "NewImage": {"state": {"S": "pending"}},
+                },
+            },
+            False,
+        ),
+    ],
+)
+def test_only_new_requested_annex_records_reach_the_function(record, reaches):
+    (pattern,) = filter_patterns("LaunchFunction")
+
+    assert matches(pattern, record) is reaches
+
+
+def test_role_is_the_functions_own_and_not_sams_generated_one(resources):
+    assert resources["LaunchFunction"]["Properties"]["Role"] == {"Fn::GetAtt": ["LaunchRole", "Arn"]}
+    assert "Policies" not in resources["LaunchFunction"]["Properties"]
+
+
+def test_every_statement_names_exact_actions(statements):
+    for sid, statement in statements.items():
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            assert "*" not in action, f"{sid} grants a wildcard action {action}"
+
+
+def test_instances_start_only_tagged_for_this_stack(statements):
+    started = statements["StartOnlyInstancesTaggedForThisStack"]
+
+    assert set(as_list(started["Action"])) == {"ec2:RunInstances", "ec2:CreateFleet"}
+    assert started["Condition"] == {"StringEquals": {"aws:RequestTag/annex:stack": STACK}}
+    assert any(":instance/*" in json.dumps(r) for r in started["Resource"])
+    assert any(":volume/*" in json.dumps(r) for r in started["Resource"])
+    # No other statement lets RunInstances create an instance or volume without that condition.
+    for sid, statement in statements.items():
+        if sid != started["Sid"] and "ec2:RunInstances" in as_list(statement["Action"]):
+            created = [r for r in as_list(statement["Resource"]) if ":instance/" in json.dumps(r)]
+            assert not created, f"{sid} starts instances without the tag condition"
+            assert ":volume/" not in json.dumps(statement["Resource"]), sid
+
+
+def test_tags_are_written_only_at_launch_or_to_move_the_lease(statements):
+    taggers = {sid: s for sid, s in statements.items() if "ec2:CreateTags" in as_list(s["Action"])}
+
+    assert set(taggers) == {"TagOnlyAtLaunch", "MoveOnlyTheLeaseTag"}
+    at_launch = taggers["TagOnlyAtLaunch"]["Condition"]["StringEquals"]
+    assert set(at_launch["ec2:CreateAction"]) == {"RunInstances", "CreateFleet", "CreateLaunchTemplate"}
+    assert at_launch["aws:RequestTag/annex:stack"] == STACK
+    lease = taggers["MoveOnlyTheLeaseTag"]["Condition"]
+    assert lease["ForAllValues:StringEquals"] == {"aws:TagKeys": ["annex:lease-expires"]}
+    assert lease["StringEquals"] == {"aws:ResourceTag/annex:stack": STACK}
+
+
+def test_only_the_annex_instance_role_may_be_passed_and_only_to_ec2(statements):
+    passing = [s for s in statements.values() if "iam:PassRole" in as_list(s["Action"])]
+
+    assert len(passing) == 1
+    assert passing[0]["Resource"] == {"Fn::GetAtt": ["AnnexInstanceRole", "Arn"]}
+    assert "iam:PassedToService" in passing[0]["Condition"]["StringEquals"]
+
+
+def test_table_access_is_exact(statements):
+    records = statements["AnnexRecords"]
+    stream = statements["ReadAnnexStream"]
+
+    assert set(records["Action"]) == {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
+    }
+    assert records["Resource"] == {"Fn::GetAtt": ["AnnexTable", "Arn"]}
+    assert stream["Resource"] == {"Fn::Sub": "${AnnexTable.Arn}/stream/*"}
+    assert set(stream["Action"]) == {
+        "dynamodb:DescribeStream",
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+        "dynamodb:ListStreams",
+    }
+
+
+def test_termination_and_template_deletion_need_the_stack_tag(statements):
+    for sid in ("StopOnlyThisStacksInstances", "DeleteOnlyAnnexTemplates", "LaunchOnlyFromAnnexTemplates"):
+        assert statements[sid]["Condition"] == {"StringEquals": {"aws:ResourceTag/annex:stack": STACK}}, sid
+
+
+def test_launch_parameters_deploy_empty_and_the_function_gets_them(resources):
+    params = load_template()["Parameters"]
+    env = resources["LaunchFunction"]["Properties"]["Environment"]["Variables"]
+
+    for name, var in {
+        "SubnetIds": "SUBNET_IDS",
+        "PoolSecurityGroupId": "SECURITY_GROUP_ID",
+        "AnnexImageId": "IMAGE_ID",
+        "CentralManager": "CENTRAL_MANAGER",
+    }.items():
+        assert params[name]["Default"] == ""
+        assert env[var] == {"Ref": name}
+    assert env["HEARTBEAT_URL"] == {
+        "Fn::Sub": "https://${AnnexApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/v1/heartbeat"
+    }
+    assert env["POOL_TOKEN_SECRET_ARN"] == {"Ref": "PoolTokenSecret"}
