@@ -37,6 +37,7 @@ FAST_PARAMS = {
     "DefaultIdleTimeout": "1m",
     "BootGrace": "45s",
     "HeartbeatLossGrace": "30s",
+    "InstanceConfigTimeout": "30s",  # must stay below BootGrace (checked by the launch settings)
 }
 FAST_SWEEP_SECONDS = 5.0
 FAST_HEARTBEAT_SECONDS = 5.0
@@ -158,26 +159,21 @@ class LocalStack:
         self.runtime.configure(env)
 
     def network_parameters(self, prov: Provisioned) -> dict[str, str]:
-        """What an administrator supplies at deploy time (subnets, security group, AMI), pointed at
-        the embedded EC2. Matched by the template's parameter types."""
-        out: dict[str, str] = {}
-        for name, spec in load_template().get("Parameters", {}).items():
-            kind = str(spec.get("Type", ""))
-            if kind == "List<AWS::EC2::Subnet::Id>" or name == "SubnetIds":
-                out[name] = ",".join(prov.subnet_ids)
-            elif kind == "AWS::EC2::SecurityGroup::Id" or name == "SecurityGroupId":
-                out[name] = prov.security_group_id
-            elif kind in (
-                "AWS::EC2::Image::Id",
-                "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
-            ) or name in (
-                "AmiId",
-                "ImageId",
-            ):
-                out[name] = prov.image_id
-            elif name == "CentralManager":
-                out[name] = "cm.pool.local"
-        return out
+        """What an administrator supplies at deploy time (subnets, security group, image, central
+        manager), pointed at the embedded EC2."""
+        supplied = {
+            "SubnetIds": ",".join(prov.subnet_ids),
+            "PoolSecurityGroupId": prov.security_group_id,
+            "AnnexImageId": prov.image_id,
+            "CentralManager": "cm.pool.local:9618",
+        }
+        declared = load_template().get("Parameters", {})
+        missing = set(supplied) - set(declared)
+        if missing:
+            raise ValueError(
+                f"template.yaml no longer declares {', '.join(sorted(missing))}; update annex_local"
+            )
+        return supplied
 
     def url_overrides(self) -> dict[str, str]:
         assert self.gateway is not None

@@ -13,8 +13,8 @@ import pytest
 from annex import clients
 from annex_local.events import FakeContext, rest_event
 from annex_local.gateway import Gateway
-from annex_local.sigv4 import Identity
 from annex_local.pool import Pool, create_pool
+from annex_local.sigv4 import Identity
 from annex_local.streams import StreamReader, filter_patterns, lambda_event, passes
 from annex_local.template import resolve_environment, table_create_kwargs, ttl_attribute
 from moto import mock_aws
