@@ -79,3 +79,18 @@ class ReapTiming(_EnvModel):
 
     boot_grace: Duration = Field(alias="BOOT_GRACE")
     heartbeat_loss_grace: Duration = Field(alias="HEARTBEAT_LOSS_GRACE")
+
+
+class HeartbeatSettings(CommonSettings, ReapTiming):
+    """The heartbeat function (POST /heartbeat)."""
+
+    instance_role_name: str = Field(alias="INSTANCE_ROLE_NAME", min_length=1, max_length=64)
+    drain_lead: Duration = Field(alias="DRAIN_LEAD")
+
+
+class LeaseCheckSettings(CommonSettings):
+    """The lease-check sweep (every minute): due leases and the orphan sweep."""
+
+
+class IdleReapSettings(CommonSettings, ReapTiming):
+    """The idle-reap sweep (every minute): idle and silent instances."""

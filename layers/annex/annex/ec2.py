@@ -22,6 +22,7 @@ TAG_STACK = "annex:stack"
 TAG_LEASE = "annex:lease-expires"
 LIVE_EC2_STATES = ("pending", "running", "stopping", "stopped")
 TERMINATE_BATCH = 500
+FILTER_VALUES_MAX = 200  # values per DescribeInstances filter (the API's limit)
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -46,12 +47,22 @@ class Ec2:
 
     def live_instances(self, annex_id: str | None = None) -> Iterator[TaggedInstance]:
         """Every not-terminated instance tagged by this stack (optionally: of one annex). Paginated."""
+        yield from self._describe([annex_id] if annex_id else None)
+
+    def live_instances_of(self, annex_ids: Iterable[str]) -> Iterator[TaggedInstance]:
+        """The not-terminated instances of these annexes: one paginated DescribeInstances per
+        FILTER_VALUES_MAX annexes, however many annexes there are (the sweeps batch their work)."""
+        ids = sorted(set(annex_ids))
+        for batch in chunks(ids, FILTER_VALUES_MAX):
+            yield from self._describe(list(batch))
+
+    def _describe(self, annex_ids: list[str] | None) -> Iterator[TaggedInstance]:
         filters: list[Any] = [
             {"Name": f"tag:{TAG_STACK}", "Values": [self.stack_name]},
             {"Name": "instance-state-name", "Values": list(LIVE_EC2_STATES)},
         ]
-        if annex_id:
-            filters.append({"Name": f"tag:{TAG_ID}", "Values": [annex_id]})
+        if annex_ids:
+            filters.append({"Name": f"tag:{TAG_ID}", "Values": annex_ids})
         paginator = self._ec2.get_paginator("describe_instances")
         for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000}):
             self.calls += 1

@@ -59,3 +59,9 @@ class CapacityUnavailable(AnnexError):
 
 class Throttled(AnnexError):
     code = "Throttled"
+
+
+class LeaseNotDue(LeaseConflict):
+    """The lease-check found an annex in the due index whose lease was extended since (index lag)."""
+
+    code = "LeaseNotDue"
