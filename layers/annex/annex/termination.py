@@ -3,9 +3,9 @@ each step is idempotent: running it again after a crash finishes what the last r
 
 Two shapes, one order of steps each:
 - a whole annex (`end_and_terminate[_many]`): end the record first (so nothing new launches for it and
-  its quota comes back), then TerminateInstances for every instance on record or tagged with its id,
-  then mark the records. A crash after the first step leaves an ended annex with running instances: the
-  orphan sweep terminates exactly those on its next run.
+  its quota comes back), then mark its instance records, then TerminateInstances for every instance on
+  record or tagged with its id. A crash after the first step leaves an ended annex with running
+  instances: the orphan sweep terminates exactly those (and marks their records) on its next run.
 - single instances (`terminate_instances`, for idle-reap and the orphan sweep): claim each record
   (`terminating`, still in the `due` index), TerminateInstances, then record each termination and give
   its quota unit back in one transaction. A crash before the last step leaves the claim due: the next
@@ -120,7 +120,7 @@ def terminate_annex_instances(
     store: AnnexStore, ec2: Ec2, annex: Annex, *, reason: EndReason, now: datetime, retention: timedelta
 ) -> list[str]:
     """Terminate one annex's instances: those on record and those EC2 knows by tag (a record may not
-    have been written yet when a launch was interrupted). Then mark the records."""
+    have been written yet when a launch was interrupted), marking the records."""
     return terminate_annexes_instances(store, ec2, [annex], reason=reason, now=now, retention=retention).get(
         annex.id, []
     )
@@ -135,8 +135,8 @@ def terminate_annexes_instances(
     now: datetime,
     retention: timedelta,
 ) -> dict[str, list[str]]:
-    """Terminate the instances of these (ended) annexes in batched calls, then mark their records.
-    Returns, per annex, the instances EC2 accepted to terminate."""
+    """Mark the instance records of these (ended) annexes, then terminate their instances in batched
+    calls. Returns, per annex, the instances EC2 accepted to terminate."""
     if not annexes:
         return {}
     recorded: dict[str, list[str]] = {
@@ -147,10 +147,11 @@ def terminate_annexes_instances(
     for tagged in ec2.live_instances_of(targets):
         if tagged.annex_id in targets:
             targets[tagged.annex_id].add(tagged.instance_id)
-    every = [i for ids in targets.values() for i in ids]
-    accepted = set(ec2.terminate(every)) if every else set()
+    # Mark the records first: a crash after this leaves running instances of an ended annex, which the
+    # orphan sweep terminates. (Marking after TerminateInstances would leave live records of terminated
+    # instances that no sweep of this annex would visit again.) Records whose instance EC2 no longer
+    # knows are ended too: there is nothing left to stop.
     for annex in annexes:
-        # Records whose instance EC2 no longer knows are ended too: there is nothing left to stop.
         store.mark_instances_ended(
             annex.id,
             sorted(recorded[annex.id]),
@@ -158,6 +159,8 @@ def terminate_annexes_instances(
             now=now,
             retention=retention,
         )
+    every = [i for ids in targets.values() for i in ids]
+    accepted = set(ec2.terminate(every)) if every else set()
     return {annex_id: sorted(ids & accepted) for annex_id, ids in targets.items()}
 
 
