@@ -12,7 +12,7 @@ from annex.clock import utcnow
 from annex.config import HeartbeatSettings
 from annex.errors import Forbidden
 from annex.heartbeat import HeartbeatService
-from annex.models import HeartbeatRequest, HeartbeatResponse
+from annex.models import HeartbeatAction, HeartbeatRequest, HeartbeatResponse
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
@@ -55,7 +55,7 @@ def heartbeat(request: Annotated[HeartbeatRequest, Body()]) -> HeartbeatResponse
         logger.warning("heartbeat refused", extra={"caller": caller_arn})
         raise
     metrics.add_metric(name="Heartbeats", unit=MetricUnit.Count, value=1)
-    if answer.action.value != "run":
+    if answer.action is not HeartbeatAction.RUN:
         logger.info("instance told to stop", extra={"action": answer.action.value, "reason": answer.reason})
     return answer
 

@@ -2,59 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from annex.auth import authorize_instance_report
 from annex.errors import Forbidden
 from annex.heartbeat import answer
-from annex.models import (
-    Annex,
-    AnnexState,
-    EndReason,
-    HeartbeatAction,
-    Instance,
-    InstanceState,
-    Market,
-)
+from annex.models import AnnexState, EndReason, HeartbeatAction, InstanceState
 
-T0 = datetime(2026, 11, 22, 18, 0, tzinfo=UTC)
+from tests.unit.builders import INSTANCE_ID, T0, make_annex, make_instance
+
 ROLE = "annex-prod-AnnexInstanceRole-ABC123"
-IID = "i-0123456789abcdef0"
+IID = INSTANCE_ID
 DRAIN = timedelta(minutes=10)
 M = timedelta(minutes=1)
+annex = make_annex
 
 
-def annex(**kw) -> Annex:
-    base = {
-        "id": "ax-0123456789abcdef",
-        "name": "run",
-        "owner": "arn:aws:iam::123456789012:user/alice",
-        "state": AnnexState.RUNNING,
-        "count": 1,
-        "instance_types": ["c7i.xlarge"],
-        "market": Market.ON_DEMAND,
-        "lease_expires_at": T0 + timedelta(hours=1),
-        "idle_timeout_seconds": 1200,
-        "created_at": T0,
-        "updated_at": T0,
-    }
-    return Annex.model_validate({**base, **kw})
-
-
-def instance(**kw) -> Instance:
-    base = {
-        "instance_id": IID,
-        "annex_id": "ax-0123456789abcdef",
-        "instance_type": "c7i.xlarge",
-        "market": Market.ON_DEMAND,
-        "state": InstanceState.RUNNING,
-        "launched_at": T0,
-        "last_heartbeat_at": T0 + 5 * M,
-        "claimed_slots": 1,
-        "total_slots": 4,
-    }
-    return Instance.model_validate({**base, **kw})
+def instance(**kw):
+    return make_instance(**{"last_heartbeat_at": T0 + 5 * M, "claimed_slots": 1, "total_slots": 4, **kw})
 
 
 def test_the_instance_itself_may_report():

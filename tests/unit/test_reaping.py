@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from annex.config import ReapTiming
-from annex.models import EndReason, Instance, InstanceState, Market
+from annex.models import EndReason, InstanceState
 from annex.reaping import decide, idle_since_after_report, next_check
 
-T0 = datetime(2026, 11, 22, 18, 0, tzinfo=UTC)
+from tests.unit.builders import T0, make_instance
+
 TIMING = ReapTiming.from_env({"BOOT_GRACE": "15m", "HEARTBEAT_LOSS_GRACE": "5m"})
 IDLE = timedelta(minutes=20)
 M = timedelta(minutes=1)
-
-
-def instance(**kw) -> Instance:
-    base = {
-        "instance_id": "i-0123456789abcdef0",
-        "annex_id": "ax-0123456789abcdef",
-        "instance_type": "c7i.xlarge",
-        "market": Market.ON_DEMAND,
-        "state": InstanceState.RUNNING,
-        "launched_at": T0,
-    }
-    return Instance.model_validate({**base, **kw})
+instance = make_instance
 
 
 def test_never_heard_from_is_silent_at_the_boot_grace():

@@ -46,16 +46,9 @@ def run_idle_reap(
             log.exception("could not terminate the reaped instances")
             report.fail("terminate", exc)
         else:
-            for reason, ids in result.terminated.items():
-                report.count_terminated(reason, len(ids))
+            report.absorb(result.terminated, result.annexes_ended, result.failures)
             report.skipped += len(result.skipped)
-            report.annexes_ended += len(result.annexes_ended)
-            for what, error in result.failures.items():
-                report.fail(what, error)
-    report.finish(store, ec2)
-    if report.ok:
-        store.record_sweep(IDLE_REAP, now=now, detail={"due": report.due})
-    return report
+    return report.close(store, ec2, now=now)
 
 
 def _plan(

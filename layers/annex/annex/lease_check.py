@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -59,21 +60,21 @@ def run_lease_check(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: ti
             report.skipped += len(batch.not_due)
             for annex_id, error in batch.failures.items():
                 report.fail(annex_id, error)
+    items_before, calls_before, started = store.items_read, ec2.calls, time.perf_counter()
     try:
         orphans = sweep_orphans(store, ec2, now=now, retention=retention)
     except Exception as exc:
         log.exception("the orphan sweep failed")
         report.fail("orphan sweep", exc)
     else:
-        for reason, ids in orphans.terminated.items():
-            report.count_terminated(reason, len(ids))
-        report.annexes_ended += len(orphans.annexes_ended)
-        for what, error in orphans.failures.items():
-            report.fail(what, error)
-    report.finish(store, ec2)
-    if report.ok:
-        store.record_sweep(LEASE_CHECK, now=now, detail={"due": report.due})
-    return report
+        report.details.update(
+            orphan_sweep_running=orphans.running,
+            orphan_sweep_items_read=store.items_read - items_before,
+            orphan_sweep_ec2_calls=ec2.calls - calls_before,
+            orphan_sweep_ms=round((time.perf_counter() - started) * 1000),
+        )
+        report.absorb(orphans.terminated, orphans.annexes_ended, orphans.failures)
+    return report.close(store, ec2, now=now)
 
 
 @dataclass

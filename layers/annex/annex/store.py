@@ -6,7 +6,7 @@ Item layout (one table, `pk`/`sk`):
 | item          | pk               | sk                    | indexes                                  |
 |---------------|------------------|-----------------------|------------------------------------------|
 | annex         | ANNEX#<id>       | META                  | by-owner, all-annexes, due (lease, live) |
-| instance      | ANNEX#<id>       | INST#<instance-id>    | due (reap, while live)                   |
+| instance      | ANNEX#<id>       | INST#<instance-id>    | due (reap, until recorded terminated)    |
 | history event | ANNEX#<id>       | EVENT#<time>#<rand>   |                                          |
 | name lock     | OWNER#<arn>      | NAME#<name>           | (exists while the annex is live)         |
 | client token  | OWNER#<arn>      | TOKEN#<token>         |                                          |
@@ -15,7 +15,8 @@ Item layout (one table, `pk`/`sk`):
 
 The `due` index is sparse: only live annexes (`due_kind`="lease", `due_at` = lease expiry) and live
 instances (`due_kind`="reap", `due_at` = when idle-reap must look at them) carry its keys, so the
-sweeps read only what is due and never scan.
+sweeps read only what is due and never scan. An instance claimed for termination (`terminating`) keeps
+its keys until the termination is recorded, so a crashed reap is finished by the next one.
 """
 
 from __future__ import annotations
@@ -763,10 +764,8 @@ class AnnexStore:
             ":now": to_iso(now),
             ":claimed": claimed_slots,
             ":total": total_slots,
-            ":running": InstanceState.RUNNING.value,
             ":reap": DUE_REAP,
             ":due": to_epoch(due_at),
-            ":p": InstanceState.PENDING.value,
         }
         update = (
             "SET last_heartbeat_at = :now, claimed_slots = :claimed, total_slots = :total, #s = :running,"
@@ -777,38 +776,15 @@ class AnnexStore:
         else:
             update += ", idle_since = :idle"
             values[":idle"] = to_iso(idle_since)
-        condition = "attribute_exists(pk) AND #s IN (:p, :running) AND "
-        if seen_heartbeat is None:
-            condition += "attribute_not_exists(last_heartbeat_at)"
-        else:
-            condition += "last_heartbeat_at = :seen"
-            values[":seen"] = seen_heartbeat
-        return self._conditional_update(
-            annex_id,
-            instance_sk(instance_id),
-            update,
-            condition=condition,
-            names={"#s": "state"},
-            values=values,
-        )
+        return self._update_unheard(annex_id, instance_id, update, values, seen_heartbeat=seen_heartbeat)
 
     def reschedule_instance(
         self, annex_id: str, instance_id: str, *, due_at: datetime, seen_heartbeat: str | None
     ) -> bool:
         """Move an instance's next reap check, unless a heartbeat landed since it was read."""
-        values: dict[str, Any] = {
-            ":due": to_epoch(due_at),
-            ":p": InstanceState.PENDING.value,
-            ":r": InstanceState.RUNNING.value,
-        }
-        condition = "#s IN (:p, :r) AND " + self._heartbeat_unchanged(seen_heartbeat, values)
-        return self._conditional_update(
-            annex_id,
-            instance_sk(instance_id),
-            "SET due_at = :due",
-            condition=condition,
-            names={"#s": "state"},
-            values=values,
+        values = {":due": to_epoch(due_at)}
+        return self._update_unheard(
+            annex_id, instance_id, "SET due_at = :due", values, seen_heartbeat=seen_heartbeat
         )
 
     def begin_instance_termination(
@@ -817,46 +793,36 @@ class AnnexStore:
         """Claim a live instance for termination (state `terminating`, reason kept) unless a heartbeat
         landed since it was read. It stays in the `due` index until the termination is recorded, so a
         crash between this and TerminateInstances is finished by the next sweep."""
-        values: dict[str, Any] = {
-            ":t": InstanceState.TERMINATING.value,
-            ":reason": reason.value,
-            ":p": InstanceState.PENDING.value,
-            ":r": InstanceState.RUNNING.value,
-        }
-        condition = "#s IN (:p, :r) AND " + self._heartbeat_unchanged(seen_heartbeat, values)
-        return self._conditional_update(
-            annex_id,
-            instance_sk(instance_id),
-            "SET #s = :t, end_reason = :reason",
-            condition=condition,
-            names={"#s": "state"},
-            values=values,
+        values = {":t": InstanceState.TERMINATING.value, ":reason": reason.value}
+        return self._update_unheard(
+            annex_id, instance_id, "SET #s = :t, end_reason = :reason", values, seen_heartbeat=seen_heartbeat
         )
 
-    @staticmethod
-    def _heartbeat_unchanged(seen: str | None, values: dict[str, Any]) -> str:
-        if seen is None:
-            return "attribute_not_exists(last_heartbeat_at)"
-        values[":seen"] = seen
-        return "last_heartbeat_at = :seen"
-
-    def _conditional_update(
+    def _update_unheard(
         self,
         annex_id: str,
-        sk: str,
+        instance_id: str,
         update: str,
-        *,
-        condition: str,
-        names: dict[str, str],
         values: dict[str, Any],
+        *,
+        seen_heartbeat: str | None,
     ) -> bool:
+        """UpdateItem on a live (pending or running) instance record, unless a heartbeat was recorded
+        since `seen_heartbeat` (None: none ever was). False if that condition failed."""
+        values = {**values, ":pending": InstanceState.PENDING.value, ":running": InstanceState.RUNNING.value}
+        condition = "attribute_exists(pk) AND #s IN (:pending, :running) AND "
+        if seen_heartbeat is None:
+            condition += "attribute_not_exists(last_heartbeat_at)"
+        else:
+            condition += "last_heartbeat_at = :seen"
+            values[":seen"] = seen_heartbeat
         try:
             self._db.update_item(
                 TableName=self.table_name,
-                Key=to_attrs({"pk": annex_pk(annex_id), "sk": sk}),
+                Key=to_attrs({"pk": annex_pk(annex_id), "sk": instance_sk(instance_id)}),
                 UpdateExpression=update,
                 ConditionExpression=condition,
-                ExpressionAttributeNames=names,
+                ExpressionAttributeNames={"#s": "state"},
                 ExpressionAttributeValues=to_attrs(values),
             )
         except ClientError as exc:

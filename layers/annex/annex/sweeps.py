@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
+from annex import clients
+from annex.ec2 import Ec2
 from annex.models import EndReason
+from annex.store import AnnexStore
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools import Logger, Metrics
 
-    from annex.ec2 import Ec2
-    from annex.store import AnnexStore
+    from annex.config import CommonSettings
 
 LEASE_CHECK = "lease-check"
 IDLE_REAP = "idle-reap"
@@ -46,6 +50,7 @@ class SweepReport:
     rescheduled: int = 0
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    details: dict[str, int] = field(default_factory=dict)  # sweep-specific figures, logged
     items_read: int = 0
     ec2_calls: int = 0
     duration_ms: float = 0.0
@@ -68,9 +73,30 @@ class SweepReport:
         self.duration_ms = (time.perf_counter() - self._started) * 1000
         return self
 
+    def close(self, store: AnnexStore, ec2: Ec2, *, now: datetime) -> SweepReport:
+        """Stop the clock and the counters, and record the run's success (GET /health shows it) only if
+        nothing failed."""
+        self.finish(store, ec2)
+        if self.ok:
+            store.record_sweep(self.name, now=now, detail={"due": self.due})
+        return self
+
     def count_terminated(self, reason: EndReason, n: int) -> None:
         if n:
             self.terminated[reason.value] += n
+
+    def absorb(
+        self,
+        terminated: Mapping[EndReason, Sequence[str]],
+        annexes_ended: Sequence[str],
+        failures: Mapping[str, Exception],
+    ) -> None:
+        """Add what a termination step did."""
+        for reason, ids in terminated.items():
+            self.count_terminated(reason, len(ids))
+        self.annexes_ended += len(annexes_ended)
+        for what, exc in failures.items():
+            self.fail(what, exc)
 
     def fail(self, what: str, exc: BaseException) -> None:
         self.failures.append(f"{what}: {type(exc).__name__}: {exc}")
@@ -91,6 +117,7 @@ class SweepReport:
             "items_read": self.items_read,
             "ec2_calls": self.ec2_calls,
             "duration_ms": round(self.duration_ms, 1),
+            **self.details,
             "failures": self.failures,
         }
 
@@ -99,6 +126,30 @@ class SweepReport:
             raise SweepFailed(
                 f"{self.name}: {len(self.failures)} failure(s): " + "; ".join(self.failures[:5])
             )
+
+
+@dataclass(frozen=True)
+class SweepDeps:
+    """What a sweep function works with, built once per cold start from its settings."""
+
+    store: AnnexStore
+    ec2: Ec2
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings) -> SweepDeps:
+        return cls(
+            store=AnnexStore(clients.dynamodb(), settings.table_name),
+            ec2=Ec2(clients.ec2(), settings.stack_name),
+        )
+
+
+def conclude(report: SweepReport, metrics: Metrics, logger: Logger) -> dict[str, Any]:
+    """The end of every sweep handler: metrics, one log line, and an error (so Lambda counts one and the
+    Errors alarm fires) if anything failed."""
+    publish_metrics(metrics, report)
+    logger.info(f"{report.name} finished", extra=report.summary())
+    report.raise_if_failed()
+    return report.summary()
 
 
 def publish_metrics(metrics: Metrics, report: SweepReport) -> None:

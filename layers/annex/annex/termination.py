@@ -279,11 +279,15 @@ def _record(
 def _end_if_empty(
     store: AnnexStore, ec2: Ec2, annex_id: str, *, actor: str, now: datetime, retention: timedelta
 ) -> bool:
-    """A running annex with no live instance left has nothing to do: end it (all-instances-gone)."""
-    if any(i.state is not InstanceState.TERMINATED for i in store.list_instances(annex_id)):
-        return False
+    """A running annex with no live instance left has nothing to do: end it (all-instances-gone).
+
+    `held` is the cheap first test (one read): once launch has finished it counts the annex's live
+    instances, since launch gives back the units of instances it could not start and each terminated
+    instance gives back its own. Only at zero are the instance records read to confirm."""
     item = store.get_annex_item(annex_id)
-    if item is None or annex_from_item(item).state is not AnnexState.RUNNING:
+    if item is None or annex_from_item(item).state is not AnnexState.RUNNING or int(item.get("held", 0)) > 0:
+        return False
+    if any(i.state is not InstanceState.TERMINATED for i in store.list_instances(annex_id)):
         return False
     result = end_and_terminate(
         store,

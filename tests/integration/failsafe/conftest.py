@@ -202,7 +202,7 @@ def _handler(name: str, logical_id: str, monkeypatch: pytest.MonkeyPatch) -> Ite
     for key, value in function_env(logical_id).items():
         monkeypatch.setenv(key, value)
     module = importlib.import_module(f"functions.{name}.app")
-    caches = [getattr(module, n) for n in ("settings", "service", "store", "ec2") if hasattr(module, n)]
+    caches = [getattr(module, n) for n in ("settings", "service", "deps") if hasattr(module, n)]
     for fn in caches:
         fn.cache_clear()
     clients.client.cache_clear()

@@ -258,7 +258,7 @@ def test_the_handler_fails_loudly_when_the_sweep_fails(fleet, lease_check_fn, mo
     def broken_end(*_args, **_kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(module.store(), "end_annex", broken_end)
+    monkeypatch.setattr(module.deps().store, "end_annex", broken_end)
 
     with pytest.raises(SweepFailed):
         lease_check_fn(load_event("lease-check-schedule"), at=fleet.t0 + timedelta(hours=1))
