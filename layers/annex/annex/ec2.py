@@ -45,24 +45,24 @@ class Ec2:
         self.stack_name = stack_name
         self.calls = 0  # EC2 API calls made, for the sweep metrics and benchmarks
 
-    def live_instances(self, annex_id: str | None = None) -> Iterator[TaggedInstance]:
-        """Every not-terminated instance tagged by this stack (optionally: of one annex). Paginated."""
-        yield from self._describe([annex_id] if annex_id else None)
-
     def live_instances_of(self, annex_ids: Iterable[str]) -> Iterator[TaggedInstance]:
         """The not-terminated instances of these annexes: one paginated DescribeInstances per
         FILTER_VALUES_MAX annexes, however many annexes there are (the sweeps batch their work)."""
-        ids = sorted(set(annex_ids))
-        for batch in chunks(ids, FILTER_VALUES_MAX):
-            yield from self._describe(list(batch))
+        for batch in chunks(sorted(set(annex_ids)), FILTER_VALUES_MAX):
+            yield from self.live_instances(annex_ids=batch)
 
-    def _describe(self, annex_ids: list[str] | None) -> Iterator[TaggedInstance]:
+    def live_instances(
+        self, annex_id: str | None = None, *, annex_ids: Sequence[str] = ()
+    ) -> Iterator[TaggedInstance]:
+        """Every not-terminated instance tagged by this stack (optionally: of one annex, or of up to
+        FILTER_VALUES_MAX annexes). Paginated."""
         filters: list[Any] = [
             {"Name": f"tag:{TAG_STACK}", "Values": [self.stack_name]},
             {"Name": "instance-state-name", "Values": list(LIVE_EC2_STATES)},
         ]
-        if annex_ids:
-            filters.append({"Name": f"tag:{TAG_ID}", "Values": annex_ids})
+        ids = [annex_id] if annex_id else list(annex_ids)
+        if ids:
+            filters.append({"Name": f"tag:{TAG_ID}", "Values": ids})
         paginator = self._ec2.get_paginator("describe_instances")
         for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000}):
             self.calls += 1
