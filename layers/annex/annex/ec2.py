@@ -20,9 +20,9 @@ TAG_NAME = "annex:name"
 TAG_OWNER = "annex:owner"
 TAG_STACK = "annex:stack"
 TAG_LEASE = "annex:lease-expires"
+FILTER_VALUES_MAX = 200  # values per DescribeInstances filter (the API's limit)
 LIVE_EC2_STATES = ("pending", "running", "stopping", "stopped")
 TERMINATE_BATCH = 500
-FILTER_VALUES_MAX = 200  # values per DescribeInstances filter (the API's limit)
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
