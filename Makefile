@@ -78,7 +78,7 @@ test: lint typecheck template build test-unit test-integration test-e2e  ## ever
 
 .PHONY: bench
 bench: venv  ## print the benchmark figures
-	@for b in bench/bench_*.py; do echo "== $$b"; PYTHONPATH=layers/annex:. $(BIN)/python $$b || exit 1; done
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 .PHONY: clean
 clean:  ## remove environments and build output
