@@ -7,29 +7,18 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from annex import clients
+from annex.api_errors import ERROR_RESPONSES as ERRORS
+from annex.api_errors import install_error_handlers, json_response
 from annex.auth import Caller, caller_from_arn
 from annex.clock import utcnow
 from annex.config import RequestSettings
 from annex.ec2 import Ec2
-from annex.errors import (
-    AnnexError,
-    AnnexNotFound,
-    ConcurrentUpdate,
-    Forbidden,
-    LeaseConflict,
-    NameInUse,
-    PolicyViolation,
-    QuotaExceeded,
-    TokenReused,
-)
 from annex.http import json_only
 from annex.models import (
     ANNEX_ID_PATTERN,
     AnnexDetail,
     AnnexList,
     CreateAnnexRequest,
-    ErrorBody,
-    ErrorField,
     ExtendRequest,
     ExtendResult,
     Health,
@@ -38,11 +27,8 @@ from annex.models import (
 from annex.service import AnnexService
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -52,30 +38,8 @@ tracer = Tracer()
 metrics = Metrics()
 app = APIGatewayRestResolver(enable_validation=True)
 
-STATUS_BY_ERROR: dict[type[AnnexError], HTTPStatus] = {
-    AnnexNotFound: HTTPStatus.NOT_FOUND,
-    NameInUse: HTTPStatus.CONFLICT,
-    QuotaExceeded: HTTPStatus.CONFLICT,
-    LeaseConflict: HTTPStatus.CONFLICT,
-    ConcurrentUpdate: HTTPStatus.CONFLICT,
-    TokenReused: HTTPStatus.CONFLICT,
-    PolicyViolation: HTTPStatus.UNPROCESSABLE_ENTITY,
-    Forbidden: HTTPStatus.FORBIDDEN,
-}
-_ERROR_CONTENT: Any = {"application/json": {"schema": ErrorBody.model_json_schema()}}
-ERRORS: dict[int, OpenAPIResponse] = {
-    400: {"description": "Malformed JSON", "content": _ERROR_CONTENT},
-    403: {"description": "Not signed by an IAM identity", "content": _ERROR_CONTENT},
-    404: {"description": "No such annex (or it is not yours)", "content": _ERROR_CONTENT},
-    409: {
-        "description": "Conflicts with the annex's state, a live name, or the quota",
-        "content": _ERROR_CONTENT,
-    },
-    422: {
-        "description": "A field is invalid or outside the limits; `fields` names it",
-        "content": _ERROR_CONTENT,
-    },
-}
+install_error_handlers(app, logger)
+
 AnnexIdParam = Annotated[
     str, Path(pattern=ANNEX_ID_PATTERN, description="An annex id such as ax-0123456789abcdef")
 ]
@@ -98,12 +62,6 @@ def caller() -> Caller:
     return caller_from_arn(identity.user_arn, settings().admin_principals)
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[Any]:
-    return Response(
-        status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers
-    )
-
-
 # --- routes -------------------------------------------------------------------------------------
 
 
@@ -115,7 +73,7 @@ def create_annex(request: Annotated[CreateAnnexRequest, Body()]) -> Response[Ann
         metrics.add_metric(name="AnnexesRequested", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="InstancesRequested", unit=MetricUnit.Count, value=annex.count)
     detail = AnnexDetail.model_validate(annex.model_dump())
-    return _json(
+    return json_response(
         HTTPStatus.CREATED if created else HTTPStatus.OK,
         detail.model_dump(mode="json"),
         {"Location": f"/annexes/{annex.id}"},
@@ -156,58 +114,6 @@ def stop_annex(annex_id: AnnexIdParam, request: Annotated[StopRequest | None, Bo
 @app.get("/health", summary="Limits in force and when each fail-safe sweep last succeeded", responses=ERRORS)
 def health() -> Health:
     return service().health(caller())
-
-
-# --- errors: the one place where domain failures become HTTP ------------------------------------
-
-
-def _error(status: int, code: str, message: str, fields: list[ErrorField] | None = None) -> Response[Any]:
-    return _json(status, ErrorBody(error=code, message=message, fields=fields or []).model_dump(mode="json"))
-
-
-@app.exception_handler(AnnexError)
-def on_domain_error(exc: AnnexError) -> Response[Any]:
-    status = next((s for cls, s in STATUS_BY_ERROR.items() if isinstance(exc, cls)), HTTPStatus.BAD_REQUEST)
-    fields = [ErrorField(field=exc.field, reason=exc.message)] if exc.field else []
-    logger.info("request refused", extra={"error": exc.code, "reason": exc.message})
-    return _error(status, exc.code, exc.message, fields)
-
-
-def _field_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or "body"
-
-
-@app.exception_handler(RequestValidationError)
-def on_validation_error(exc: RequestValidationError) -> Response[Any]:
-    errors = exc.errors()
-    kinds = {e.get("type") for e in errors}
-    if "json_invalid" in kinds:
-        return _error(HTTPStatus.BAD_REQUEST, "MalformedJSON", "the request body is not valid JSON")
-    if "unsupported_content_type" in kinds:
-        return _error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", "send application/json")
-    fields = []
-    for e in errors:
-        loc = tuple(e.get("loc", ()))
-        reason = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        if e.get("type") == "extra_forbidden":
-            reason = "unknown field; remove it"
-        fields.append(ErrorField(field=_field_name(loc), reason=reason))
-    summary = "; ".join(f"{f.field}: {f.reason}" for f in fields)
-    return _error(HTTPStatus.UNPROCESSABLE_ENTITY, "ValidationError", f"invalid request: {summary}", fields)
-
-
-@app.exception_handler(NotFoundError)
-def on_not_found(_exc: NotFoundError) -> Response[Any]:
-    path = app.current_event.path
-    allowed = sorted({r.method for r in (*app._static_routes, *app._dynamic_routes) if r.rule.match(path)})
-    if allowed:
-        resp = _error(
-            HTTPStatus.METHOD_NOT_ALLOWED, "MethodNotAllowed", f"{path} accepts {', '.join(allowed)}"
-        )
-        resp.headers["Allow"] = ", ".join(allowed)
-        return resp
-    return _error(HTTPStatus.NOT_FOUND, "NotFound", f"no route {path}; see the API in the README")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)

@@ -48,3 +48,13 @@ def caller_from_arn(arn: str | None, admin_patterns: tuple[str, ...]) -> Caller:
     if not arn or not arn.startswith("arn:"):
         raise Forbidden("the request was not signed by an IAM identity")
     return Caller(arn=arn, is_admin=is_admin(arn, admin_patterns))
+
+
+def authorize_instance_report(arn: str | None, *, role_name: str, instance_id: str) -> None:
+    """Only an instance may report for itself: the caller must be a session of the annex instance role
+    (EC2 names instance-profile sessions with the instance id) whose session name is `instance_id`."""
+    match = _ASSUMED_ROLE.match(arn or "")
+    if match is None or match.group(2) != role_name:
+        raise Forbidden("only an annex instance, signing with its instance role, may report a heartbeat")
+    if match.group(3) != instance_id:
+        raise Forbidden(f"instance {match.group(3)} may not report a heartbeat for {instance_id}")

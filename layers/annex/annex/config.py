@@ -136,3 +136,18 @@ class LaunchSettings(CommonSettings, ReapTiming):
     def missing(self) -> list[str]:
         """Template parameters still empty; launching needs every one of them."""
         return [param for param, attr in LAUNCH_PARAMETERS.items() if not getattr(self, attr)]
+
+
+class HeartbeatSettings(CommonSettings, ReapTiming):
+    """The heartbeat function (POST /heartbeat)."""
+
+    instance_role_name: str = Field(alias="INSTANCE_ROLE_NAME", min_length=1, max_length=64)
+    drain_lead: Duration = Field(alias="DRAIN_LEAD")
+
+
+class LeaseCheckSettings(CommonSettings):
+    """The lease-check sweep (every minute): due leases and the orphan sweep."""
+
+
+class IdleReapSettings(CommonSettings, ReapTiming):
+    """The idle-reap sweep (every minute): idle and silent instances."""

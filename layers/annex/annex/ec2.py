@@ -26,6 +26,7 @@ TAG_NAME = "annex:name"
 TAG_OWNER = "annex:owner"
 TAG_STACK = "annex:stack"
 TAG_LEASE = "annex:lease-expires"
+FILTER_VALUES_MAX = 200  # values per DescribeInstances filter (the API's limit)
 LIVE_EC2_STATES = ("pending", "running", "stopping", "stopped")
 TERMINATE_BATCH = 500
 _jitter = random.Random()  # backoff jitter, not cryptography  # noqa: S311
@@ -53,14 +54,24 @@ class Ec2:
         self.stack_name = stack_name
         self.calls = 0  # EC2 API calls made, for the sweep metrics and benchmarks
 
-    def live_instances(self, annex_id: str | None = None) -> Iterator[TaggedInstance]:
-        """Every not-terminated instance tagged by this stack (optionally: of one annex). Paginated."""
+    def live_instances_of(self, annex_ids: Iterable[str]) -> Iterator[TaggedInstance]:
+        """The not-terminated instances of these annexes: one paginated DescribeInstances per
+        FILTER_VALUES_MAX annexes, however many annexes there are (the sweeps batch their work)."""
+        for batch in chunks(sorted(set(annex_ids)), FILTER_VALUES_MAX):
+            yield from self.live_instances(annex_ids=batch)
+
+    def live_instances(
+        self, annex_id: str | None = None, *, annex_ids: Sequence[str] = ()
+    ) -> Iterator[TaggedInstance]:
+        """Every not-terminated instance tagged by this stack (optionally: of one annex, or of up to
+        FILTER_VALUES_MAX annexes). Paginated."""
         filters: list[Any] = [
             {"Name": f"tag:{TAG_STACK}", "Values": [self.stack_name]},
             {"Name": "instance-state-name", "Values": list(LIVE_EC2_STATES)},
         ]
-        if annex_id:
-            filters.append({"Name": f"tag:{TAG_ID}", "Values": [annex_id]})
+        ids = [annex_id] if annex_id else list(annex_ids)
+        if ids:
+            filters.append({"Name": f"tag:{TAG_ID}", "Values": ids})
         paginator = self._ec2.get_paginator("describe_instances")
         for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000}):
             self.calls += 1

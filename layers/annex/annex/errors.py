@@ -77,3 +77,9 @@ class LaunchRejected(AnnexError):
 
 class Throttled(AnnexError):
     code = "Throttled"
+
+
+class LeaseNotDue(LeaseConflict):
+    """The lease-check found an annex in the due index whose lease was extended since (index lag)."""
+
+    code = "LeaseNotDue"

@@ -26,9 +26,10 @@ from annex.models import (
 )
 from annex.policy import AnnexSpec, resolve_create, resolve_extension
 from annex.store import AnnexStore, TokenTaken
+from annex.sweeps import IDLE_REAP, LEASE_CHECK
 from annex.termination import end_and_terminate
 
-SWEEPS = ("lease-check", "idle-reap")
+SWEEPS = (LEASE_CHECK, IDLE_REAP)
 
 
 def fingerprint(spec: AnnexSpec) -> str:

@@ -6,7 +6,7 @@ Item layout (one table, `pk`/`sk`):
 | item          | pk               | sk                    | indexes                                  |
 |---------------|------------------|-----------------------|------------------------------------------|
 | annex         | ANNEX#<id>       | META                  | by-owner, all-annexes, due (lease, live) |
-| instance      | ANNEX#<id>       | INST#<instance-id>    | due (reap, while live)                   |
+| instance      | ANNEX#<id>       | INST#<instance-id>    | due (reap, until recorded terminated)    |
 | history event | ANNEX#<id>       | EVENT#<time>#<rand>   |                                          |
 | name lock     | OWNER#<arn>      | NAME#<name>           | (exists while the annex is live)         |
 | client token  | OWNER#<arn>      | TOKEN#<token>         |                                          |
@@ -15,7 +15,8 @@ Item layout (one table, `pk`/`sk`):
 
 The `due` index is sparse: only live annexes (`due_kind`="lease", `due_at` = lease expiry) and live
 instances (`due_kind`="reap", `due_at` = when idle-reap must look at them) carry its keys, so the
-sweeps read only what is due and never scan.
+sweeps read only what is due and never scan. An instance claimed for termination (`terminating`) keeps
+its keys until the termination is recorded, so a crashed reap is finished by the next one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -39,9 +41,11 @@ from annex.errors import (
     AnnexNotFound,
     ConcurrentUpdate,
     LeaseConflict,
+    LeaseNotDue,
     NameInUse,
     PolicyViolation,
     QuotaExceeded,
+    Throttled,
 )
 from annex.models import (
     LIVE_INSTANCE_STATES,
@@ -65,6 +69,8 @@ DUE_REAP = "reap"
 INDEX_BY_OWNER = "by-owner"
 INDEX_ALL = "all-annexes"
 INDEX_DUE = "due"
+BATCH_GET_MAX = 100  # keys per BatchGetItem request (the API's limit)
+BATCH_GET_ATTEMPTS = 6
 _STORAGE_ONLY = frozenset(
     {"pk", "sk", "kind", "created_key", "due_kind", "due_at", "held", "expires_at", "fingerprint"}
 )
@@ -79,6 +85,10 @@ def annex_pk(annex_id: str) -> str:
 
 def owner_pk(owner: str) -> str:
     return f"OWNER#{owner}"
+
+
+def instance_sk(instance_id: str) -> str:
+    return f"INST#{instance_id}"
 
 
 def _plain(value: Any) -> Any:
@@ -101,6 +111,14 @@ def from_attrs(item: dict[str, Any]) -> dict[str, Any]:
 
 def _model_fields(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in _STORAGE_ONLY}
+
+
+def annex_from_item(item: dict[str, Any]) -> Annex:
+    return Annex.model_validate(_model_fields(item))
+
+
+def instance_from_item(item: dict[str, Any]) -> Instance:
+    return Instance.model_validate(_model_fields(item))
 
 
 def _cancel_codes(exc: ClientError) -> list[str]:
@@ -147,6 +165,14 @@ class DueItem:
     @property
     def instance_id(self) -> str | None:
         return self.sk.removeprefix("INST#") if self.sk.startswith("INST#") else None
+
+
+class InstanceEnd(StrEnum):
+    """What `end_instance` did."""
+
+    RELEASED = "released"  # recorded, and one quota unit went back
+    MARKED = "marked"  # recorded; the annex had already ended and released everything
+    UNCHANGED = "unchanged"  # it was already recorded as terminated (or was never recorded)
 
 
 class AnnexStore:
@@ -480,10 +506,14 @@ class AnnexStore:
         retention: timedelta,
         detail: str = "",
         final_state: AnnexState = AnnexState.ENDED,
+        due_by: datetime | None = None,
     ) -> Annex | None:
         """End a live annex: state, name lock, quota and history in one transaction.
 
         Returns the ended annex, or None if it had already ended (another writer won; nothing changed).
+        With `due_by` (the lease-check), the annex ends only if its lease has passed by then on this
+        consistent read: an extension that raced the eventually consistent `due` index wins, and
+        LeaseNotDue is raised. (Extending bumps `version`, which the write is conditional on.)
         """
         for _attempt in range(5):
             item = self.get_annex_item(annex_id)
@@ -492,6 +522,10 @@ class AnnexStore:
             annex = Annex.model_validate(_model_fields(item))
             if not annex.live:
                 return None
+            if due_by is not None and annex.lease_expires_at > due_by:
+                raise LeaseNotDue(
+                    f"annex {annex_id} was extended to {to_iso(annex.lease_expires_at)}; not due yet"
+                )
             held = int(item.get("held", 0))
             ops: list[dict[str, Any]] = [
                 {
@@ -668,6 +702,214 @@ class AnnexStore:
             if "LastEvaluatedKey" not in resp:
                 return
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    # --- fail-safe: batch reads, heartbeats, one instance at a time -------------------------------
+
+    def get_items(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Strongly consistent BatchGetItem of (pk, sk) keys, 100 per request; missing keys are absent
+        from the result. Unprocessed keys (throttling) are retried with backoff."""
+        wanted = sorted(set(keys))
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for start in range(0, len(wanted), BATCH_GET_MAX):
+            request: dict[str, Any] = {
+                self.table_name: {
+                    "Keys": [
+                        to_attrs({"pk": pk, "sk": sk}) for pk, sk in wanted[start : start + BATCH_GET_MAX]
+                    ],
+                    "ConsistentRead": True,
+                }
+            }
+            for attempt in range(BATCH_GET_ATTEMPTS):
+                resp = self._db.batch_get_item(RequestItems=request)
+                items = resp.get("Responses", {}).get(self.table_name, [])
+                self.items_read += len(items)
+                for raw in items:
+                    item = from_attrs(raw)
+                    found[(item["pk"], item["sk"])] = item
+                request = resp.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+            else:
+                raise Throttled("DynamoDB kept some reads unprocessed; the next sweep will retry")
+        return found
+
+    def get_annex_items(self, annex_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The META items of these annexes (batched, consistent), by annex id; missing ones are absent."""
+        items = self.get_items((annex_pk(a), META) for a in annex_ids)
+        return {pk.removeprefix("ANNEX#"): item for (pk, _sk), item in items.items()}
+
+    def get_instance_item(self, annex_id: str, instance_id: str) -> dict[str, Any] | None:
+        resp = self._db.get_item(
+            TableName=self.table_name,
+            Key=to_attrs({"pk": annex_pk(annex_id), "sk": instance_sk(instance_id)}),
+            ConsistentRead=True,
+        )
+        self.items_read += 1
+        return from_attrs(resp["Item"]) if "Item" in resp else None
+
+    def apply_heartbeat(
+        self,
+        annex_id: str,
+        instance_id: str,
+        *,
+        now: datetime,
+        claimed_slots: int,
+        total_slots: int,
+        idle_since: datetime | None,
+        due_at: datetime,
+        seen_heartbeat: str | None,
+    ) -> bool:
+        """Record one heartbeat: one conditional UpdateItem. It applies only if the instance is still
+        live and nobody recorded a heartbeat since `seen_heartbeat` (optimistic concurrency), so a
+        duplicate or late report never moves `last_heartbeat_at` backwards. False if it did not apply."""
+        values: dict[str, Any] = {
+            ":now": to_iso(now),
+            ":claimed": claimed_slots,
+            ":total": total_slots,
+            ":reap": DUE_REAP,
+            ":due": to_epoch(due_at),
+        }
+        update = (
+            "SET last_heartbeat_at = :now, claimed_slots = :claimed, total_slots = :total, #s = :running,"
+            " due_kind = :reap, due_at = :due"
+        )
+        if idle_since is None:
+            update += " REMOVE idle_since"
+        else:
+            update += ", idle_since = :idle"
+            values[":idle"] = to_iso(idle_since)
+        return self._update_unheard(annex_id, instance_id, update, values, seen_heartbeat=seen_heartbeat)
+
+    def reschedule_instance(
+        self, annex_id: str, instance_id: str, *, due_at: datetime, seen_heartbeat: str | None
+    ) -> bool:
+        """Move an instance's next reap check, unless a heartbeat landed since it was read."""
+        values = {":due": to_epoch(due_at)}
+        return self._update_unheard(
+            annex_id, instance_id, "SET due_at = :due", values, seen_heartbeat=seen_heartbeat
+        )
+
+    def begin_instance_termination(
+        self, annex_id: str, instance_id: str, *, reason: EndReason, seen_heartbeat: str | None
+    ) -> bool:
+        """Claim a live instance for termination (state `terminating`, reason kept) unless a heartbeat
+        landed since it was read. It stays in the `due` index until the termination is recorded, so a
+        crash between this and TerminateInstances is finished by the next sweep."""
+        values = {":t": InstanceState.TERMINATING.value, ":reason": reason.value}
+        return self._update_unheard(
+            annex_id, instance_id, "SET #s = :t, end_reason = :reason", values, seen_heartbeat=seen_heartbeat
+        )
+
+    def _update_unheard(
+        self,
+        annex_id: str,
+        instance_id: str,
+        update: str,
+        values: dict[str, Any],
+        *,
+        seen_heartbeat: str | None,
+    ) -> bool:
+        """UpdateItem on a live (pending or running) instance record, unless a heartbeat was recorded
+        since `seen_heartbeat` (None: none ever was). False if that condition failed."""
+        values = {**values, ":pending": InstanceState.PENDING.value, ":running": InstanceState.RUNNING.value}
+        condition = "attribute_exists(pk) AND #s IN (:pending, :running) AND "
+        if seen_heartbeat is None:
+            condition += "attribute_not_exists(last_heartbeat_at)"
+        else:
+            condition += "last_heartbeat_at = :seen"
+            values[":seen"] = seen_heartbeat
+        try:
+            self._db.update_item(
+                TableName=self.table_name,
+                Key=to_attrs({"pk": annex_pk(annex_id), "sk": instance_sk(instance_id)}),
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#s": "state"},
+                ExpressionAttributeValues=to_attrs(values),
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def end_instance(
+        self,
+        annex_id: str,
+        instance_id: str,
+        *,
+        owner: str,
+        reason: EndReason,
+        now: datetime,
+        actor: str,
+        retention: timedelta,
+        detail: str = "",
+    ) -> InstanceEnd:
+        """Record that one instance was terminated and give its quota unit back, exactly once.
+
+        One transaction: the instance item (conditional on not being terminated yet) leaves the `due`
+        index; the annex gives back one held unit (conditional on being live with `held` > 0); the
+        owner's quota gets one unit back; a history event. If the annex has already ended, `end_annex`
+        released everything it held, so the instance is only marked.
+        """
+        instance_update = {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": to_attrs({"pk": annex_pk(annex_id), "sk": instance_sk(instance_id)}),
+                "UpdateExpression": "SET #s = :t, end_reason = :r, ended_at = :now, expires_at = :ttl "
+                "REMOVE due_kind, due_at",
+                "ConditionExpression": "attribute_exists(pk) AND #s <> :t",
+                "ExpressionAttributeNames": {"#s": "state"},
+                "ExpressionAttributeValues": to_attrs(
+                    {
+                        ":t": InstanceState.TERMINATED.value,
+                        ":r": reason.value,
+                        ":now": to_iso(now),
+                        ":ttl": to_epoch(now + retention),
+                    }
+                ),
+            }
+        }
+        annex_update = {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": to_attrs({"pk": annex_pk(annex_id), "sk": META}),
+                "UpdateExpression": "ADD held :neg",
+                "ConditionExpression": "#s IN (:s0, :s1, :s2) AND held > :zero",
+                "ExpressionAttributeNames": {"#s": "state"},
+                "ExpressionAttributeValues": to_attrs(
+                    {":neg": -1, ":zero": 0, ":s0": _LIVE[0], ":s1": _LIVE[1], ":s2": _LIVE[2]}
+                ),
+            }
+        }
+        for _attempt in range(5):
+            ops = [
+                instance_update,
+                annex_update,
+                self._quota_add(owner, -1),
+                self._event_put(
+                    annex_id, now, actor, "instance-terminated", f"{instance_id}: {detail or reason.value}"
+                ),
+            ]
+            try:
+                self._db.transact_write_items(TransactItems=ops)  # type: ignore[arg-type]
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                codes = _cancel_codes(exc)
+                if codes[0] == "ConditionalCheckFailed":
+                    return InstanceEnd.UNCHANGED  # already recorded (or never recorded): nothing to give back
+                if codes[1] == "ConditionalCheckFailed":
+                    marked = self.mark_instances_ended(
+                        annex_id, [instance_id], reason=reason, now=now, retention=retention
+                    )
+                    return InstanceEnd.MARKED if marked else InstanceEnd.UNCHANGED
+                if "TransactionConflict" in codes:
+                    continue
+                raise
+            return InstanceEnd.RELEASED
+        raise ConcurrentUpdate(f"instance {instance_id} kept changing; the next sweep will finish it")
 
 
 class TokenTaken(Exception):

@@ -1,0 +1,69 @@
+"""The heartbeat function: POST /heartbeat, called every minute by the agent on each annex instance.
+Thin: parse into the model, call the heartbeat service, return its answer."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated, Any
+
+from annex import clients
+from annex.api_errors import ERROR_RESPONSES, install_error_handlers
+from annex.clock import utcnow
+from annex.config import HeartbeatSettings
+from annex.errors import Forbidden
+from annex.heartbeat import HeartbeatService
+from annex.http import json_only
+from annex.models import HeartbeatAction, HeartbeatRequest, HeartbeatResponse
+from annex.store import AnnexStore
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+from aws_lambda_powertools.event_handler.openapi.params import Body
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+app = APIGatewayRestResolver(enable_validation=True)
+install_error_handlers(app, logger)
+
+
+@cache
+def settings() -> HeartbeatSettings:
+    return HeartbeatSettings.from_env()
+
+
+@cache
+def service() -> HeartbeatService:
+    cfg = settings()
+    return HeartbeatService(AnnexStore(clients.dynamodb(), cfg.table_name), cfg)
+
+
+@app.post(
+    "/heartbeat",
+    summary="An instance reports its claimed slots; the answer says run, drain or terminate",
+    responses=ERROR_RESPONSES,
+)
+def heartbeat(request: Annotated[HeartbeatRequest, Body()]) -> HeartbeatResponse:
+    logger.set_correlation_id(request.annex_id)
+    logger.append_keys(instance_id=request.instance_id)
+    caller_arn = app.current_event.request_context.identity.user_arn
+    try:
+        answer = service().report(caller_arn, request, now=utcnow())
+    except Forbidden:
+        metrics.add_metric(name="HeartbeatsRefused", unit=MetricUnit.Count, value=1)
+        logger.warning("heartbeat refused", extra={"caller": caller_arn})
+        raise
+    metrics.add_metric(name="Heartbeats", unit=MetricUnit.Count, value=1)
+    if answer.action is not HeartbeatAction.RUN:
+        logger.info("instance told to stop", extra={"action": answer.action.value, "reason": answer.reason})
+    return answer
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@json_only
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,41 @@
+"""The idle-reap function, every minute (EventBridge schedule): terminate idle and silent instances.
+Thin: one domain call, then its metrics."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from annex.clock import utcnow
+from annex.config import IdleReapSettings
+from annex.idle_reap import run_idle_reap
+from annex.sweeps import SweepDeps, conclude
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+@cache
+def settings() -> IdleReapSettings:
+    return IdleReapSettings.from_env()
+
+
+@cache
+def deps() -> SweepDeps:
+    return SweepDeps.from_settings(settings())
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_parser(model=EventBridgeModel)
+def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+    logger.append_keys(schedule_event=event.id, scheduled_at=event.time.isoformat())
+    cfg, sweep = settings(), deps()
+    report = run_idle_reap(sweep.store, sweep.ec2, now=utcnow(), timing=cfg, retention=cfg.retention)
+    return conclude(report, metrics, logger)

@@ -1,0 +1,41 @@
+"""The lease-check function, every minute (EventBridge schedule): end every annex whose lease has passed
+and terminate every instance nobody can account for. Thin: one domain call, then its metrics."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from annex.clock import utcnow
+from annex.config import LeaseCheckSettings
+from annex.lease_check import run_lease_check
+from annex.sweeps import SweepDeps, conclude
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+@cache
+def settings() -> LeaseCheckSettings:
+    return LeaseCheckSettings.from_env()
+
+
+@cache
+def deps() -> SweepDeps:
+    return SweepDeps.from_settings(settings())
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_parser(model=EventBridgeModel)
+def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+    logger.append_keys(schedule_event=event.id, scheduled_at=event.time.isoformat())
+    cfg, sweep = settings(), deps()
+    report = run_lease_check(sweep.store, sweep.ec2, now=utcnow(), retention=cfg.retention)
+    return conclude(report, metrics, logger)

@@ -1,0 +1,126 @@
+"""The one place where failures become HTTP, shared by every API function (request, heartbeat).
+
+Every error answers the same JSON body, `ErrorBody`: a stable code, a message, and the fields at fault.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+from annex.errors import (
+    AnnexError,
+    AnnexNotFound,
+    ConcurrentUpdate,
+    Forbidden,
+    LeaseConflict,
+    NameInUse,
+    PolicyViolation,
+    QuotaExceeded,
+    TokenReused,
+)
+from annex.models import ErrorBody, ErrorField
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger
+    from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+    from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+
+STATUS_BY_ERROR: dict[type[AnnexError], HTTPStatus] = {
+    AnnexNotFound: HTTPStatus.NOT_FOUND,
+    NameInUse: HTTPStatus.CONFLICT,
+    QuotaExceeded: HTTPStatus.CONFLICT,
+    LeaseConflict: HTTPStatus.CONFLICT,
+    ConcurrentUpdate: HTTPStatus.CONFLICT,
+    TokenReused: HTTPStatus.CONFLICT,
+    PolicyViolation: HTTPStatus.UNPROCESSABLE_ENTITY,
+    Forbidden: HTTPStatus.FORBIDDEN,
+}
+_ERROR_CONTENT: Any = {"application/json": {"schema": ErrorBody.model_json_schema()}}
+ERROR_RESPONSES: dict[int, OpenAPIResponse] = {
+    400: {"description": "Malformed JSON", "content": _ERROR_CONTENT},
+    403: {"description": "Not signed by an IAM identity", "content": _ERROR_CONTENT},
+    404: {"description": "No such annex (or it is not yours)", "content": _ERROR_CONTENT},
+    409: {
+        "description": "Conflicts with the annex's state, a live name, or the quota",
+        "content": _ERROR_CONTENT,
+    },
+    422: {
+        "description": "A field is invalid or outside the limits; `fields` names it",
+        "content": _ERROR_CONTENT,
+    },
+}
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(
+        status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, fields: list[ErrorField] | None = None
+) -> Response[Any]:
+    body = ErrorBody(error=code, message=message, fields=fields or []).model_dump(mode="json")
+    return json_response(status, body)
+
+
+def status_for(exc: AnnexError) -> HTTPStatus:
+    return next((s for cls, s in STATUS_BY_ERROR.items() if isinstance(exc, cls)), HTTPStatus.BAD_REQUEST)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def validation_response(exc: RequestValidationError) -> Response[Any]:
+    """A body, query or path that does not fit its model: 422 naming each field, 400 for broken JSON."""
+    errors = exc.errors()
+    kinds = {e.get("type") for e in errors}
+    if "json_invalid" in kinds:
+        return error_response(HTTPStatus.BAD_REQUEST, "MalformedJSON", "the request body is not valid JSON")
+    if "unsupported_content_type" in kinds:
+        return error_response(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", "send application/json"
+        )
+    fields = []
+    for e in errors:
+        loc = tuple(e.get("loc", ()))
+        reason = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "extra_forbidden":
+            reason = "unknown field; remove it"
+        fields.append(ErrorField(field=_field_name(loc), reason=reason))
+    summary = "; ".join(f"{f.field}: {f.reason}" for f in fields)
+    return error_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY, "ValidationError", f"invalid request: {summary}", fields
+    )
+
+
+def install_error_handlers(app: APIGatewayRestResolver, logger: Logger) -> None:
+    """Register the shared exception handlers on a resolver: domain errors, validation, 404/405."""
+
+    def on_domain_error(exc: AnnexError) -> Response[Any]:
+        fields = [ErrorField(field=exc.field, reason=exc.message)] if exc.field else []
+        logger.info("request refused", extra={"error": exc.code, "reason": exc.message})
+        return error_response(status_for(exc), exc.code, exc.message, fields)
+
+    def on_not_found(_exc: NotFoundError) -> Response[Any]:
+        path = app.current_event.path
+        routes = (*app._static_routes, *app._dynamic_routes)
+        allowed = sorted({r.method for r in routes if r.rule.match(path)})
+        if allowed:
+            resp = error_response(
+                HTTPStatus.METHOD_NOT_ALLOWED, "MethodNotAllowed", f"{path} accepts {', '.join(allowed)}"
+            )
+            resp.headers["Allow"] = ", ".join(allowed)
+            return resp
+        return error_response(HTTPStatus.NOT_FOUND, "NotFound", f"no route {path}; see the API in the README")
+
+    app.exception_handler(AnnexError)(on_domain_error)
+    app.exception_handler(RequestValidationError)(validation_response)
+    app.exception_handler(NotFoundError)(on_not_found)

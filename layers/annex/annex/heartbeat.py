@@ -1,0 +1,118 @@
+"""The heartbeat: what each instance's agent reports every minute, and the answer it obeys.
+
+The answer carries the lease expiry (the instance's own dead-man switch enforces it a second time) and an
+action: run, drain (finish running jobs, take no new ones) or terminate (power off now).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from annex.auth import authorize_instance_report
+from annex.clock import format_duration, to_iso
+from annex.config import HeartbeatSettings
+from annex.errors import ConcurrentUpdate, Forbidden
+from annex.models import (
+    LIVE_INSTANCE_STATES,
+    Annex,
+    HeartbeatAction,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    Instance,
+)
+from annex.reaping import idle_after, idle_since_after_report, next_check
+from annex.store import META, AnnexStore, annex_from_item, annex_pk, instance_from_item, instance_sk
+
+_ATTEMPTS = 3
+
+
+def answer(
+    annex: Annex | None, instance: Instance, *, now: datetime, drain_lead: timedelta
+) -> HeartbeatResponse:
+    """What the instance must do, given its annex and its own record (after this report)."""
+    if annex is None:
+        return HeartbeatResponse(action=HeartbeatAction.TERMINATE, reason="the annex no longer exists")
+    lease = annex.lease_expires_at
+    if not annex.live:
+        why = f" ({annex.end_reason.value})" if annex.end_reason else ""
+        return _terminate(lease, f"the annex has {annex.state.value}{why}")
+    if instance.state not in LIVE_INSTANCE_STATES:
+        why = f" ({instance.end_reason.value})" if instance.end_reason else ""
+        return _terminate(lease, f"this instance is {instance.state.value}{why}")
+    if lease <= now:
+        return _terminate(lease, f"the lease ended at {to_iso(lease)}")
+    if lease - now <= drain_lead:
+        return HeartbeatResponse(
+            action=HeartbeatAction.DRAIN,
+            lease_expires_at=lease,
+            reason=f"the lease ends at {to_iso(lease)}, within {format_duration(drain_lead)}",
+        )
+    idle_deadline = idle_after(instance, annex.idle_timeout)
+    if idle_deadline is not None and idle_deadline <= now:
+        return HeartbeatResponse(
+            action=HeartbeatAction.DRAIN,
+            lease_expires_at=lease,
+            reason=f"idle past the idle timeout of {format_duration(annex.idle_timeout)}",
+        )
+    return HeartbeatResponse(action=HeartbeatAction.RUN, lease_expires_at=lease)
+
+
+def _terminate(lease: datetime, reason: str) -> HeartbeatResponse:
+    return HeartbeatResponse(action=HeartbeatAction.TERMINATE, lease_expires_at=lease, reason=reason)
+
+
+class HeartbeatService:
+    def __init__(self, store: AnnexStore, settings: HeartbeatSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def report(
+        self, caller_arn: str | None, request: HeartbeatRequest, *, now: datetime
+    ) -> HeartbeatResponse:
+        """Authorize, record (one conditional write, after one batched read) and answer.
+
+        Forbidden (403, nothing written) unless the caller is the instance itself and the instance is
+        recorded in that annex. An instance of an ended or missing annex is told to terminate, and
+        nothing is written. A duplicate or late report (no later than the last one recorded) writes
+        nothing and gets the current answer.
+        """
+        authorize_instance_report(
+            caller_arn, role_name=self.settings.instance_role_name, instance_id=request.instance_id
+        )
+        pk = annex_pk(request.annex_id)
+        instance_key = (pk, instance_sk(request.instance_id))
+        for _attempt in range(_ATTEMPTS):
+            items = self.store.get_items([instance_key, (pk, META)])
+            instance_item = items.get(instance_key)
+            if instance_item is None:
+                raise Forbidden(f"instance {request.instance_id} is not part of annex {request.annex_id}")
+            instance = instance_from_item(instance_item)
+            meta = items.get((pk, META))
+            annex = annex_from_item(meta) if meta else None
+            if annex is None or not annex.live or instance.state not in LIVE_INSTANCE_STATES:
+                return answer(annex, instance, now=now, drain_lead=self.settings.drain_lead)
+            seen = instance.last_heartbeat_at
+            if seen is not None and seen >= now:
+                return answer(annex, instance, now=now, drain_lead=self.settings.drain_lead)
+            reported = instance.model_copy(
+                update={
+                    "last_heartbeat_at": now,
+                    "claimed_slots": request.claimed_slots,
+                    "total_slots": request.total_slots,
+                    "idle_since": idle_since_after_report(instance.idle_since, request.claimed_slots, now),
+                }
+            )
+            written = self.store.apply_heartbeat(
+                request.annex_id,
+                request.instance_id,
+                now=now,
+                claimed_slots=request.claimed_slots,
+                total_slots=request.total_slots,
+                idle_since=reported.idle_since,
+                due_at=next_check(reported, annex.idle_timeout, self.settings),
+                seen_heartbeat=instance_item.get("last_heartbeat_at"),
+            )
+            if written:
+                return answer(annex, reported, now=now, drain_lead=self.settings.drain_lead)
+            # Another report or a sweep changed the record between the read and the write: read again.
+        raise ConcurrentUpdate(f"instance {request.instance_id} kept changing; report again")

@@ -1,0 +1,105 @@
+"""idle-reap, every minute: terminate instances that are idle or silent.
+
+The instances to look at come from the sparse `due` index (`due_kind` = "reap", `due_at` <= now), which
+launch (launched_at + boot grace) and every heartbeat (the earlier of the idle and silence deadlines)
+keep current; the cost grows with what is due, never with the table. For each, with the clock passed in:
+- idle (no claimed slot since `idle_since`, for longer than its annex's idle timeout): reap, reason idle;
+- silent (never heard from within the boot grace, or no heartbeat within the loss grace): reap, silent;
+- otherwise (busy, or a heartbeat moved things): just move `due_at` to the next check.
+Terminations go through the one termination path (claim, TerminateInstances, record with the quota unit
+back exactly once; an annex whose last instance went ends with reason all-instances-gone).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from annex.clock import to_epoch
+from annex.config import ReapTiming
+from annex.ec2 import Ec2
+from annex.models import EndReason, InstanceState
+from annex.reaping import decide
+from annex.store import DUE_REAP, META, AnnexStore, annex_from_item, instance_from_item
+from annex.sweeps import IDLE_REAP, SweepReport
+from annex.termination import InstanceTarget, terminate_instances
+
+log = logging.getLogger(__name__)
+ACTOR = "idle-reap"
+
+
+def run_idle_reap(
+    store: AnnexStore, ec2: Ec2, *, now: datetime, timing: ReapTiming, retention: timedelta
+) -> SweepReport:
+    """One run. Records its success (shown by GET /health) only if every step succeeded."""
+    report = SweepReport.start(IDLE_REAP, store, ec2)
+    try:
+        targets = _plan(store, now=now, timing=timing, report=report)
+    except Exception as exc:
+        log.exception("could not read the instances due for a check")
+        report.fail("due instances", exc)
+        targets = []
+    if targets:
+        try:
+            result = terminate_instances(store, ec2, targets, actor=ACTOR, now=now, retention=retention)
+        except Exception as exc:
+            log.exception("could not terminate the reaped instances")
+            report.fail("terminate", exc)
+        else:
+            report.absorb(result.terminated, result.annexes_ended, result.failures)
+            report.skipped += len(result.skipped)
+    return report.close(store, ec2, now=now)
+
+
+def _plan(
+    store: AnnexStore, *, now: datetime, timing: ReapTiming, report: SweepReport
+) -> list[InstanceTarget]:
+    """Decide for every due instance: reap (a target) or look again later (rescheduled here)."""
+    due = [d for d in store.query_due(DUE_REAP, now=now) if d.instance_id]
+    report.due = len(due)
+    if not due:
+        return []
+    items = store.get_items([(d.pk, d.sk) for d in due] + [(d.pk, META) for d in due])
+    targets: list[InstanceTarget] = []
+    for d in due:
+        item = items.get((d.pk, d.sk))
+        if item is None or d.instance_id is None:
+            continue  # the index lags a deleted record
+        instance = instance_from_item(item)
+        if instance.state is InstanceState.TERMINATED:
+            continue  # the index lags the termination
+        meta = items.get((d.pk, META))
+        annex = annex_from_item(meta) if meta else None
+        if annex is None or not annex.live:
+            # Its annex has ended (a crash between ending it and terminating, or the record is gone).
+            reason = (annex.end_reason if annex else None) or EndReason.ORPHAN
+            targets.append(InstanceTarget(d.annex_id, d.instance_id, annex, reason, "its annex has ended"))
+            continue
+        if instance.state is InstanceState.TERMINATING:
+            # Claimed by a run that did not finish: finish it.
+            reason = instance.end_reason or EndReason.ORPHAN
+            targets.append(
+                InstanceTarget(d.annex_id, d.instance_id, annex, reason, "finishing a termination")
+            )
+            continue
+        if int(item.get("due_at", 0)) > to_epoch(now):
+            continue  # a heartbeat moved it since the index was read
+        verdict = decide(instance, annex.idle_timeout, timing, now)
+        seen = item.get("last_heartbeat_at")
+        if verdict.reason is not None:
+            targets.append(
+                InstanceTarget(
+                    d.annex_id,
+                    d.instance_id,
+                    annex,
+                    verdict.reason,
+                    verdict.detail,
+                    claim=True,
+                    seen_heartbeat=seen,
+                )
+            )
+        elif store.reschedule_instance(
+            d.annex_id, d.instance_id, due_at=verdict.next_check, seen_heartbeat=seen
+        ):
+            report.rescheduled += 1
+    return targets

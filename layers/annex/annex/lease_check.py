@@ -1,0 +1,141 @@
+"""lease-check, every minute: end every annex whose lease has passed, then the orphan sweep.
+
+1. Due leases come from the sparse `due` index (`due_kind` = "lease", `due_at` <= now): only live annexes
+   carry it, so the cost grows with what is due, never with the table. Each is ended with reason
+   lease-expired (whatever its state: requested and launching annexes past their lease too) and all
+   their instances are terminated in batched calls, through the one termination path.
+2. The orphan sweep does not trust the records: every not-terminated instance tagged with this stack is
+   terminated if its annex has ended or is missing, or if its own lease tag has passed (or is missing or
+   mangled). The tag is the last line of defence when a record is lost; it is also what finishes the
+   work of a run that crashed between ending an annex and terminating its instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from annex.ec2 import Ec2, TaggedInstance
+from annex.models import Annex, EndReason
+from annex.store import DUE_LEASE, AnnexStore, annex_from_item
+from annex.sweeps import LEASE_CHECK, SweepReport
+from annex.termination import InstanceTarget, end_and_terminate_many, terminate_instances
+
+log = logging.getLogger(__name__)
+ACTOR = "lease-check"
+
+
+def run_lease_check(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: timedelta) -> SweepReport:
+    """One run. Records its success (shown by GET /health) only if every step succeeded."""
+    report = SweepReport.start(LEASE_CHECK, store, ec2)
+    try:
+        due = [item.annex_id for item in store.query_due(DUE_LEASE, now=now)]
+    except Exception as exc:
+        log.exception("could not read the due leases")
+        report.fail("due leases", exc)
+        due = []
+    report.due = len(due)
+    if due:
+        try:
+            batch = end_and_terminate_many(
+                store,
+                ec2,
+                due,
+                reason=EndReason.LEASE_EXPIRED,
+                actor=ACTOR,
+                now=now,
+                retention=retention,
+                detail="the lease expired",
+                due_by=now,
+            )
+        except Exception as exc:
+            log.exception("could not terminate the instances of expired annexes")
+            report.fail("expired leases", exc)
+        else:
+            report.annexes_ended += sum(r.ended_now for r in batch.results)
+            report.count_terminated(EndReason.LEASE_EXPIRED, len(batch.terminated))
+            report.skipped += len(batch.not_due)
+            for annex_id, error in batch.failures.items():
+                report.fail(annex_id, error)
+    items_before, calls_before, started = store.items_read, ec2.calls, time.perf_counter()
+    try:
+        orphans = sweep_orphans(store, ec2, now=now, retention=retention)
+    except Exception as exc:
+        log.exception("the orphan sweep failed")
+        report.fail("orphan sweep", exc)
+    else:
+        report.details.update(
+            orphan_sweep_running=orphans.running,
+            orphan_sweep_items_read=store.items_read - items_before,
+            orphan_sweep_ec2_calls=ec2.calls - calls_before,
+            orphan_sweep_ms=round((time.perf_counter() - started) * 1000),
+        )
+        report.absorb(orphans.terminated, orphans.annexes_ended, orphans.failures)
+    return report.close(store, ec2, now=now)
+
+
+@dataclass
+class OrphanSweep:
+    running: int = 0
+    terminated: dict[EndReason, list[str]] = field(default_factory=dict)
+    annexes_ended: list[str] = field(default_factory=list)
+    failures: dict[str, Exception] = field(default_factory=dict)
+
+
+def orphan_reason(tagged: TaggedInstance, annex: Annex | None, now: datetime) -> EndReason | None:
+    """Why a running instance must go, or None if its annex is live and its lease tag is ahead."""
+    if annex is None:
+        return EndReason.ORPHAN
+    if not annex.live:
+        return annex.end_reason or EndReason.ORPHAN
+    if tagged.lease_expires_at is None or tagged.lease_expires_at <= now:
+        return EndReason.LEASE_EXPIRED
+    return None
+
+
+def sweep_orphans(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: timedelta) -> OrphanSweep:
+    """Every running instance of this stack against its annex record (one paginated DescribeInstances,
+    the records batch-read 100 at a time) and its own lease tag."""
+    running: Sequence[TaggedInstance] = list(ec2.live_instances())
+    records = store.get_annex_items({t.annex_id for t in running if t.annex_id})
+    sweep = OrphanSweep(running=len(running))
+    unrecorded: list[str] = []
+    targets: list[InstanceTarget] = []
+    for tagged in running:
+        record = records.get(tagged.annex_id) if tagged.annex_id else None
+        annex = annex_from_item(record) if record else None
+        reason = orphan_reason(tagged, annex, now)
+        if reason is None:
+            continue
+        if annex is None or tagged.annex_id is None:
+            unrecorded.append(tagged.instance_id)
+            continue
+        if tagged.lease_expires_at is None:
+            detail = "its lease tag is missing or unreadable (orphan sweep)"
+        elif reason is EndReason.LEASE_EXPIRED:
+            detail = "its lease tag has passed (orphan sweep)"
+        else:
+            detail = "its annex has ended (orphan sweep)"
+        targets.append(
+            InstanceTarget(
+                annex_id=tagged.annex_id,
+                instance_id=tagged.instance_id,
+                annex=annex,
+                reason=reason,
+                detail=detail,
+            )
+        )
+    if unrecorded:
+        log.warning("terminating instances no annex record accounts for", extra={"instances": unrecorded})
+        ec2.terminate(unrecorded)
+        sweep.terminated[EndReason.ORPHAN] = list(unrecorded)
+    if targets:
+        result = terminate_instances(store, ec2, targets, actor=ACTOR, now=now, retention=retention)
+        for reason, ids in result.terminated.items():
+            sweep.terminated.setdefault(reason, []).extend(ids)
+        sweep.annexes_ended = result.annexes_ended
+        sweep.failures.update(result.failures)
+    return sweep

@@ -1,0 +1,171 @@
+"""What a fail-safe sweep reports, and the metrics the alarms watch.
+
+Each successful run emits `SweepSucceeded` (dimensions: service, sweep); the template alarms when a
+sweep has not succeeded for five minutes (missing data counts as breaching), and on the function's
+Errors. A run with any failure still does all the work it can, but raises at the end (so Lambda counts an
+error) and does not record a success.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from annex import clients
+from annex.ec2 import Ec2
+from annex.models import EndReason
+from annex.store import AnnexStore
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger, Metrics
+
+    from annex.config import CommonSettings
+
+LEASE_CHECK = "lease-check"
+IDLE_REAP = "idle-reap"
+METRIC_SUCCEEDED = "SweepSucceeded"
+METRIC_DURATION = "SweepDuration"
+METRIC_DUE = "DueItems"
+METRIC_TERMINATED = "InstancesTerminated"
+DIMENSION_SWEEP = "sweep"
+DIMENSION_REASON = "reason"
+
+
+class SweepFailed(Exception):
+    """Some of a sweep's work failed; what could be done was done, and the next run retries the rest."""
+
+
+@dataclass
+class SweepReport:
+    name: str
+    due: int = 0
+    terminated: Counter[str] = field(default_factory=Counter)  # by end reason
+    annexes_ended: int = 0
+    rescheduled: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+    details: dict[str, int] = field(default_factory=dict)  # sweep-specific figures, logged
+    items_read: int = 0
+    ec2_calls: int = 0
+    duration_ms: float = 0.0
+    _started: float = field(default=0.0, repr=False)
+    _items_before: int = field(default=0, repr=False)
+    _calls_before: int = field(default=0, repr=False)
+
+    @classmethod
+    def start(cls, name: str, store: AnnexStore, ec2: Ec2) -> SweepReport:
+        return cls(
+            name=name,
+            _started=time.perf_counter(),
+            _items_before=store.items_read,
+            _calls_before=ec2.calls,
+        )
+
+    def finish(self, store: AnnexStore, ec2: Ec2) -> SweepReport:
+        self.items_read = store.items_read - self._items_before
+        self.ec2_calls = ec2.calls - self._calls_before
+        self.duration_ms = (time.perf_counter() - self._started) * 1000
+        return self
+
+    def close(self, store: AnnexStore, ec2: Ec2, *, now: datetime) -> SweepReport:
+        """Stop the clock and the counters, and record the run's success (GET /health shows it) only if
+        nothing failed."""
+        self.finish(store, ec2)
+        if self.ok:
+            store.record_sweep(self.name, now=now, detail={"due": self.due})
+        return self
+
+    def count_terminated(self, reason: EndReason, n: int) -> None:
+        if n:
+            self.terminated[reason.value] += n
+
+    def absorb(
+        self,
+        terminated: Mapping[EndReason, Sequence[str]],
+        annexes_ended: Sequence[str],
+        failures: Mapping[str, Exception],
+    ) -> None:
+        """Add what a termination step did."""
+        for reason, ids in terminated.items():
+            self.count_terminated(reason, len(ids))
+        self.annexes_ended += len(annexes_ended)
+        for what, exc in failures.items():
+            self.fail(what, exc)
+
+    def fail(self, what: str, exc: BaseException) -> None:
+        self.failures.append(f"{what}: {type(exc).__name__}: {exc}")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sweep": self.name,
+            "ok": self.ok,
+            "due": self.due,
+            "terminated": dict(self.terminated),
+            "annexes_ended": self.annexes_ended,
+            "rescheduled": self.rescheduled,
+            "skipped": self.skipped,
+            "items_read": self.items_read,
+            "ec2_calls": self.ec2_calls,
+            "duration_ms": round(self.duration_ms, 1),
+            **self.details,
+            "failures": self.failures,
+        }
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            raise SweepFailed(
+                f"{self.name}: {len(self.failures)} failure(s): " + "; ".join(self.failures[:5])
+            )
+
+
+@dataclass(frozen=True)
+class SweepDeps:
+    """What a sweep function works with, built once per cold start from its settings."""
+
+    store: AnnexStore
+    ec2: Ec2
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings) -> SweepDeps:
+        return cls(
+            store=AnnexStore(clients.dynamodb(), settings.table_name),
+            ec2=Ec2(clients.ec2(), settings.stack_name),
+        )
+
+
+def conclude(report: SweepReport, metrics: Metrics, logger: Logger) -> dict[str, Any]:
+    """The end of every sweep handler: metrics, one log line, and an error (so Lambda counts one and the
+    Errors alarm fires) if anything failed."""
+    publish_metrics(metrics, report)
+    logger.info(f"{report.name} finished", extra=report.summary())
+    report.raise_if_failed()
+    return report.summary()
+
+
+def publish_metrics(metrics: Metrics, report: SweepReport) -> None:
+    """DueItems, SweepDuration and (on success) SweepSucceeded with the sweep as dimension;
+    InstancesTerminated once per end reason (its own EMF blob, since the reason is a dimension)."""
+    metrics.add_dimension(name=DIMENSION_SWEEP, value=report.name)
+    metrics.add_metric(name=METRIC_DUE, unit=MetricUnit.Count, value=report.due)
+    metrics.add_metric(name=METRIC_DURATION, unit=MetricUnit.Milliseconds, value=report.duration_ms)
+    if report.ok:
+        metrics.add_metric(name=METRIC_SUCCEEDED, unit=MetricUnit.Count, value=1)
+    for reason, count in sorted(report.terminated.items()):
+        with single_metric(
+            name=METRIC_TERMINATED,
+            unit=MetricUnit.Count,
+            value=count,
+            namespace=metrics.namespace,
+            default_dimensions={DIMENSION_SWEEP: report.name},
+        ) as metric:
+            metric.add_dimension(name=DIMENSION_REASON, value=reason)
