@@ -38,6 +38,7 @@ FAST_PARAMS = {
     "BootGrace": "45s",
     "HeartbeatLossGrace": "30s",
     "InstanceConfigTimeout": "30s",  # must stay below BootGrace (checked by the launch settings)
+    "DrainBeforeLeaseEnd": "20s",
 }
 FAST_SWEEP_SECONDS = 5.0
 FAST_HEARTBEAT_SECONDS = 5.0
