@@ -144,7 +144,9 @@ def state_line(annex: Mapping[str, Any]) -> str:
     else:
         text = state
     note = annex.get("launch_note")
-    return f"{text}; {note}" if note else text
+    # A complete launch's note ("3 of 3 launched") says nothing new; a partial or failed one says why.
+    complete = annex.get("launched_count") == annex.get("count") and state != "failed"
+    return f"{text}; {note}" if note and not complete else text
 
 
 def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str:

@@ -157,3 +157,25 @@ def test_an_unknown_type_says_price_unknown():
     assert est.usd is None
     assert est.text().startswith("price unknown")
     assert estimate(3, ["c7i.xlarge", "m5.large"], 4, spot=True).usd is None
+
+
+def test_state_line_explains_a_partial_launch_but_not_a_complete_one():
+    from annex_client.render import state_line
+
+    full = {"state": "running", "count": 3, "launched_count": 3, "launch_note": "3 of 3 launched"}
+    partial = {
+        "state": "running",
+        "count": 10,
+        "launched_count": 7,
+        "launch_note": "7 of 10 launched: InsufficientInstanceCapacity for c7i.xlarge in us-east-1a",
+    }
+    failed = {
+        "state": "failed",
+        "count": 2,
+        "launched_count": 0,
+        "end_reason": "launch-failed",
+        "launch_note": "0 of 2 launched: no capacity",
+    }
+    assert state_line(full) == "running: 3 of 3 instances launched"
+    assert state_line(partial).endswith("InsufficientInstanceCapacity for c7i.xlarge in us-east-1a")
+    assert state_line(failed) == "failed (launch-failed); 0 of 2 launched: no capacity"
