@@ -53,7 +53,8 @@ class Demo:
         done = subprocess.run(
             [str(BIN / "annex-client"), *args],
             env={**self.env, "AWS_PROFILE": "alice"},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if show else subprocess.PIPE,  # shown in the order it was written
             text=True,
             timeout=180,
             stdin=subprocess.DEVNULL,
@@ -61,7 +62,6 @@ class Demo:
         )
         if show:
             sys.stdout.write(done.stdout)
-            sys.stdout.write(done.stderr)
             sys.stdout.flush()
         return done
 

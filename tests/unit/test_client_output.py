@@ -179,3 +179,27 @@ def test_state_line_explains_a_partial_launch_but_not_a_complete_one():
     assert state_line(full) == "running: 3 of 3 instances launched"
     assert state_line(partial).endswith("InsufficientInstanceCapacity for c7i.xlarge in us-east-1a")
     assert state_line(failed) == "failed (launch-failed); 0 of 2 launched: no capacity"
+
+
+def test_check_setup_calls_a_sweep_stale_once_the_alarm_would_fire():
+    from datetime import UTC, datetime, timedelta
+
+    from annex_client.commands import sweep_checks
+
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+    def at(minutes_ago):
+        return (now - timedelta(minutes=minutes_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    checks = sweep_checks(
+        [
+            {"name": "lease-check", "last_success_at": at(1)},
+            {"name": "idle-reap", "last_success_at": at(6)},
+            {"name": "other", "last_success_at": None},
+        ],
+        now,
+    )
+    problems = {name: problem for name, _, problem in checks}
+    assert problems["lease-check"] is None
+    assert problems["idle-reap"] == "idle-reap last succeeded 6m ago"
+    assert problems["other"] == "other never ran"
