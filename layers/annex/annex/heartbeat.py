@@ -19,6 +19,7 @@ from annex.models import (
     HeartbeatRequest,
     HeartbeatResponse,
     Instance,
+    InstanceState,
 )
 from annex.reaping import idle_after, idle_since_after_report, next_check
 from annex.store import META, AnnexStore, annex_from_item, annex_pk, instance_from_item, instance_sk
@@ -96,6 +97,7 @@ class HeartbeatService:
                 return answer(annex, instance, now=now, drain_lead=self.settings.drain_lead)
             reported = instance.model_copy(
                 update={
+                    "state": InstanceState.RUNNING,
                     "last_heartbeat_at": now,
                     "claimed_slots": request.claimed_slots,
                     "total_slots": request.total_slots,

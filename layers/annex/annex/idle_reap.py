@@ -78,9 +78,7 @@ def _plan(
         if instance.state is InstanceState.TERMINATING:
             # Claimed by a run that did not finish: finish it.
             reason = instance.end_reason or EndReason.ORPHAN
-            targets.append(
-                InstanceTarget(d.annex_id, d.instance_id, annex, reason, "finishing a termination")
-            )
+            targets.append(InstanceTarget(d.annex_id, d.instance_id, annex, reason))
             continue
         if int(item.get("due_at", 0)) > to_epoch(now):
             continue  # a heartbeat moved it since the index was read

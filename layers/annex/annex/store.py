@@ -739,15 +739,6 @@ class AnnexStore:
         items = self.get_items((annex_pk(a), META) for a in annex_ids)
         return {pk.removeprefix("ANNEX#"): item for (pk, _sk), item in items.items()}
 
-    def get_instance_item(self, annex_id: str, instance_id: str) -> dict[str, Any] | None:
-        resp = self._db.get_item(
-            TableName=self.table_name,
-            Key=to_attrs({"pk": annex_pk(annex_id), "sk": instance_sk(instance_id)}),
-            ConsistentRead=True,
-        )
-        self.items_read += 1
-        return from_attrs(resp["Item"]) if "Item" in resp else None
-
     def apply_heartbeat(
         self,
         annex_id: str,

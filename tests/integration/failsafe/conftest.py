@@ -28,7 +28,7 @@ from annex.models import (
     InstanceState,
     Market,
 )
-from annex.store import AnnexStore
+from annex.store import AnnexStore, annex_pk, instance_sk
 from annex_local.events import FakeContext
 from annex_local.template import resolve_environment
 
@@ -154,8 +154,7 @@ class Fleet:
     # --- what a user would see ------------------------------------------------------------------
 
     def instance(self, annex_id: str, instance_id: str) -> dict[str, Any]:
-        item = self.store.get_instance_item(annex_id, instance_id)
-        assert item is not None
+        (item,) = self.store.get_items([(annex_pk(annex_id), instance_sk(instance_id))]).values()
         return item
 
     def quota(self, owner: str = ALICE) -> int:
