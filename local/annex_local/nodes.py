@@ -212,6 +212,9 @@ class SimulatedNodes:
         elif action == "drain" and not node.draining:
             node.draining = True
             node.log.append(f"{now:%H:%M:%S} draining: {answer.get('reason', '')}")
+        elif action == "run" and node.draining:
+            node.draining = False  # the lease was extended: take jobs again (condor_drain -cancel)
+            node.log.append(f"{now:%H:%M:%S} drain cancelled")
         return answer
 
     def signed_post(self, node: Node, body: bytes) -> tuple[int, Any]:

@@ -276,6 +276,20 @@ def test_agent_drains_once_when_told_to(agent):
     assert not agent.powered_off()
 
 
+def test_agent_cancels_its_drain_when_the_lease_is_extended(agent):
+    # Given a node draining because its lease was about to end
+    assert agent.run(answer(HeartbeatAction.DRAIN)).returncode == 0
+    # When the owner extends and the next answer is "run" again
+    for _ in range(2):
+        assert agent.run(answer(HeartbeatAction.RUN)).returncode == 0
+    # Then it takes jobs again, once
+    assert agent.ran("condor_drain") == [
+        "condor_drain -graceful node1.pool.example.org",
+        "condor_drain -cancel node1.pool.example.org",
+    ]
+    assert not agent.powered_off()
+
+
 def test_agent_powers_off_when_told_to_terminate(agent):
     agent.run(answer(HeartbeatAction.TERMINATE))
 

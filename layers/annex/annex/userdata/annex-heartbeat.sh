@@ -108,7 +108,13 @@ print(answer.get("action", ""), lease)') || { log "unreadable heartbeat answer";
   read -r action lease <<<"$parsed"
   set_lease "${lease:-}"
   case $action in
-    run) rm -f "$STATE_DIR/draining" ;;
+    run)
+      # The lease was extended after a drain began: take jobs again.
+      if [[ -e $STATE_DIR/draining ]]; then
+        condor_drain -cancel "$(condor_config_val FULL_HOSTNAME)" && rm -f "$STATE_DIR/draining"
+        log "drain cancelled: the lease was extended"
+      fi
+      ;;
     drain)
       if [[ ! -e $STATE_DIR/draining ]]; then
         condor_drain -graceful "$(condor_config_val FULL_HOSTNAME)" && touch "$STATE_DIR/draining"
