@@ -68,7 +68,7 @@ def measure(annexes: int, sweep_period: float | None) -> list[float]:
 
         stack.start()
         try:
-            clients.ec2().meta.events.register("before-call.ec2.TerminateInstances", on_terminate)
+            clients.ec2().meta.events.register("before-parameter-build.ec2.TerminateInstances", on_terminate)
             stagger = period / annexes
             created = []
             for i in range(annexes):
