@@ -168,7 +168,7 @@ def main() -> int:
         print(
             f"  {market:<10} wall time x{large['seconds'] / small['seconds']:.1f}, "
             f"launch calls x{large['launch_calls'] / small['launch_calls']:.0f}, "
-            f"DynamoDB calls x{large['ddb_calls'] / small['ddb_calls']:.1f} (one put per instance record)"
+            f"DynamoDB calls x{large['ddb_calls'] / small['ddb_calls']:.1f} (one transaction per 100 instance records)"
         )
     if failures:
         print(

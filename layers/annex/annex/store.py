@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 META = "META"
+TRANSACTION_LIMIT = 100  # items in one TransactWriteItems
 QUOTA = "QUOTA"
 DUE_LEASE = "lease"
 DUE_REAP = "reap"
@@ -602,13 +603,37 @@ class AnnexStore:
         return data
 
     def put_instances(self, instances: Sequence[Instance], *, reap_at: datetime | None) -> None:
-        """Record launched instances (idempotent: an existing record is left as it is)."""
-        for instance in instances:
+        """Record launched instances (idempotent: an existing record is left as it is).
+
+        Up to 100 records go in one transaction of conditional puts. When a record already exists (a
+        launch resumed after a crash) the transaction is cancelled whole, and that chunk is written one
+        record at a time, skipping the ones that exist."""
+        items = [to_attrs(self.instance_item(instance, reap_at=reap_at)) for instance in instances]
+        for start in range(0, len(items), TRANSACTION_LIMIT):
+            chunk = items[start : start + TRANSACTION_LIMIT]
+            try:
+                self._db.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Put": {
+                                "TableName": self.table_name,
+                                "Item": item,
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                            }
+                        }
+                        for item in chunk
+                    ]
+                )
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                self._put_each_new(chunk)
+
+    def _put_each_new(self, items: Sequence[dict[str, Any]]) -> None:
+        for item in items:
             try:
                 self._db.put_item(
-                    TableName=self.table_name,
-                    Item=to_attrs(self.instance_item(instance, reap_at=reap_at)),
-                    ConditionExpression="attribute_not_exists(pk)",
+                    TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)"
                 )
             except ClientError as exc:
                 if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
