@@ -39,8 +39,8 @@ for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
     os.environ.pop(var, None)
 
 import boto3  # noqa: E402
-from annex import clients  # noqa: E402
-from annex.models import Market  # noqa: E402
+from annex.aws import clients  # noqa: E402
+from annex.core.models import Market  # noqa: E402
 from annex.store import AnnexStore  # noqa: E402
 from annex_local.events import FakeContext  # noqa: E402
 from annex_local.pool import create_pool, put_requested_annex  # noqa: E402

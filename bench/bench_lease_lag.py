@@ -26,8 +26,8 @@ from annex_local.runtime import install_code_paths  # noqa: E402
 
 install_code_paths()
 
-from annex import clients  # noqa: E402
-from annex.clock import parse_time  # noqa: E402
+from annex.aws import clients  # noqa: E402
+from annex.core.clock import parse_time  # noqa: E402
 from annex_local.scheduler import schedules_from_template  # noqa: E402
 from annex_local.sigv4 import sign_headers  # noqa: E402
 from annex_local.stack import LocalStack, Options  # noqa: E402

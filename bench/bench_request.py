@@ -71,7 +71,7 @@ def warm_latency_seconds() -> list[float]:
             in_aws["t"] += time.perf_counter() - in_aws["start"]
             in_aws["n"] += 1
 
-        from annex import clients
+        from annex.aws import clients
 
         for service in ("dynamodb", "ec2"):
             clients.client(service).meta.events.register("before-call", before)

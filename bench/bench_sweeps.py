@@ -44,15 +44,15 @@ os.environ.update(
 )
 
 import boto3  # noqa: E402
-from annex.clock import to_iso, utcnow  # noqa: E402
-from annex.config import IdleReapSettings  # noqa: E402
-from annex.ec2 import Ec2  # noqa: E402
-from annex.idle_reap import run_idle_reap  # noqa: E402
-from annex.lease_check import run_lease_check  # noqa: E402
-from annex.models import Annex, AnnexState, Instance, InstanceState, Market  # noqa: E402
-from annex.reaping import next_check  # noqa: E402
+from annex.aws.ec2 import Ec2  # noqa: E402
+from annex.core.clock import to_iso, utcnow  # noqa: E402
+from annex.core.config import IdleReapSettings  # noqa: E402
+from annex.core.models import Annex, AnnexState, Instance, InstanceState, Market  # noqa: E402
+from annex.failsafe.idle_reap import run_idle_reap  # noqa: E402
+from annex.failsafe.lease_check import run_lease_check  # noqa: E402
+from annex.failsafe.rules import next_check  # noqa: E402
+from annex.failsafe.sweeps import SweepReport  # noqa: E402
 from annex.store import QUOTA, AnnexStore, owner_pk, to_attrs  # noqa: E402
-from annex.sweeps import SweepReport  # noqa: E402
 from annex_local.template import resolve_environment, table_create_kwargs  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.dynamodb.models import DynamoDBBackend  # noqa: E402

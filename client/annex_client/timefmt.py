@@ -1,6 +1,6 @@
 """Durations and times as a researcher types them, and as the client prints them.
 
-The client cannot import the service's `annex.clock` (it needs Python 3.13 and pydantic), so it reads the
+The client cannot import the service's `annex.core.clock` (it needs Python 3.13 and pydantic), so it reads the
 same forms itself. It is stricter in one place: a bare number (`--lease 4`) is refused instead of being
 taken as seconds, because nobody means a four-second lease.
 """

@@ -6,14 +6,13 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Any
 
-from annex import clients
-from annex.api_errors import ERROR_RESPONSES, install_error_handlers
-from annex.clock import utcnow
-from annex.config import HeartbeatSettings
-from annex.errors import Forbidden
-from annex.heartbeat import HeartbeatService
-from annex.http import json_only
-from annex.models import HeartbeatAction, HeartbeatRequest, HeartbeatResponse
+from annex.api.http import ERROR_RESPONSES, install_error_handlers, json_only
+from annex.aws import clients
+from annex.core.clock import utcnow
+from annex.core.config import HeartbeatSettings
+from annex.core.errors import Forbidden
+from annex.core.models import HeartbeatAction, HeartbeatRequest, HeartbeatResponse
+from annex.failsafe.heartbeat import HeartbeatService
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver

@@ -8,11 +8,11 @@ from dataclasses import asdict
 from functools import cache
 from typing import Any
 
-from annex import clients
-from annex.clock import utcnow
-from annex.config import LaunchSettings
-from annex.ec2 import Ec2, Ec2Launch
-from annex.launcher import Launcher, LaunchOutcome, LaunchTrigger
+from annex.aws import clients
+from annex.aws.ec2 import Ec2, Ec2Launch
+from annex.core.clock import utcnow
+from annex.core.config import LaunchSettings
+from annex.launch.launcher import Launcher, LaunchOutcome, LaunchTrigger
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit

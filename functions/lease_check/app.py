@@ -6,10 +6,10 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from annex.clock import utcnow
-from annex.config import LeaseCheckSettings
-from annex.lease_check import run_lease_check
-from annex.sweeps import SweepDeps, conclude
+from annex.core.clock import utcnow
+from annex.core.config import LeaseCheckSettings
+from annex.failsafe.lease_check import run_lease_check
+from annex.failsafe.sweeps import SweepDeps, conclude
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel

@@ -6,15 +6,15 @@ from functools import cache
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from annex import clients
-from annex.api_errors import ERROR_RESPONSES as ERRORS
-from annex.api_errors import install_error_handlers, json_response
-from annex.auth import Caller, caller_from_arn
-from annex.clock import utcnow
-from annex.config import RequestSettings
-from annex.ec2 import Ec2
-from annex.http import json_only
-from annex.models import (
+from annex.api.http import ERROR_RESPONSES as ERRORS
+from annex.api.http import install_error_handlers, json_only, json_response
+from annex.api.service import AnnexService
+from annex.aws import clients
+from annex.aws.ec2 import Ec2
+from annex.core.auth import Caller, caller_from_arn
+from annex.core.clock import utcnow
+from annex.core.config import RequestSettings
+from annex.core.models import (
     ANNEX_ID_PATTERN,
     AnnexDetail,
     AnnexList,
@@ -24,7 +24,6 @@ from annex.models import (
     Health,
     StopRequest,
 )
-from annex.service import AnnexService
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response

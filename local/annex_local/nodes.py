@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from annex.clock import parse_duration
+from annex.core.clock import parse_duration
 
 from annex_local.sigv4 import Identity, sign_headers
 

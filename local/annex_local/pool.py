@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import boto3
-from annex.clock import utcnow
-from annex.models import Annex, AnnexState, Market
+from annex.core.clock import utcnow
+from annex.core.models import Annex, AnnexState, Market
 from annex.store import AnnexStore
 
 CENTRAL_MANAGER = "cm.pool.example.org:9618"

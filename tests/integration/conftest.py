@@ -10,7 +10,7 @@ from typing import Any
 
 import boto3
 import pytest
-from annex import clients
+from annex.aws import clients
 from annex_local.events import FakeContext, rest_event
 from annex_local.gateway import Gateway
 from annex_local.pool import Pool, create_pool

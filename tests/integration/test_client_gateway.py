@@ -16,8 +16,8 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from annex.clock import parse_time, to_iso
-from annex.models import AnnexState, Instance, InstanceState, Market
+from annex.core.clock import parse_time, to_iso
+from annex.core.models import AnnexState, Instance, InstanceState, Market
 from annex.store import AnnexStore, to_attrs
 from annex_client import commands, transport
 from annex_client.cli import main

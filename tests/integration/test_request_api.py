@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from annex import clients
-from annex.clock import parse_time
+from annex.aws import clients
+from annex.core.clock import parse_time
 from annex_local.events import FakeContext, rest_event
 
 from tests.integration.conftest import (

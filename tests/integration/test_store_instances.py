@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from annex import clients
-from annex.models import Instance, InstanceState, Market
+from annex.aws import clients
+from annex.core.models import Instance, InstanceState, Market
 from annex.store import AnnexStore
 
 from tests.integration.conftest import TABLE

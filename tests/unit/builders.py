@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from annex.models import Annex, AnnexState, Instance, InstanceState, Market
+from annex.core.models import Annex, AnnexState, Instance, InstanceState, Market
 
 T0 = datetime(2026, 11, 22, 18, 0, tzinfo=UTC)
 ANNEX_ID = "ax-0123456789abcdef"

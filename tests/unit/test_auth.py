@@ -1,6 +1,6 @@
 import pytest
-from annex.auth import caller_from_arn, is_admin
-from annex.errors import Forbidden
+from annex.core.auth import caller_from_arn, is_admin
+from annex.core.errors import Forbidden
 
 ADMINS = ("PoolAdmin*", "arn:aws:iam::123456789012:user/root-of-pool")
 

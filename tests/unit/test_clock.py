@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from annex.clock import format_duration, parse_duration, parse_time, to_iso
+from annex.core.clock import format_duration, parse_duration, parse_time, to_iso
 
 
 @pytest.mark.parametrize(

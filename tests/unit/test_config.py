@@ -1,7 +1,7 @@
 """Settings come from the template's environment; a missing variable fails the cold start by name."""
 
 import pytest
-from annex.config import RequestSettings
+from annex.core.config import RequestSettings
 from annex_local.template import resolve_environment
 from pydantic import ValidationError
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from annex.config import HeartbeatSettings, IdleReapSettings, LeaseCheckSettings
-from annex.models import EndReason
-from annex.sweeps import (
+from annex.core.config import HeartbeatSettings, IdleReapSettings, LeaseCheckSettings
+from annex.core.models import EndReason
+from annex.failsafe.sweeps import (
     DIMENSION_REASON,
     DIMENSION_SWEEP,
     IDLE_REAP,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from annex.auth import authorize_instance_report
-from annex.errors import Forbidden
-from annex.heartbeat import answer
-from annex.models import AnnexState, EndReason, HeartbeatAction, InstanceState
+from annex.core.auth import authorize_instance_report
+from annex.core.errors import Forbidden
+from annex.core.models import AnnexState, EndReason, HeartbeatAction, InstanceState
+from annex.failsafe.heartbeat import answer
 
 from tests.unit.builders import INSTANCE_ID, T0, make_annex, make_instance
 

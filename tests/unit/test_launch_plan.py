@@ -6,8 +6,9 @@ import math
 from datetime import UTC, datetime
 
 import pytest
-from annex.ec2 import MAX_LAUNCH_BATCH, Refusal
-from annex.launcher import (
+from annex.aws.ec2 import MAX_LAUNCH_BATCH, Refusal
+from annex.core.models import Annex, AnnexState, Market
+from annex.launch.launcher import (
     LaunchTrigger,
     annex_tags,
     batch_sizes,
@@ -15,7 +16,6 @@ from annex.launcher import (
     launch_note,
     ordered_subnets,
 )
-from annex.models import Annex, AnnexState, Market
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SUBNETS = ["subnet-0000000a", "subnet-0000000b", "subnet-0000000c"]

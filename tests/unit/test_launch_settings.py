@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from annex.config import LaunchSettings
+from annex.core.config import LaunchSettings
 from pydantic import ValidationError
 
 ENV = {

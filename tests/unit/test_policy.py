@@ -1,10 +1,10 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from annex.config import Policy
-from annex.errors import PolicyViolation
-from annex.models import CreateAnnexRequest, Market
-from annex.policy import resolve_create, resolve_extension
+from annex.api.policy import resolve_create, resolve_extension
+from annex.core.config import Policy
+from annex.core.errors import PolicyViolation
+from annex.core.models import CreateAnnexRequest, Market
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 POLICY = Policy.from_env(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from annex.config import ReapTiming
-from annex.models import EndReason, InstanceState
-from annex.reaping import decide, idle_since_after_report, next_check
+from annex.core.config import ReapTiming
+from annex.core.models import EndReason, InstanceState
+from annex.failsafe.rules import decide, idle_since_after_report, next_check
 
 from tests.unit.builders import T0, make_instance
 

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from annex.clock import to_epoch
-from annex.models import HeartbeatAction, HeartbeatRequest, HeartbeatResponse
-from annex.userdata import USER_DATA_LIMIT, NodeConfig, condor_owner, heartbeat_agent, render_user_data
+from annex.core.clock import to_epoch
+from annex.core.models import HeartbeatAction, HeartbeatRequest, HeartbeatResponse
+from annex.launch.userdata import USER_DATA_LIMIT, NodeConfig, condor_owner, heartbeat_agent, render_user_data
 
 SHELLCHECK = Path(sys.executable).with_name("shellcheck")
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:annex-pool-AbCdEf"

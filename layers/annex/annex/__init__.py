@@ -1,6 +1,5 @@
-"""Annex domain package: shared by every Lambda function of the control plane.
-
-One module per concern: models (records and API shapes), config (settings models), policy (limits),
-auth (who may do what), store (DynamoDB), ec2 (EC2), service (the operations the API exposes),
-termination (the one path every stop takes).
+"""Annex domain package, shared by every Lambda function of the control plane. Subpackages mirror the
+architecture: `core` (models, config, clock, errors, auth), `store` (the DynamoDB table), `aws` (clients,
+EC2), `api` (the request API), `launch` (launcher, user data), `failsafe` (heartbeat, lease-check,
+idle-reap, termination). Arrows run one way: core <- store, aws <- launch, failsafe <- api.
 """

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from annex.clock import to_epoch, to_iso
-from annex.errors import (
+from annex.core.clock import to_epoch, to_iso
+from annex.core.errors import (
     AnnexNotFound,
     ConcurrentUpdate,
     LeaseConflict,
@@ -47,7 +47,7 @@ from annex.errors import (
     QuotaExceeded,
     Throttled,
 )
-from annex.models import (
+from annex.core.models import (
     LIVE_INSTANCE_STATES,
     LIVE_STATES,
     Annex,

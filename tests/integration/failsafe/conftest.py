@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from annex import clients
-from annex.clock import to_iso, utcnow
-from annex.config import HeartbeatSettings, IdleReapSettings, LeaseCheckSettings
-from annex.ec2 import Ec2
-from annex.heartbeat import HeartbeatService
-from annex.models import (
+from annex.aws import clients
+from annex.aws.ec2 import Ec2
+from annex.core.clock import to_iso, utcnow
+from annex.core.config import HeartbeatSettings, IdleReapSettings, LeaseCheckSettings
+from annex.core.models import (
     Annex,
     AnnexState,
     HeartbeatRequest,
@@ -28,6 +27,7 @@ from annex.models import (
     InstanceState,
     Market,
 )
+from annex.failsafe.heartbeat import HeartbeatService
 from annex.store import AnnexStore, annex_pk, instance_sk
 from annex_local.events import FakeContext
 from annex_local.template import resolve_environment

@@ -6,8 +6,8 @@ import json
 from datetime import timedelta
 
 import pytest
-from annex.clock import to_epoch, to_iso
-from annex.models import AnnexState, EndReason
+from annex.core.clock import to_epoch, to_iso
+from annex.core.models import AnnexState, EndReason
 
 from tests.integration.conftest import table_items
 from tests.integration.failsafe.conftest import load_event

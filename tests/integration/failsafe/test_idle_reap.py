@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from annex.clock import to_epoch, to_iso
-from annex.idle_reap import run_idle_reap
-from annex.lease_check import run_lease_check
-from annex.models import AnnexState, EndReason
+from annex.core.clock import to_epoch, to_iso
+from annex.core.models import AnnexState, EndReason
+from annex.failsafe.idle_reap import run_idle_reap
+from annex.failsafe.lease_check import run_lease_check
+from annex.failsafe.termination import end_and_terminate
 from annex.store import DueItem, annex_pk, instance_sk
-from annex.termination import end_and_terminate
 
 from tests.integration.failsafe.conftest import Killed, load_event
 

@@ -6,11 +6,11 @@ import json
 from datetime import timedelta
 
 import pytest
-from annex.clock import to_iso
-from annex.lease_check import run_lease_check
-from annex.models import AnnexState, EndReason
+from annex.core.clock import to_iso
+from annex.core.models import AnnexState, EndReason
+from annex.failsafe.lease_check import run_lease_check
+from annex.failsafe.sweeps import SweepFailed
 from annex.store import DueItem, annex_pk
-from annex.sweeps import SweepFailed
 
 from tests.integration.conftest import BOB, run_tagged_instances
 from tests.integration.failsafe.conftest import Killed, load_event

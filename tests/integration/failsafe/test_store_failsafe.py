@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from annex.models import EndReason
+from annex.core.models import EndReason
 from annex.store import META, InstanceEnd, annex_pk, instance_sk, to_attrs
 
 RETENTION = timedelta(days=30)

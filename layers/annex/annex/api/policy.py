@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from annex.clock import format_duration, to_iso
-from annex.config import Policy
-from annex.errors import PolicyViolation
-from annex.models import CreateAnnexRequest, Market
+from annex.core.clock import format_duration, to_iso
+from annex.core.config import Policy
+from annex.core.errors import PolicyViolation
+from annex.core.models import CreateAnnexRequest, Market
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from annex.clock import format_duration, to_iso
-from annex.config import ReapTiming
-from annex.models import EndReason, Instance
+from annex.core.clock import format_duration, to_iso
+from annex.core.config import ReapTiming
+from annex.core.models import EndReason, Instance
 
 
 @dataclass(frozen=True)

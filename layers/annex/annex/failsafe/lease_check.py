@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from annex.ec2 import Ec2, TaggedInstance
-from annex.models import Annex, EndReason
+from annex.aws.ec2 import Ec2, TaggedInstance
+from annex.core.models import Annex, EndReason
+from annex.failsafe.sweeps import LEASE_CHECK, SweepReport
+from annex.failsafe.termination import InstanceTarget, end_and_terminate_many, terminate_instances
 from annex.store import DUE_LEASE, AnnexStore, annex_from_item
-from annex.sweeps import LEASE_CHECK, SweepReport
-from annex.termination import InstanceTarget, end_and_terminate_many, terminate_instances
 
 log = logging.getLogger(__name__)
 ACTOR = "lease-check"

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from annex.clock import parse_duration, parse_time, to_iso
+from annex.core.clock import parse_duration, parse_time, to_iso
 
 ANNEX_ID_PATTERN = r"^ax-[0-9a-f]{16}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"

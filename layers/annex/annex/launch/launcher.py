@@ -24,9 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from annex.clock import to_iso
-from annex.config import LaunchSettings
-from annex.ec2 import (
+from annex.aws.ec2 import (
     MAX_LAUNCH_BATCH,
     NEVER_HERE_CODES,
     TAG_ID,
@@ -41,11 +39,21 @@ from annex.ec2 import (
     Refusal,
     Slot,
 )
-from annex.errors import AnnexNotFound, CapacityUnavailable, LaunchRejected
-from annex.models import LIVE_INSTANCE_STATES, Annex, AnnexState, EndReason, Instance, InstanceState, Market
+from annex.core.clock import to_iso
+from annex.core.config import LaunchSettings
+from annex.core.errors import AnnexNotFound, CapacityUnavailable, LaunchRejected
+from annex.core.models import (
+    LIVE_INSTANCE_STATES,
+    Annex,
+    AnnexState,
+    EndReason,
+    Instance,
+    InstanceState,
+    Market,
+)
+from annex.failsafe.termination import end_and_terminate, terminate_annex_instances
+from annex.launch.userdata import NodeConfig, render_user_data
 from annex.store import AnnexStore
-from annex.termination import end_and_terminate, terminate_annex_instances
-from annex.userdata import NodeConfig, render_user_data
 
 ACTOR = "launch"
 MAX_NOTE = 1000  # characters of launch_note kept on the record

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from functools import cache
 from importlib import resources
 
-from annex.clock import to_epoch
-from annex.config import LaunchSettings
-from annex.models import Annex
+from annex.core.clock import to_epoch
+from annex.core.config import LaunchSettings
+from annex.core.models import Annex
 
 USER_DATA_LIMIT = 16 * 1024  # bytes EC2 accepts before base64
 AGENT_DELIMITER = "ANNEX_AGENT_EOF"

@@ -1,10 +1,14 @@
-"""The one place where failures become HTTP, shared by every API function (request, heartbeat).
+"""HTTP for the API functions (request, heartbeat): the one place where failures become HTTP, and the
+JSON-only gate in front of routing.
 
 Every error answers the same JSON body, `ErrorBody`: a stable code, a message, and the fields at fault.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from functools import wraps
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +16,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from annex.errors import (
+from annex.core.errors import (
     AnnexError,
     AnnexNotFound,
     ConcurrentUpdate,
@@ -23,7 +27,7 @@ from annex.errors import (
     QuotaExceeded,
     TokenReused,
 )
-from annex.models import ErrorBody, ErrorField
+from annex.core.models import ErrorBody, ErrorField
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger
@@ -124,3 +128,38 @@ def install_error_handlers(app: APIGatewayRestResolver, logger: Logger) -> None:
     app.exception_handler(AnnexError)(on_domain_error)
     app.exception_handler(RequestValidationError)(validation_response)
     app.exception_handler(NotFoundError)(on_not_found)
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def non_json_refusal(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The 415 answer for a body declared as anything but JSON (None: go on)."""
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    content_type = headers.get("content-type")
+    if not event.get("body") or not content_type or is_json(content_type):
+        return None
+    error = ErrorBody(
+        error="UnsupportedMediaType",
+        message=f"send the body as application/json, not {content_type.split(';')[0].strip()}",
+    )
+    return {
+        "statusCode": HTTPStatus.UNSUPPORTED_MEDIA_TYPE.value,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps(error.model_dump(mode="json")),
+        "isBase64Encoded": False,
+    }
+
+
+def json_only[Handler: Callable[..., dict[str, Any]]](handler: Handler) -> Handler:
+    """The API speaks JSON only. Refuse other bodies before routing: Powertools' validation would try to
+    parse them as forms or multipart (and a multipart body without a boundary raises)."""
+
+    @wraps(handler)
+    def wrapper(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        refusal = non_json_refusal(event)
+        return refusal if refusal is not None else handler(event, context)
+
+    return wrapper  # type: ignore[return-value]

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from annex.clock import parse_time, to_iso
-from annex.errors import CapacityUnavailable, ConcurrentUpdate, LaunchRejected, Throttled
+from annex.core.clock import parse_time, to_iso
+from annex.core.errors import CapacityUnavailable, ConcurrentUpdate, LaunchRejected, Throttled
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

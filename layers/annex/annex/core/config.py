@@ -14,7 +14,7 @@ from typing import Annotated, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from annex.clock import parse_duration
+from annex.core.clock import parse_duration
 
 
 def _split_csv(value: object) -> object:

@@ -6,12 +6,13 @@ import hashlib
 import json
 from datetime import datetime
 
-from annex.auth import Caller
-from annex.clock import to_iso
-from annex.config import RequestSettings
-from annex.ec2 import Ec2
-from annex.errors import AnnexNotFound, Forbidden, LeaseConflict, TokenReused
-from annex.models import (
+from annex.api.policy import AnnexSpec, resolve_create, resolve_extension
+from annex.aws.ec2 import Ec2
+from annex.core.auth import Caller
+from annex.core.clock import to_iso
+from annex.core.config import RequestSettings
+from annex.core.errors import AnnexNotFound, Forbidden, LeaseConflict, TokenReused
+from annex.core.models import (
     Annex,
     AnnexDetail,
     AnnexList,
@@ -24,10 +25,9 @@ from annex.models import (
     Limits,
     SweepStatus,
 )
-from annex.policy import AnnexSpec, resolve_create, resolve_extension
+from annex.failsafe.sweeps import IDLE_REAP, LEASE_CHECK
+from annex.failsafe.termination import end_and_terminate
 from annex.store import AnnexStore, TokenTaken
-from annex.sweeps import IDLE_REAP, LEASE_CHECK
-from annex.termination import end_and_terminate
 
 SWEEPS = (LEASE_CHECK, IDLE_REAP)
 

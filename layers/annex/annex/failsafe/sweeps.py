@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
-from annex import clients
-from annex.ec2 import Ec2
-from annex.models import EndReason
+from annex.aws import clients
+from annex.aws.ec2 import Ec2
+from annex.core.models import EndReason
 from annex.store import AnnexStore
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
 
-    from annex.config import CommonSettings
+    from annex.core.config import CommonSettings
 
 LEASE_CHECK = "lease-check"
 IDLE_REAP = "idle-reap"

@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from annex.clock import to_epoch
-from annex.config import ReapTiming
-from annex.ec2 import Ec2
-from annex.models import EndReason, InstanceState
-from annex.reaping import decide
+from annex.aws.ec2 import Ec2
+from annex.core.clock import to_epoch
+from annex.core.config import ReapTiming
+from annex.core.models import EndReason, InstanceState
+from annex.failsafe.rules import decide
+from annex.failsafe.sweeps import IDLE_REAP, SweepReport
+from annex.failsafe.termination import InstanceTarget, terminate_instances
 from annex.store import DUE_REAP, META, AnnexStore, annex_from_item, instance_from_item
-from annex.sweeps import IDLE_REAP, SweepReport
-from annex.termination import InstanceTarget, terminate_instances
 
 log = logging.getLogger(__name__)
 ACTOR = "idle-reap"

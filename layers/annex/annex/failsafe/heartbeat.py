@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from annex.auth import authorize_instance_report
-from annex.clock import format_duration, to_iso
-from annex.config import HeartbeatSettings
-from annex.errors import ConcurrentUpdate, Forbidden
-from annex.models import (
+from annex.core.auth import authorize_instance_report
+from annex.core.clock import format_duration, to_iso
+from annex.core.config import HeartbeatSettings
+from annex.core.errors import ConcurrentUpdate, Forbidden
+from annex.core.models import (
     LIVE_INSTANCE_STATES,
     Annex,
     HeartbeatAction,
@@ -21,7 +21,7 @@ from annex.models import (
     Instance,
     InstanceState,
 )
-from annex.reaping import idle_after, idle_since_after_report, next_check
+from annex.failsafe.rules import idle_after, idle_since_after_report, next_check
 from annex.store import META, AnnexStore, annex_from_item, annex_pk, instance_from_item, instance_sk
 
 _ATTEMPTS = 3

@@ -21,9 +21,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from annex.ec2 import Ec2
-from annex.errors import LeaseNotDue
-from annex.models import Annex, AnnexState, EndReason, InstanceState
+from annex.aws.ec2 import Ec2
+from annex.core.errors import LeaseNotDue
+from annex.core.models import Annex, AnnexState, EndReason, InstanceState
 from annex.store import AnnexStore, InstanceEnd, annex_from_item
 
 log = logging.getLogger(__name__)

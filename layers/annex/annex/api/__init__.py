@@ -1,0 +1,1 @@
+"""The request API: the operations it exposes (service), the limits they enforce (policy), and HTTP."""

@@ -1,0 +1,1 @@
+"""AWS access other than the table: cached clients, and EC2."""
