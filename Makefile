@@ -54,8 +54,9 @@ template: venv $(VENV_SAM)/.installed  ## cfn-lint and sam validate --lint
 	$(SAM_ENV) $(SAM) validate --lint --template-file template.yaml
 
 .PHONY: build
-build: $(VENV_SAM)/.installed  ## sam build (no container)
+build: venv $(VENV_SAM)/.installed  ## sam build (no container), then bytecode for the Lambda runtime
 	$(SAM_ENV) $(SAM) build --template-file template.yaml
+	$(BIN)/python scripts/compile_bytecode.py .aws-sam/build
 
 .PHONY: demo
 demo: venv  ## the main job: a full annex lifecycle on the offline local stack, narrated
