@@ -450,7 +450,7 @@ def test_unset_launch_parameters_fail_the_annex_naming_them(api, launch, faults,
 
 def test_throttling_is_retried_with_backoff(api, launch, faults, ec2, monkeypatch):
     sleeps: list[float] = []
-    monkeypatch.setattr("annex.aws.ec2.sleep", sleeps.append)
+    launch.sleep_with(sleeps.append)
     faults.scripted = ["RequestLimitExceeded", "RequestLimitExceeded"]
     annex = request(api, name="bio-run", count=3)
 
@@ -466,7 +466,7 @@ def test_throttling_is_retried_with_backoff(api, launch, faults, ec2, monkeypatc
 def test_persistent_throttling_fails_only_that_record_and_a_retry_completes_it(
     api, launch, faults, ec2, monkeypatch
 ):
-    monkeypatch.setattr("annex.aws.ec2.sleep", lambda _s: None)
+    launch.sleep_with(lambda _s: None)
     first = request(api, name="first", count=2)
     second = request(api, name="second", count=2)
     records = launch.pending()

@@ -6,8 +6,8 @@ import math
 from datetime import UTC, datetime
 
 import pytest
-from annex.aws.ec2 import MAX_LAUNCH_BATCH, Refusal
 from annex.core.models import Annex, AnnexState, Market
+from annex.launch.capacity import MAX_LAUNCH_BATCH, Refusal
 from annex.launch.launcher import (
     LaunchTrigger,
     annex_tags,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from annex.aws import clients
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.clock import to_iso, utcnow
 from annex.core.config import HeartbeatSettings, IdleReapSettings, LeaseCheckSettings
 from annex.core.models import (
@@ -58,7 +58,7 @@ class Fleet:
     """Builds annexes in the states the sweeps meet, and reads back what a user would see."""
 
     store: AnnexStore
-    ec2: Ec2
+    ec2: Ec2Inventory
     ec2_client: Any
     ddb: Any
     t0: datetime
@@ -183,7 +183,7 @@ def t0() -> datetime:
 @pytest.fixture
 def fleet(ddb, ec2, t0) -> Fleet:
     store = AnnexStore(ddb, TABLE)
-    return Fleet(store=store, ec2=Ec2(ec2, STACK), ec2_client=ec2, ddb=ddb, t0=t0)
+    return Fleet(store=store, ec2=Ec2Inventory(ec2, STACK), ec2_client=ec2, ddb=ddb, t0=t0)
 
 
 class Handler:

@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 
 from annex.api.policy import AnnexSpec, resolve_create, resolve_extension
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller
 from annex.core.clock import to_iso
 from annex.core.config import RequestSettings
@@ -50,7 +50,7 @@ def fingerprint(spec: AnnexSpec) -> str:
 
 
 class AnnexService:
-    def __init__(self, store: AnnexStore, ec2: Ec2, settings: RequestSettings) -> None:
+    def __init__(self, store: AnnexStore, ec2: Ec2Inventory, settings: RequestSettings) -> None:
         self.store = store
         self.ec2 = ec2
         self.settings = settings

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from annex.aws import clients
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.models import EndReason
 from annex.failsafe.termination import Termination
 from annex.store import AnnexStore
@@ -59,7 +59,7 @@ class SweepReport:
     _calls_before: int = field(default=0, repr=False)
 
     @classmethod
-    def start(cls, name: str, store: AnnexStore, ec2: Ec2) -> SweepReport:
+    def start(cls, name: str, store: AnnexStore, ec2: Ec2Inventory) -> SweepReport:
         return cls(
             name=name,
             _started=time.perf_counter(),
@@ -67,13 +67,13 @@ class SweepReport:
             _calls_before=ec2.calls,
         )
 
-    def finish(self, store: AnnexStore, ec2: Ec2) -> SweepReport:
+    def finish(self, store: AnnexStore, ec2: Ec2Inventory) -> SweepReport:
         self.items_read = store.items_read - self._items_before
         self.ec2_calls = ec2.calls - self._calls_before
         self.duration_ms = (time.perf_counter() - self._started) * 1000
         return self
 
-    def close(self, store: AnnexStore, ec2: Ec2, *, now: datetime) -> SweepReport:
+    def close(self, store: AnnexStore, ec2: Ec2Inventory, *, now: datetime) -> SweepReport:
         """Stop the clock and the counters, and record the run's success (GET /health shows it) only if
         nothing failed."""
         self.finish(store, ec2)
@@ -129,13 +129,13 @@ class SweepDeps:
     """What a sweep function works with, built once per cold start from its settings."""
 
     store: AnnexStore
-    ec2: Ec2
+    ec2: Ec2Inventory
 
     @classmethod
     def from_settings(cls, settings: CommonSettings) -> SweepDeps:
         return cls(
             store=AnnexStore(clients.dynamodb(), settings.table_name),
-            ec2=Ec2(clients.ec2(), settings.stack_name),
+            ec2=Ec2Inventory(clients.ec2(), settings.stack_name),
         )
 
 

@@ -24,20 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from annex.aws.ec2 import (
-    MAX_LAUNCH_BATCH,
-    NEVER_HERE_CODES,
-    TAG_ID,
-    TAG_NAME,
-    TAG_OWNER,
-    TAG_STACK,
-    Ec2,
-    Ec2Launch,
-    InstanceSpec,
-    Launched,
-    Refusal,
-    Slot,
-)
+from annex.aws.inventory import TAG_ID, TAG_NAME, TAG_OWNER, TAG_STACK, Ec2Inventory
 from annex.core.config import LaunchSettings
 from annex.core.errors import AnnexNotFound, CapacityUnavailable, LaunchRejected
 from annex.core.models import (
@@ -51,6 +38,15 @@ from annex.core.models import (
 )
 from annex.failsafe.lease_tag import keep_lease_tag, lease_tags
 from annex.failsafe.termination import end_annexes
+from annex.launch.capacity import (
+    MAX_LAUNCH_BATCH,
+    NEVER_HERE_CODES,
+    Ec2Capacity,
+    InstanceSpec,
+    Launched,
+    Refusal,
+    Slot,
+)
 from annex.launch.userdata import NodeConfig, render_user_data
 from annex.store import AnnexStore
 
@@ -175,7 +171,9 @@ class _Run:
 
 
 class Launcher:
-    def __init__(self, store: AnnexStore, ec2: Ec2, capacity: Ec2Launch, settings: LaunchSettings) -> None:
+    def __init__(
+        self, store: AnnexStore, ec2: Ec2Inventory, capacity: Ec2Capacity, settings: LaunchSettings
+    ) -> None:
         self.store = store
         self.ec2 = ec2
         self.capacity = capacity
