@@ -15,17 +15,22 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 
 from annex.aws import clients
 from annex.aws.inventory import Ec2Inventory
+from annex.core.clock import utcnow
+from annex.core.config import CommonSettings
 from annex.core.models import EndReason
 from annex.failsafe.termination import Termination
 from annex.store import AnnexStore
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools import Logger, Metrics
+    from collections.abc import Callable
 
-    from annex.core.config import CommonSettings
+    from aws_lambda_powertools import Logger, Metrics, Tracer
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 LEASE_CHECK = "lease-check"
 IDLE_REAP = "idle-reap"
@@ -165,3 +170,27 @@ def publish_metrics(metrics: Metrics, report: SweepReport) -> None:
             default_dimensions={DIMENSION_SWEEP: report.name},
         ) as metric:
             metric.add_dimension(name=DIMENSION_REASON, value=reason)
+
+
+def sweep_handler[S: CommonSettings](
+    settings: Callable[[], S],
+    deps: Callable[[], SweepDeps],
+    run: Callable[[SweepDeps, S, datetime], SweepReport],
+    *,
+    logger: Logger,
+    tracer: Tracer,
+    metrics: Metrics,
+) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
+    """The Lambda handler of every sweep (EventBridge schedule): parse the event, run the sweep once
+    with its settings and dependencies (read once per cold start) at the current time, then `conclude`."""
+
+    @logger.inject_lambda_context(clear_state=True)
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics
+    @event_parser(model=EventBridgeModel)
+    def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+        logger.append_keys(schedule_event=event.id, scheduled_at=event.time.isoformat())
+        report = run(deps(), settings(), utcnow())
+        return conclude(report, metrics, logger)
+
+    return handler

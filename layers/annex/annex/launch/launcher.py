@@ -37,7 +37,7 @@ from annex.core.models import (
     Market,
 )
 from annex.failsafe.lease_tag import keep_lease_tag, lease_tags
-from annex.failsafe.termination import end_annexes
+from annex.failsafe.termination import Termination, end_annexes
 from annex.launch.capacity import (
     MAX_LAUNCH_BATCH,
     NEVER_HERE_CODES,
@@ -219,17 +219,8 @@ class Launcher:
             )
             return self._fail(annex, now, note, config_errors=1)
         if annex.lease_expires_at <= now:
-            result = end_annexes(
-                self.store,
-                self.ec2,
-                [annex.id],
-                reason=EndReason.LEASE_EXPIRED,
-                actor=ACTOR,
-                now=now,
-                retention=self.settings.retention,
-                detail="the lease ended before the annex could launch",
-            ).raise_failures()
-            terminated = len(result.instance_ids)
+            detail = "the lease ended before the annex could launch"
+            terminated = len(self._end(annex.id, EndReason.LEASE_EXPIRED, now, detail).instance_ids)
             return LaunchOutcome(annex.id, "ended", requested=annex.count, terminated=terminated)
 
         have = self._adopt(annex, now)
@@ -436,17 +427,7 @@ class Launcher:
 
     def _fail(self, annex: Annex, now: datetime, note: str, *, config_errors: int) -> LaunchOutcome:
         """No capacity: the annex ends FAILED with the reason, its quota returns, nothing runs."""
-        result = end_annexes(
-            self.store,
-            self.ec2,
-            [annex.id],
-            reason=EndReason.LAUNCH_FAILED,
-            actor=ACTOR,
-            now=now,
-            retention=self.settings.retention,
-            detail=note,
-            final_state=AnnexState.FAILED,
-        ).raise_failures()
+        result = self._end(annex.id, EndReason.LAUNCH_FAILED, now, note, final_state=AnnexState.FAILED)
         return LaunchOutcome(
             annex.id,
             "failed",
@@ -458,16 +439,29 @@ class Launcher:
 
     def _terminate_all(self, annex: Annex, now: datetime) -> int:
         """Terminate what may be left of an annex that has ended (the record is left as it is)."""
-        result = end_annexes(
+        return len(self._end(annex.id, annex.end_reason or EndReason.STOPPED, now).instance_ids)
+
+    def _end(
+        self,
+        annex_id: str,
+        reason: EndReason,
+        now: datetime,
+        detail: str = "",
+        *,
+        final_state: AnnexState = AnnexState.ENDED,
+    ) -> Termination:
+        """The annex ends (if still live) and every instance it may have is terminated."""
+        return end_annexes(
             self.store,
             self.ec2,
-            [annex.id],
-            reason=annex.end_reason or EndReason.STOPPED,
+            [annex_id],
+            reason=reason,
             actor=ACTOR,
             now=now,
             retention=self.settings.retention,
+            detail=detail,
+            final_state=final_state,
         ).raise_failures()
-        return len(result.instance_ids)
 
     def _retag_if_extended(self, launched_with: Annex, instance_ids: Sequence[str]) -> None:
         """The lease tag was written from the record read at the start; an extension that landed during
