@@ -13,7 +13,8 @@ from annex.aws.inventory import Ec2Inventory
 from annex.core.clock import utcnow
 from annex.core.config import LaunchSettings
 from annex.launch.capacity import Ec2Capacity
-from annex.launch.launcher import Launcher, LaunchOutcome, LaunchTrigger
+from annex.launch.launcher import Launcher
+from annex.launch.plan import LaunchOutcome, LaunchTrigger
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit

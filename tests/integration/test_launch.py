@@ -15,7 +15,7 @@ import pytest
 from annex.aws import clients
 from annex.core.clock import parse_time, to_epoch, utcnow
 from annex.core.models import AnnexState
-from annex.launch.launcher import ordered_subnets
+from annex.launch.plan import ordered_subnets
 from annex.store import AnnexStore
 from annex_local.pool import put_requested_annex
 from annex_local.streams import filter_patterns, passes

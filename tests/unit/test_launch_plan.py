@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from annex.core.models import Annex, AnnexState, Market
 from annex.launch.capacity import MAX_LAUNCH_BATCH, Refusal
-from annex.launch.launcher import (
+from annex.launch.plan import (
     LaunchTrigger,
     annex_tags,
     batch_sizes,

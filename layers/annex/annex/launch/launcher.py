@@ -15,16 +15,12 @@ Instances are recorded (with their reap time) batch by batch as they launch, bef
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
-
-from annex.aws.inventory import TAG_ID, TAG_NAME, TAG_OWNER, TAG_STACK, Ec2Inventory
+from annex.aws.inventory import TAG_ID, TAG_STACK, Ec2Inventory
 from annex.core.config import LaunchSettings
 from annex.core.errors import AnnexNotFound, CapacityUnavailable, LaunchRejected
 from annex.core.models import (
@@ -36,10 +32,9 @@ from annex.core.models import (
     InstanceState,
     Market,
 )
-from annex.failsafe.lease_tag import keep_lease_tag, lease_tags
+from annex.failsafe.lease_tag import keep_lease_tag
 from annex.failsafe.termination import Termination, end_annexes
 from annex.launch.capacity import (
-    MAX_LAUNCH_BATCH,
     NEVER_HERE_CODES,
     Ec2Capacity,
     InstanceSpec,
@@ -47,115 +42,18 @@ from annex.launch.capacity import (
     Refusal,
     Slot,
 )
+from annex.launch.plan import (
+    LaunchOutcome,
+    annex_tags,
+    batch_sizes,
+    client_token,
+    launch_note,
+    ordered_subnets,
+)
 from annex.launch.userdata import NodeConfig, render_user_data
 from annex.store import AnnexStore
 
 ACTOR = "launch"
-MAX_NOTE = 1000  # characters of launch_note kept on the record
-
-Result = Literal["running", "partial", "failed", "stopped", "ended", "duplicate", "not-found"]
-
-
-class LaunchTrigger(BaseModel):
-    """The stream record that asks for capacity: an annex META item inserted in state `requested`.
-    The template's FilterCriteria let only these through; the handler checks again."""
-
-    event_name: Literal["INSERT"]
-    pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
-    sk: Literal["META"]
-    state: Literal["requested"]
-
-    @property
-    def annex_id(self) -> str:
-        return self.pk.removeprefix("ANNEX#")
-
-    @classmethod
-    def parse(
-        cls, event_name: object, keys: dict[str, object], new_image: dict[str, object]
-    ) -> LaunchTrigger | None:
-        try:
-            return cls.model_validate(
-                {
-                    "event_name": event_name,
-                    "pk": keys.get("pk"),
-                    "sk": keys.get("sk"),
-                    "state": new_image.get("state"),
-                }
-            )
-        except ValidationError:
-            return None
-
-
-@dataclass(frozen=True)
-class LaunchOutcome:
-    annex_id: str
-    result: Result
-    requested: int = 0
-    launched: int = 0  # instances the annex has after this run
-    launched_now: int = 0  # of which this run launched
-    terminated: int = 0
-    config_errors: int = 0  # refusals the administrator must act on (image, subnet, permissions...)
-    note: str = ""
-
-
-# --- pure helpers -------------------------------------------------------------------------------
-
-
-def batch_sizes(count: int, limit: int = MAX_LAUNCH_BATCH) -> list[int]:
-    """`count` instances in calls of at most `limit`: ceil(count / limit) calls."""
-    full, rest = divmod(max(count, 0), limit)
-    return [limit] * full + ([rest] if rest else [])
-
-
-def client_token(annex_id: str, *parts: object) -> str:
-    """A deterministic EC2 ClientToken (at most 64 characters) for one call of one annex's launch."""
-    digest = hashlib.sha256("|".join([annex_id, *map(str, parts)]).encode()).hexdigest()
-    return f"{annex_id}-{digest[: 63 - len(annex_id)]}"
-
-
-def ordered_subnets(annex_id: str, subnet_ids: Sequence[str]) -> list[str]:
-    """The subnets rotated by the annex id: annexes spread over the zones, and one annex always tries
-    them in the same order (so its client tokens repeat on a retry)."""
-    if not subnet_ids:
-        return []
-    start = int(annex_id.removeprefix("ax-"), 16) % len(subnet_ids)
-    return [*subnet_ids[start:], *subnet_ids[:start]]
-
-
-def annex_tags(annex: Annex, stack_name: str) -> dict[str, str]:
-    """The tags every instance (and volume) of the annex carries from its first second."""
-    tags = {"Name": f"annex-{annex.name}", **annex.tags}
-    tags.update(
-        {
-            TAG_ID: annex.id,
-            TAG_NAME: annex.name,
-            TAG_OWNER: annex.owner[:256],
-            TAG_STACK: stack_name,
-            **lease_tags(annex),
-        }
-    )
-    return tags
-
-
-def launch_note(requested: int, launched: int, refusals: Iterable[Refusal]) -> str:
-    """`7 of 10 launched: InsufficientInstanceCapacity for c7i.xlarge in us-east-1a, us-east-1b`."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for refusal in refusals:
-        label = refusal.ec2_code
-        if not refusal.capacity and refusal.message:
-            label = f"{refusal.ec2_code} ({refusal.message.removeprefix(refusal.ec2_code + ': ')[:160]})"
-        zones = groups.setdefault((label, refusal.instance_type or "any type"), [])
-        if refusal.zone and refusal.zone not in zones:
-            zones.append(refusal.zone)
-    head = f"{launched} of {requested} launched"
-    if not groups:
-        return head
-    reasons = "; ".join(
-        f"{label} for {itype}" + (f" in {', '.join(zones)}" if zones else "")
-        for (label, itype), zones in groups.items()
-    )
-    sep = ": " if launched < requested else " after "
-    return f"{head}{sep}{reasons}"[:MAX_NOTE]
 
 
 @dataclass
