@@ -14,8 +14,9 @@ from annex.core.clock import utcnow
 from annex.core.config import LaunchSettings
 from annex.launch.capacity import Ec2Capacity
 from annex.launch.launcher import Launcher
-from annex.launch.plan import LaunchOutcome, LaunchTrigger
+from annex.launch.plan import LaunchOutcome
 from annex.store import AnnexStore
+from annex.store.stream import LaunchTrigger
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response

@@ -28,6 +28,7 @@ from annex.core.models import (
     Market,
 )
 from annex.failsafe.heartbeat import HeartbeatService
+from annex.failsafe.sweeps import sweep_handler
 from annex.store import AnnexStore, InstanceKey, InstanceRecord
 from annex_local.events import FakeContext
 from annex_local.template import resolve_environment
@@ -194,8 +195,22 @@ class Handler:
         self.monkeypatch = monkeypatch
 
     def __call__(self, event: dict[str, Any], *, at: datetime) -> Any:
-        self.monkeypatch.setattr(self.module, "utcnow", lambda: at)
-        return self.module.handler(event, FakeContext(self.module.__name__.split(".")[1]))
+        context = FakeContext(self.module.__name__.split(".")[1])
+        if hasattr(self.module, "run"):
+            # A sweep: its handler, as the module builds it, with the clock injected.
+            m = self.module
+            handler = sweep_handler(
+                m.settings,
+                m.deps,
+                m.run,
+                logger=m.logger,
+                tracer=m.tracer,
+                metrics=m.metrics,
+                clock=lambda: at,
+            )
+            return handler(event, context)
+        self.monkeypatch.setattr(self.module, "utcnow", lambda: at)  # the heartbeat handler reads the clock
+        return self.module.handler(event, context)
 
 
 def _handler(name: str, logical_id: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Handler]:

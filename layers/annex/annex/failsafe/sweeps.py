@@ -180,9 +180,10 @@ def sweep_handler[S: CommonSettings](
     logger: Logger,
     tracer: Tracer,
     metrics: Metrics,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
     """The Lambda handler of every sweep (EventBridge schedule): parse the event, run the sweep once
-    with its settings and dependencies (read once per cold start) at the current time, then `conclude`."""
+    with its settings and dependencies (read once per cold start) at `clock()`, then `conclude`."""
 
     @logger.inject_lambda_context(clear_state=True)
     @tracer.capture_lambda_handler
@@ -190,7 +191,7 @@ def sweep_handler[S: CommonSettings](
     @event_parser(model=EventBridgeModel)
     def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
         logger.append_keys(schedule_event=event.id, scheduled_at=event.time.isoformat())
-        report = run(deps(), settings(), utcnow())
+        report = run(deps(), settings(), clock())
         return conclude(report, metrics, logger)
 
     return handler

@@ -1,5 +1,5 @@
-"""Launch planning: pure functions of an annex and its settings, no AWS call. What the stream record asks
-for, how many calls and with which client tokens, which tags, and the note a user reads afterwards."""
+"""Launch planning: pure functions of an annex and its settings, no AWS call. How many calls and with which
+client tokens, which tags, and the note a user reads afterwards."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
-
-from pydantic import BaseModel, Field, ValidationError
 
 from annex.aws.inventory import TAG_ID, TAG_NAME, TAG_OWNER, TAG_STACK
 from annex.core.models import Annex
@@ -18,36 +16,6 @@ from annex.launch.capacity import MAX_LAUNCH_BATCH, Refusal
 MAX_NOTE = 1000  # characters of launch_note kept on the record
 
 Result = Literal["running", "partial", "failed", "stopped", "ended", "duplicate", "not-found"]
-
-
-class LaunchTrigger(BaseModel):
-    """The stream record that asks for capacity: an annex META item inserted in state `requested`.
-    The template's FilterCriteria let only these through; the handler checks again."""
-
-    event_name: Literal["INSERT"]
-    pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
-    sk: Literal["META"]
-    state: Literal["requested"]
-
-    @property
-    def annex_id(self) -> str:
-        return self.pk.removeprefix("ANNEX#")
-
-    @classmethod
-    def parse(
-        cls, event_name: object, keys: dict[str, object], new_image: dict[str, object]
-    ) -> LaunchTrigger | None:
-        try:
-            return cls.model_validate(
-                {
-                    "event_name": event_name,
-                    "pk": keys.get("pk"),
-                    "sk": keys.get("sk"),
-                    "state": new_image.get("state"),
-                }
-            )
-        except ValidationError:
-            return None
 
 
 @dataclass(frozen=True)
