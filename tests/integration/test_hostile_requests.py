@@ -17,7 +17,7 @@ from annex.aws import clients
 from annex_local.events import FakeContext, rest_event
 from annex_local.template import resolve_environment
 
-from tests.integration.conftest import ALICE, STACK, TABLE, table_items
+from tests.integration.conftest import ADMIN, ALICE, BOB, STACK, TABLE, table_items
 
 INSTANCE_ROLE = "annex-test-stack-AnnexInstanceRole-HOSTILE"
 BODY = {"name": "target", "count": 2, "lease": "4h", "idle_timeout": "15m"}
@@ -385,3 +385,33 @@ def test_a_path_id_that_is_not_an_id_is_refused(world):
             raw,
             resp,
         )
+
+
+# --- page tokens: bound to the caller and the scope ----------------------------------------------
+
+
+def test_a_page_token_works_only_for_who_and_what_it_was_issued(api):
+    for i in range(3):
+        assert api.call("POST", "/annexes", body={**BODY, "name": f"page-{i}", "count": 1})[0] == 201
+    status, first = api.call("GET", "/annexes", query={"limit": "2"})
+    assert status == 200
+    token = first["next_token"]
+    assert token
+    # the caller it was issued to, in the same scope, gets the next page
+    status, second = api.call("GET", "/annexes", query={"limit": "2", "next_token": token})
+    assert status == 200
+    assert sorted(a["name"] for a in first["annexes"] + second["annexes"]) == ["page-0", "page-1", "page-2"]
+    # anyone else, another scope, or a changed token: 422 naming next_token, before the store sees it
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    inner_only = token.split(".")[0]
+    for as_, query in [
+        (BOB, {"next_token": token}),
+        (ADMIN, {"next_token": token, "scope": "all"}),
+        (ALICE, {"next_token": token, "scope": "all"}),
+        (ALICE, {"next_token": forged}),
+        (ALICE, {"next_token": inner_only}),
+    ]:
+        status, body = api.call("GET", "/annexes", as_=as_, query={"limit": "2", **query})
+        assert status in (403, 422), body
+        if status == 422:
+            assert [f["field"] for f in body["fields"]] == ["next_token"], body
