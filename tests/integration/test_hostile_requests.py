@@ -52,12 +52,18 @@ def body_attacks(valid: dict[str, Any]) -> list[Case]:
         Case("deep objects", '{"a":' * (DEEP // 4) + "1" + "}" * (DEEP // 4), 400),
         Case("unterminated deep", "[" * DEEP, 400),
         Case(
+            "nested 9 deep (parses, but deeper than any body)",
+            text[:-1] + ', "n": ' + "[" * 8 + "]" * 8 + "}",
+            400,
+        ),
+        Case(
             "duplicate key, second deep",
             text[:-1] + f', "{first}": ' + "[" * 40_000 + "]" * 40_000 + "}",
             400,
         ),
         Case("duplicate key", text[:-1] + f', "{first}": {json.dumps(valid.get(first))}' + "}", 400),
         Case("5000-digit integer", text[:-1] + ', "n": 1' + "0" * 5000 + "}", 400),
+        Case("4000-digit integer (Python would parse it)", text[:-1] + ', "n": 1' + "0" * 4000 + "}", 400),
         Case("5000-digit float", text[:-1] + ', "n": 0.' + "1" * 5000 + "}", 400),
         Case("NaN", text[:-1] + ', "n": NaN}', 400),
         Case("Infinity", text[:-1] + ', "n": Infinity}', 400),
