@@ -24,6 +24,9 @@ ANNEX_ID_PATTERN = r"^ax-[0-9a-f]{16}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8,17}$"
 TOKEN_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+# An HTCondor user as a job's Owner names it: the Unix login on the access point (not an e-mail).
+CONDOR_USER_PATTERN = r"^[A-Za-z_][A-Za-z0-9._-]{0,31}$"
+MAX_SHARE_WITH = 20
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9 _.:/=+\-@]{1,128}$")
 RESERVED_TAG_PREFIXES = ("aws:", "annex:")
 MAX_USER_TAGS = 20
@@ -108,6 +111,23 @@ def _check_tags(tags: dict[str, str]) -> dict[str, str]:
 
 
 UserTags = Annotated[dict[str, str], AfterValidator(_check_tags)]
+CondorUser = Annotated[
+    str,
+    Field(
+        pattern=CONDOR_USER_PATTERN,
+        description="An HTCondor user (a job's Owner): the Unix login on the access point, 1-32 characters.",
+        examples=["alice"],
+    ),
+]
+
+
+def _distinct(users: list[str]) -> list[str]:
+    if len(set(users)) != len(users):
+        raise ValueError("lists a user twice")
+    return users
+
+
+ShareWith = Annotated[list[CondorUser], Field(max_length=MAX_SHARE_WITH), AfterValidator(_distinct)]
 
 
 class _Strict(BaseModel):
@@ -131,6 +151,18 @@ class CreateAnnexRequest(_Strict):
         default=None, description="An instance with no claimed slot for this long is terminated."
     )
     tags: UserTags = Field(default_factory=dict)
+    condor_user: CondorUser | None = Field(
+        default=None,
+        description="The HTCondor user whose jobs run on the annex (annex-client sends the local login). "
+        "Omitted: the administrator's mapping, or the caller's IAM user name when it is a login name.",
+    )
+    share_with: ShareWith = Field(
+        default_factory=list, description="Other HTCondor users whose jobs sent to this annex may run on it."
+    )
+    all_my_jobs: bool = Field(
+        default=False,
+        description="Run every idle job of condor_user, not only the jobs sent to this annex (+AnnexTarget).",
+    )
     client_token: str | None = Field(
         default=None,
         pattern=TOKEN_PATTERN,
@@ -169,6 +201,11 @@ class Annex(BaseModel):
     id: AnnexId
     name: AnnexName
     owner: str = Field(description="The IAM ARN of the caller that requested the annex.")
+    condor_user: CondorUser | None = Field(
+        default=None, description="The HTCondor user (job Owner) whose jobs run on the annex."
+    )
+    share_with: list[CondorUser] = Field(default_factory=list)
+    all_my_jobs: bool = False
     state: AnnexState
     count: int
     instance_types: list[str]
