@@ -6,9 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from annex.launch.userdata import render_user_data, unpack_user_data
+from annex.core.config import LaunchSettings
+from annex.launch.userdata import NodeConfig, render_user_data, unpack_user_data
 
+from tests.unit.builders import make_annex
 from tests.unit.node_sandbox import NodeSandbox, load_condor_config, node_config
+from tests.unit.test_launch_settings import ENV as LAUNCH_ENV
 
 INJECT = '"\nSTART = True\n#'
 
@@ -69,3 +72,28 @@ def test_values_reach_the_script_shell_quoted_and_nothing_else():
     assert "ALL_MY_JOBS=false" in script.splitlines()
     assert "USE_CCB=true" in script.splitlines()
     assert "@@" not in script
+
+
+# --- from the annex record and the launch settings ---------------------------------------------------
+
+
+def launch_settings(**changes: str) -> LaunchSettings:
+    return LaunchSettings.from_env({**LAUNCH_ENV, **changes})
+
+
+def test_the_node_config_comes_from_the_annex_record_and_the_launch_settings():
+    annex = make_annex(condor_user="rsmith", share_with=["bob"], all_my_jobs=True)
+
+    config = NodeConfig.for_annex(annex, launch_settings(DRAIN_LEAD="7m", USE_CCB="false"))
+
+    assert (config.condor_user, config.share_with, config.all_my_jobs) == ("rsmith", ("bob",), True)
+    assert (config.drain_lead, config.use_ccb) == (timedelta(minutes=7), False)
+    assert (config.condor_host, config.collector_host) == ("cm.pool.example.org", "cm.pool.example.org:9618")
+    render_user_data(config)  # and it renders
+
+
+def test_a_record_from_before_condor_user_falls_back_to_the_login_in_its_owner_arn():
+    assert NodeConfig.for_annex(make_annex(), launch_settings()).condor_user == "alice"
+    sso = make_annex(owner="arn:aws:sts::123456789012:assumed-role/SSO/alice@example.org")
+    with pytest.raises(ValueError, match="condor_user"):
+        render_user_data(NodeConfig.for_annex(sso, launch_settings()))
