@@ -148,3 +148,44 @@ def test_an_unreachable_collector_is_reported_as_such(node):
     assert node.powered_off()
     (reason,) = node.reported()
     assert "refused READ for annex@pool.example.org or could not be reached" in reason
+
+
+# --- the whole boot, in order -------------------------------------------------------------------------
+
+
+def boot(node: NodeSandbox, **env: str):
+    return node.run(
+        "annex_boot",
+        ANNEX_ENV_FILE=str(node.root / "etc/annex/annex.env"),
+        ANNEX_STATE_DIR=str(node.root / "var/lib/annex"),
+        **env,
+    )
+
+
+def test_the_boot_locks_checks_and_only_then_starts_htcondor(node):
+    node.add_site_overrides()
+
+    result = boot(node)
+
+    assert result.returncode == 0, result.output
+    order = [line.split(" -- ", 1)[-1] if line.startswith("logger") else line for line in node.commands()]
+
+    def first(prefix: str) -> int:
+        return next(i for i, line in enumerate(order) if line.startswith(prefix))
+
+    start = first("systemctl restart condor")
+    assert first("iptables -A") < start
+    assert first("verified: an unprivileged user cannot reach") < start
+    assert first("verified: the effective HTCondor configuration") < start
+    assert first("condor_ping") < start
+    assert "joined the pool at cm.pool.example.org:9618" in result.stdout
+    assert not node.powered_off()
+
+
+def test_a_refused_token_never_starts_htcondor(node):
+    result = boot(node, FAKE_PING_DENY="ADVERTISE_MASTER")
+
+    assert result.returncode != 0
+    assert node.powered_off()
+    assert not node.commands("systemctl restart condor")
+    assert "refused ADVERTISE_MASTER for annex@pool.example.org" in result.stdout
