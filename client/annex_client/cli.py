@@ -106,7 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         "request",
         "request an annex (asks before spending money)",
         "Request COUNT instances for your pool for the length of a lease. Shows what it will cost and "
-        "asks first;\nwithout a terminal it refuses unless --yes is given.",
+        "asks first;\nwithout a terminal it refuses unless --yes is given.\n\n"
+        "The annex runs the jobs of one HTCondor user (--condor-user, your login name by default) that\n"
+        "are sent to it; add these lines to a submit file (the name or the annex id ax-...):\n"
+        '  +AnnexTarget = "NAME"\n'
+        "  allowed_execute_duration = 3600   # optional: seconds the job needs; it only starts where\n"
+        "                                    # it can finish before the lease ends\n"
+        "--all-my-jobs runs every idle job of that user instead; --share-with lets others send jobs.",
     )
     p.add_argument("name", metavar="NAME", help="a name for the annex, unique among your live ones")
     p.add_argument("--count", type=_count, required=True, help="how many instances")
@@ -115,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=_duration, required=True, help="how long it may run, such as 4h")
     p.add_argument("--idle", type=_duration, help="stop an instance idle this long (default: the pool's)")
     p.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    p.add_argument(
+        "--condor-user",
+        metavar="USER",
+        help="the HTCondor user whose jobs run on it (default: your login name)",
+    )
+    p.add_argument(
+        "--share-with", action="append", default=[], metavar="USER", help="another HTCondor user (repeatable)"
+    )
+    p.add_argument(
+        "--all-my-jobs", action="store_true", help="run every idle job of the user, not only those sent"
+    )
     p.add_argument("--wait", action="store_true", help="follow it until its instances report to the pool")
     p.add_argument("--timeout", type=_duration, default=timedelta(minutes=15), help="for --wait (15m)")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")

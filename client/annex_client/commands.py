@@ -4,6 +4,7 @@ exit code; expected failures are raised as ClientFailure and reported by `cli.ma
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -152,11 +153,27 @@ def _request_summary(
         ("cost", cost.text()),
         ("idle stop", f"an instance with no claimed slot for {duration_text(idle)} is stopped"),
     ]
+    jobs = f"{condor_user(args)}'s jobs " + (
+        "(every idle one)" if args.all_my_jobs else f'sent to it (+AnnexTarget = "{args.name}")'
+    )
+    if args.share_with:
+        jobs += f", and those {', '.join(args.share_with)} send to it"
+    lines.append(("jobs", jobs))
     if args.tag:
         lines.append(("tags", ", ".join(f"{k}={v}" for k, v in args.tag)))
     width = max(len(k) for k, _ in lines)
     body = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in lines)
     return f"Request annex {args.name}:\n{body}"
+
+
+def condor_user(args: Any) -> str:
+    """--condor-user, or the local login name: a job's Owner on this access point."""
+    if args.condor_user:
+        return str(args.condor_user)
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError) as exc:
+        raise UsageError("cannot tell your login name; give --condor-user") from exc
 
 
 def cmd_request(ctx: Ctx) -> int:
@@ -174,6 +191,9 @@ def cmd_request(ctx: Ctx) -> int:
         "lease": duration_text(args.lease),
         "tags": dict(args.tag),
         "client_token": token,
+        "condor_user": condor_user(args),
+        "share_with": list(args.share_with),
+        "all_my_jobs": args.all_my_jobs,
     }
     if args.type:
         body["instance_type"] = args.type
@@ -240,7 +260,9 @@ def wait_until_ready(ctx: Ctx, annex_id: str, name: str, timeout: timedelta) -> 
                     stream.write("\n")
                 expires = parse_api_time(detail.get("lease_expires_at"))
                 until = f"; the lease ends {clock_text(expires, ctx.tz)}" if expires else ""
-                ctx.say(f"Ready: {name} is running jobs{until}.")
+                ctx.say(
+                    f'Ready: {name} is running jobs{until}. Send jobs to it with: +AnnexTarget = "{name}"'
+                )
                 return detail
             if phase in ("ended", "failed"):
                 if live_line:

@@ -149,6 +149,18 @@ def state_line(annex: Mapping[str, Any]) -> str:
     return f"{text}; {note}" if note and not complete else text
 
 
+def jobs_of(detail: Mapping[str, Any]) -> str:
+    """Whose jobs the annex runs, in HTCondor terms (a job's Owner)."""
+    user = str(detail.get("condor_user") or "?")
+    text = (
+        f"{user} (every idle job)"
+        if detail.get("all_my_jobs")
+        else f'{user} (+AnnexTarget = "{detail.get("name")}")'
+    )
+    shared = detail.get("share_with") or []
+    return text + (f"; shared with {', '.join(shared)}" if shared else "")
+
+
 def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str:
     expires = parse_api_time(detail.get("lease_expires_at"))
     created = parse_api_time(detail.get("created_at"))
@@ -157,6 +169,7 @@ def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> s
     lines = [
         ("state", state_line(detail)),
         ("owner", str(detail.get("owner", ""))),
+        ("jobs of", jobs_of(detail)),
         ("type", f"{', '.join(detail.get('instance_types') or [])}, {detail.get('market', '')}"),
     ]
     if expires is not None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from datetime import datetime
 
-from annex.api.policy import AnnexSpec, resolve_create, resolve_extension
+from annex.api.policy import AnnexSpec, resolve_create, resolve_extension, resolve_owner
 from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller
 from annex.core.clock import to_iso
@@ -33,7 +33,7 @@ from annex.store import AnnexStore, TokenTaken
 SWEEPS = (LEASE_CHECK, IDLE_REAP)
 
 
-def fingerprint(spec: AnnexSpec) -> str:
+def fingerprint(spec: AnnexSpec, condor_user: str) -> str:
     canonical = json.dumps(
         {
             "name": spec.name,
@@ -43,6 +43,9 @@ def fingerprint(spec: AnnexSpec) -> str:
             "lease": int(spec.lease.total_seconds()),
             "idle": int(spec.idle_timeout.total_seconds()),
             "tags": spec.tags,
+            "condor_user": condor_user,
+            "share_with": list(spec.share_with),
+            "all_my_jobs": spec.all_my_jobs,
         },
         sort_keys=True,
     )
@@ -60,7 +63,8 @@ class AnnexService:
     def create(self, caller: Caller, request: CreateAnnexRequest, *, now: datetime) -> tuple[Annex, bool]:
         """Returns (annex, created). A retry with the same client token returns the first annex."""
         spec = resolve_create(request, self.settings)
-        fp = fingerprint(spec)
+        condor_user = resolve_owner(spec, caller.arn, request.condor_user, self.settings)
+        fp = fingerprint(spec, condor_user)
         token = request.client_token
         if token:
             existing = self._by_token(caller, token, fp)
@@ -70,6 +74,9 @@ class AnnexService:
             id=self.store.new_annex_id(),
             name=spec.name,
             owner=caller.arn,
+            condor_user=condor_user,
+            share_with=list(spec.share_with),
+            all_my_jobs=spec.all_my_jobs,
             state=AnnexState.REQUESTED,
             count=spec.count,
             instance_types=list(spec.instance_types),

@@ -35,6 +35,17 @@ class _EnvModel(BaseModel):
         return cls.model_validate(dict(os.environ if environ is None else environ))
 
 
+_CONDOR_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]{0,31}$")
+
+
+def _condor_user_map(value: tuple[str, ...]) -> tuple[str, ...]:
+    for entry in value:
+        pattern, _, user = entry.rpartition("=")
+        if not pattern or not _CONDOR_USER.match(user):
+            raise ValueError(f"CONDOR_USER_MAP entries are ARN-pattern=htcondor-user, not '{entry[:80]}'")
+    return value
+
+
 class CommonSettings(_EnvModel):
     table_name: str = Field(alias="TABLE_NAME", min_length=3)
     stack_name: str = Field(alias="STACK_NAME", min_length=1)
@@ -56,6 +67,10 @@ class Policy(_EnvModel):
     default_idle_timeout: Duration = Field(alias="DEFAULT_IDLE_TIMEOUT")
     min_idle_timeout: Duration = Field(alias="MIN_IDLE_TIMEOUT")
     admin_principals: CsvList = Field(alias="ADMIN_PRINCIPALS", default=())
+    # "ARN-pattern=htcondor-user" entries: the administrator's word on whose jobs an owner's annexes run.
+    condor_user_map: Annotated[CsvList, AfterValidator(_condor_user_map)] = Field(
+        alias="CONDOR_USER_MAP", default=()
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -123,6 +138,8 @@ class LaunchSettings(CommonSettings, ReapTiming):
     heartbeat_url: str = Field(alias="HEARTBEAT_URL", pattern=r"^https?://[A-Za-z0-9.:-]+/[A-Za-z0-9._/-]*$")
     deadman_margin: Duration = Field(alias="DEADMAN_MARGIN")
     config_timeout: Duration = Field(alias="CONFIG_TIMEOUT")
+    drain_lead: Duration = Field(alias="DRAIN_LEAD")
+    use_ccb: bool = Field(alias="USE_CCB")
 
     @model_validator(mode="after")
     def _config_before_reap(self) -> Self:

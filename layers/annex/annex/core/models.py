@@ -33,6 +33,9 @@ TAG_SYMBOLS = frozenset(" _.:/=+-@")
 TAG_VALUE_SYMBOLS = TAG_SYMBOLS | {","}
 MAX_TAG_KEY, MAX_TAG_VALUE = 128, 256
 AWS_TAG_PREFIX = "aws:"
+# An HTCondor user as a job's Owner names it: the Unix login on the access point (not an e-mail).
+CONDOR_USER_PATTERN = r"^[A-Za-z_][A-Za-z0-9._-]{0,31}$"
+MAX_SHARE_WITH = 20
 RESERVED_TAG_PREFIXES = ("aws:", "annex:")
 RESERVED_TAG_KEYS = frozenset({"name"})
 MAX_USER_TAGS = 20
@@ -164,6 +167,23 @@ def _printable(text: str | None) -> str | None:
 
 
 UserTags = Annotated[dict[str, str], AfterValidator(_check_tags)]
+CondorUser = Annotated[
+    str,
+    Field(
+        pattern=CONDOR_USER_PATTERN,
+        description="An HTCondor user (a job's Owner): the Unix login on the access point, 1-32 characters.",
+        examples=["alice"],
+    ),
+]
+
+
+def _distinct(users: list[str]) -> list[str]:
+    if len(set(users)) != len(users):
+        raise ValueError("lists a user twice")
+    return users
+
+
+ShareWith = Annotated[list[CondorUser], Field(max_length=MAX_SHARE_WITH), AfterValidator(_distinct)]
 
 
 class _Strict(BaseModel):
@@ -187,6 +207,18 @@ class CreateAnnexRequest(_Strict):
         default=None, description="An instance with no claimed slot for this long is terminated."
     )
     tags: UserTags = Field(default_factory=dict)
+    condor_user: CondorUser | None = Field(
+        default=None,
+        description="The HTCondor user whose jobs run on the annex (annex-client sends the local login). "
+        "Omitted: the administrator's mapping, or the caller's IAM user name when it is a login name.",
+    )
+    share_with: ShareWith = Field(
+        default_factory=list, description="Other HTCondor users whose jobs sent to this annex may run on it."
+    )
+    all_my_jobs: bool = Field(
+        default=False,
+        description="Run every idle job of condor_user, not only the jobs sent to this annex (+AnnexTarget).",
+    )
     client_token: str | None = Field(
         default=None,
         pattern=TOKEN_PATTERN,
@@ -225,6 +257,11 @@ class Annex(BaseModel):
     id: AnnexId
     name: AnnexName
     owner: str = Field(description="The IAM ARN of the caller that requested the annex.")
+    condor_user: CondorUser | None = Field(
+        default=None, description="The HTCondor user (job Owner) whose jobs run on the annex."
+    )
+    share_with: list[CondorUser] = Field(default_factory=list)
+    all_my_jobs: bool = False
     state: AnnexState
     count: int
     instance_types: list[str]
