@@ -118,3 +118,16 @@ def test_only_owner_or_admin_may_access():
     assert carol.role_name == "PoolAdmin"
     assert carol.session_name == "carol"
     assert isinstance(carol, Caller)
+
+
+def test_an_identity_center_user_keeps_her_annexes_across_permission_sets_and_shared_node_sessions():
+    # Given an annex created through one permission set, and one from a shared head node
+    first = caller_from_arn(session(SSO_ROLE, "alice@example.org"), POLICY)
+    node = caller_from_arn(session("HeadNode", "i-0123456789abcdef0"), POLICY)
+    # When she comes back through another permission set, or the node is replaced
+    again = caller_from_arn(session("AWSReservedSSO_Big_fedcba9876543210", "alice@example.org"), POLICY)
+    replaced = caller_from_arn(session("HeadNode", "i-0fedcba9876543210"), POLICY)
+    # Then each still reaches what it owns
+    assert again.may_access(first.owner)
+    assert replaced.may_access(node.owner)
+    assert not again.may_access(node.owner)
