@@ -3,7 +3,7 @@
 A pytest plugin (`-p tests.iam.recorder`, set by the Makefile's integration and e2e targets): a botocore
 `before-parameter-build` hook on every session records, for each call made from inside a function's
 handler (a frame in `functions/<name>/`), the function's CodeUri, the service, the operation and its
-parameters (user data dropped, long strings cut) to the JSON-lines file named by ANNEX_IAM_RECORD. The
+parameters (user data dropped, long strings cut) to the JSON-lines file named by IAM_CALL_RECORD. The
 local stack runs in a subprocess: `tests/iam/site` goes on its PYTHONPATH, whose sitecustomize installs
 the same hook there. tests/iam/test_iam_by_execution.py checks the records against template.yaml.
 """
@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-RECORD_VARIABLE = "ANNEX_IAM_RECORD"
+RECORD_VARIABLE = "IAM_CALL_RECORD"
 _FUNCTIONS_DIR = os.sep + "functions" + os.sep
 _TESTS_DIR = os.sep + "tests" + os.sep
 _IAM_DIR = os.sep + "tests" + os.sep + "iam" + os.sep

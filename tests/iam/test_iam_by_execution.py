@@ -19,7 +19,7 @@ from annex_local.template import load_template
 
 from tests.iam.authorization import Request, grants, required, resolve
 
-RECORD = os.environ.get("ANNEX_IAM_RECORD", "")
+RECORD = os.environ.get("IAM_CALL_RECORD", "")
 # The Lambda runtime's own calls (logs, traces) and the stream poller's are made by AWS, not by our code.
 RUNTIME_ACTIONS = (
     "logs:",
@@ -51,7 +51,7 @@ def function_statements() -> dict[str, tuple[str, list[dict[str, Any]]]]:
 
 def load_records() -> list[dict[str, Any]]:
     if not RECORD or not Path(RECORD).exists():
-        pytest.fail("no recorded calls: run `make test-integration test-e2e` first (ANNEX_IAM_RECORD)")
+        pytest.fail("no recorded calls: run `make test-integration test-e2e` first (IAM_CALL_RECORD)")
     return [json.loads(line) for line in Path(RECORD).read_text().splitlines() if line.strip()]
 
 

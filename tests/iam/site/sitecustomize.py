@@ -2,7 +2,7 @@
 
 import os
 
-if os.environ.get("ANNEX_IAM_RECORD"):
+if os.environ.get("IAM_CALL_RECORD"):
     import sys
     from pathlib import Path
 
