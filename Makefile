@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 SAM := $(VENV_SAM)/bin/sam
 # IAM by execution: the integration and e2e tiers record every AWS call each function makes here.
 IAM_RECORD := .iam-record/calls.jsonl
-IAM_ENV := ANNEX_IAM_RECORD=$(CURDIR)/$(IAM_RECORD) PYTHONPATH=$(CURDIR)
+IAM_ENV := IAM_CALL_RECORD=$(CURDIR)/$(IAM_RECORD) PYTHONPATH=$(CURDIR)
 SAM_ENV := PATH="$(PY313_DIR):$$PATH" SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1
 
 .PHONY: help
