@@ -69,8 +69,9 @@ checkov: $(VENV_CHECKOV)/.installed  ## checkov on template.yaml; skipped checks
 	$(VENV_CHECKOV)/bin/checkov --config-file .checkov.yaml
 
 .PHONY: build
-build: $(VENV_SAM)/.installed  ## sam build (no container)
+build: venv $(VENV_SAM)/.installed  ## sam build (no container), then bytecode for the Lambda runtime
 	$(SAM_ENV) $(SAM) build --template-file template.yaml
+	$(BIN)/python scripts/compile_bytecode.py .aws-sam/build
 
 .PHONY: demo
 demo: venv  ## the main job: a full annex lifecycle on the offline local stack, narrated
