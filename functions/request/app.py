@@ -59,7 +59,7 @@ def service() -> AnnexService:
 
 def caller() -> Caller:
     identity = app.current_event.request_context.identity
-    return caller_from_arn(identity.user_arn, settings().admin_principals)
+    return caller_from_arn(identity.user_arn, settings().identity)
 
 
 # --- routes -------------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ from annex_local.runtime import LocalRuntime, stack_environment
 from annex_local.scheduler import Scheduler, schedules_from_template
 from annex_local.sigv4 import Identity
 from annex_local.streams import StreamMapping, StreamPoller
-from annex_local.template import events_of_type, load_template, parameter_defaults
+from annex_local.template import (
+    events_of_type,
+    load_template,
+    parameter_defaults,
+    resource_policy_denies,
+    rest_apis,
+)
 
 log = logging.getLogger("annex_local")
 
@@ -78,7 +84,8 @@ class LocalStack:
         self.users: dict[str, tuple[str, str]] = {}
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.gateway: Gateway | None = None
+        self.gateway: Gateway | None = None  # the researchers' API (AnnexApi)
+        self.gateways: dict[str, Gateway] = {}  # every API of the template, by logical id
         self.provisioned: Provisioned | None = None
         self.pollers: list[StreamPoller] = []
         self.scheduler: Scheduler | None = None
@@ -98,9 +105,19 @@ class LocalStack:
             self.identities[key] = Identity(secret, arn)
             self.users[name] = (key, secret)
         handlers = {fn: self.runtime.as_gateway_handler(fn) for fn, _, _ in events_of_type("Api")}
-        self.gateway = Gateway(
-            self.identities, region=REGION, host=self.options.host, port=self.options.port, handlers=handlers
-        ).start()
+        # One gateway per API, as deployed: AnnexApi on the requested port, the others (HeartbeatApi) on
+        # any free one, each refusing whom its resource policy denies.
+        for api in rest_apis():
+            self.gateways[api] = Gateway(
+                self.identities,
+                region=REGION,
+                host=self.options.host,
+                port=self.options.port if api == "AnnexApi" else 0,
+                api=api,
+                handlers=handlers,
+                authorize=self._resource_policy(api, prov.refs),
+            ).start()
+        self.gateway = self.gateways["AnnexApi"]
         self._configure_functions(prov)
         self._start_pollers(prov)
         self._start_scheduler()
@@ -112,8 +129,8 @@ class LocalStack:
         self.stop_event.set()
         for thread in self.threads:
             thread.join(timeout=10)
-        if self.gateway is not None:
-            self.gateway.stop()
+        for gateway in self.gateways.values():
+            gateway.stop()
         self.aws.stop()
         env_file = self.options.state_dir / "env"
         if env_file.exists():
@@ -132,12 +149,25 @@ class LocalStack:
         assert self.gateway is not None
         return self.gateway.url
 
+    @property
+    def heartbeat_url(self) -> str:
+        """The template's HeartbeatUrl output: the heartbeat route on its own API."""
+        return f"{self.gateways['HeartbeatApi'].url}/heartbeat"
+
+    @staticmethod
+    def _resource_policy(api: str, refs: dict[str, str]) -> Any:
+        def authorize(who: Any, _method: str, _path: str) -> bool:
+            return not resource_policy_denies(api, who.arn, refs)
+
+        return authorize
+
     def _configure_functions(self, prov: Provisioned) -> None:
         overrides = {
             **prov.refs,
             **self.options.effective_params(),
             **self.network_parameters(prov),
             "AnnexApi": "local",
+            "HeartbeatApi": "local-heartbeat",
         }
         env = stack_environment(
             table_name=prov.table_name,
@@ -177,8 +207,7 @@ class LocalStack:
         return supplied
 
     def url_overrides(self) -> dict[str, str]:
-        assert self.gateway is not None
-        return {"HEARTBEAT_URL": f"{self.gateway.url}/heartbeat"}
+        return {"HEARTBEAT_URL": self.heartbeat_url}
 
     def _thread(self, target: Any, *args: Any, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -224,7 +253,7 @@ class LocalStack:
         period = self.options.effective_heartbeat_period()
         self.nodes = SimulatedNodes(
             ec2=self.aws.client("ec2"),
-            heartbeat_url=f"{self.gateway.url}/heartbeat",
+            heartbeat_url=self.heartbeat_url,
             identities=self.identities,
             role_name=prov.instance_role_name,
             stack_name=self.options.stack_name,
@@ -253,6 +282,7 @@ class LocalStack:
         config.write_text("".join(f"[profile {name}]\nregion = {REGION}\n\n" for name in self.users))
         env = {
             "ANNEX_ENDPOINT": self.api_url,
+            "ANNEX_HEARTBEAT_URL": self.heartbeat_url,
             "AWS_ENDPOINT_URL": self.aws.endpoint,
             "AWS_CONFIG_FILE": str(config),
             "AWS_SHARED_CREDENTIALS_FILE": str(credentials),

@@ -167,3 +167,36 @@ def resolve_environment(
     for key, raw in function_environment(logical_id, path).items():
         resolved[key] = overrides[key] if key in overrides else value(raw)
     return resolved
+
+
+def rest_apis(path: Path = TEMPLATE) -> list[str]:
+    """The logical ids of the template's REST APIs (each served by its own local gateway)."""
+    return list(resources("AWS::Serverless::Api", path))
+
+
+def principal_arn(caller_arn: str) -> str:
+    """`aws:PrincipalArn` as IAM sets it: a role session's is its role's ARN, anything else its own."""
+    match = re.match(r"^arn:([\w-]+):sts::(\d{12}):assumed-role/([^/]+)/.+$", caller_arn)
+    return f"arn:{match.group(1)}:iam::{match.group(2)}:role/{match.group(3)}" if match else caller_arn
+
+
+def resource_policy_denies(api: str, caller_arn: str, refs: dict[str, str], path: Path = TEMPLATE) -> bool:
+    """Whether the API's resource policy (SAM `Auth.ResourcePolicy.CustomStatements`) denies
+    execute-api:Invoke to this caller. Deny statements on the whole API with an ArnEquals/ArnNotEquals
+    condition on aws:PrincipalArn are evaluated; `refs` resolves `!GetAtt X.Arn` ("X.Arn" -> ARN). Any
+    other statement shape raises, so the template cannot grow a policy the local stack silently ignores."""
+    auth = load_template(path)["Resources"][api]["Properties"].get("Auth", {})
+    statements = (auth.get("ResourcePolicy") or {}).get("CustomStatements") or []
+    who = principal_arn(caller_arn)
+    for st in statements:
+        if st.get("Effect") != "Deny" or st.get("Action") != "execute-api:Invoke":
+            raise ValueError(f"{api}: the local gateway evaluates only Deny execute-api:Invoke statements")
+        (operator, keys), *rest = (st.get("Condition") or {}).items()
+        if rest or operator not in ("ArnEquals", "ArnNotEquals") or list(keys) != ["aws:PrincipalArn"]:
+            raise ValueError(f"{api}: the local gateway evaluates only an aws:PrincipalArn condition")
+        raw = keys["aws:PrincipalArn"]
+        values = raw if isinstance(raw, list) else [raw]
+        arns = {refs[".".join(v["Fn::GetAtt"])] if isinstance(v, dict) else str(v) for v in values}
+        if (who in arns) == (operator == "ArnEquals"):
+            return True
+    return False

@@ -73,7 +73,7 @@ class AnnexService:
         annex = Annex(
             id=self.store.new_annex_id(),
             name=spec.name,
-            owner=caller.arn,
+            owner=caller.owner,
             condor_user=condor_user,
             share_with=list(spec.share_with),
             all_my_jobs=spec.all_my_jobs,
@@ -104,7 +104,7 @@ class AnnexService:
         return annex, True
 
     def _by_token(self, caller: Caller, token: str, fp: str) -> Annex | None:
-        record = self.store.find_token(caller.arn, token)
+        record = self.store.find_token(caller.owner, token)
         if record is None:
             return None
         if record.fingerprint != fp:
@@ -131,7 +131,7 @@ class AnnexService:
     def list(self, caller: Caller, *, everyone: bool, limit: int, page_token: str | None) -> AnnexList:
         if everyone and not caller.is_admin:
             raise Forbidden("only pool administrators may list every owner's annexes; drop scope=all")
-        owner = None if everyone else caller.arn
+        owner = None if everyone else caller.owner
         annexes, next_token = self.store.list_annexes(owner=owner, limit=limit, page_token=page_token)
         return AnnexList(annexes=annexes, next_token=next_token)
 
