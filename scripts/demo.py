@@ -160,7 +160,7 @@ class Demo:
         self.say(
             "Alice needs more time: she extends the lease by 2 minutes (from its current end, not from now)."
         )
-        if self.run("extend", "genome", "--by", "2m").returncode != 0:
+        if self.run("extend", "genome", "--by", "2m", "--yes").returncode != 0:
             raise DemoFailed("extend failed")
 
         self.say(

@@ -160,7 +160,12 @@ def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> s
         ("type", f"{', '.join(detail.get('instance_types') or [])}, {detail.get('market', '')}"),
     ]
     if expires is not None:
-        when = relative(expires, now) if detail.get("state") in LIVE_STATES else "over"
+        if detail.get("state") in LIVE_STATES:
+            when = relative(expires, now)
+        elif ended is not None and expires - ended >= timedelta(seconds=1):
+            when = f"ended early: {duration_text(expires - ended, units=2)} of it unused"
+        else:
+            when = "ran to its end"
         lines.append(("lease", f"until {clock_text(expires, tz)} ({when})"))
     lines.append(("idle stop", f"after {duration_text(idle, units=2)} with no claimed slot"))
     if created is not None:

@@ -178,7 +178,7 @@ def _detach(args: argparse.Namespace, state: StateDir, argv: Sequence[str]) -> i
     state.path.mkdir(parents=True, exist_ok=True)
     child_argv = [a for a in argv if a != "--detach"] + [CHILD_FLAG]
     with state.log.open("w") as log:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: S603 - this very program, with the arguments it was given
             [sys.executable, "-m", "annex_local.cli", *child_argv],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -230,7 +230,7 @@ def _foreground(args: argparse.Namespace, state: StateDir) -> int:
     log_file = state.log.open("a" if args.detached_child else "w", buffering=1)
     # The functions' Powertools Logger and Metrics write to sys.stdout as it is when their module is
     # imported (below, by the stack): point it at the log file first, so the terminal stays quiet.
-    sys.stdout = _Tee(log_file, terminal) if args.verbose else log_file  # type: ignore[assignment]
+    sys.stdout = _Tee(log_file, terminal) if args.verbose else log_file
     _setup_logging(log_file, verbose=args.verbose, terminal=None if args.detached_child else sys.stderr)
     # Powertools warns on every invocation that emits no metric; locally that is noise.
     warnings.filterwarnings("ignore", message="No application metrics to publish")
@@ -244,10 +244,10 @@ def _foreground(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def _run(args: argparse.Namespace, state: StateDir, terminal: IO[str]) -> int:
-    from annex_local.runtime import install_code_paths  # noqa: PLC0415
+    from annex_local.runtime import install_code_paths
 
     install_code_paths()  # before anything imports the handlers or the domain package
-    from annex_local.stack import LocalStack, Options  # noqa: PLC0415
+    from annex_local.stack import LocalStack, Options
 
     options = Options(
         state_dir=args.state_dir,
@@ -295,7 +295,10 @@ def cmd_down(args: argparse.Namespace) -> int:
     if pid is None:
         if state.stale():
             state.clear()
-            _say(f"annex-local was not running on {state.path}; removed the stale env of a stack that was killed.")
+            _say(
+                f"annex-local was not running on {state.path}; "
+                "removed the stale env of a stack that was killed."
+            )
         else:
             _say(f"annex-local is not running on {state.path}.")
         return 0
@@ -321,7 +324,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     pid = state.running_pid()
     if pid is None:
-        note = " (a stale env is left from a stack that was killed: its annexes are gone)" if state.stale() else ""
+        note = (
+            " (a stale env is left from a stack that was killed: its annexes are gone)"
+            if state.stale()
+            else ""
+        )
         _say(f"annex-local is not running on {state.path}{note}.")
         return 1
     env = state.read_env()

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,14 +98,13 @@ def parameter_of_variable() -> dict[str, str]:
     out: dict[str, str] = {}
     for logical_id in functions():
         for var, value in function_environment(logical_id).items():
-            if isinstance(value, dict) and "Fn::Join" in value:
-                value = value["Fn::Join"][1]
-            if isinstance(value, dict) and value.get("Ref") in declared:
-                out[var] = str(value["Ref"])
+            ref = value["Fn::Join"][1] if isinstance(value, dict) and "Fn::Join" in value else value
+            if isinstance(ref, dict) and ref.get("Ref") in declared:
+                out[var] = str(ref["Ref"])
     return out
 
 
-def describe_settings_errors(errors: list[dict[str, Any]], values: dict[str, str]) -> list[str]:
+def describe_settings_errors(errors: Sequence[Mapping[str, Any]], values: dict[str, str]) -> list[str]:
     """pydantic's errors on a settings model, in the words of `--param`: each line names the template
     parameter (not the environment variable the function reads), its value, and the reason."""
     names = parameter_of_variable()
@@ -121,7 +121,9 @@ def describe_settings_errors(errors: list[dict[str, Any]], values: dict[str, str
             param = names.get(loc[0], loc[0])
             lines.append(f"{param}={values.get(param, '')!s}: {message}")
         else:
-            mentioned = [p for p in dict.fromkeys(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", message)) if p in values]
+            mentioned = [
+                p for p in dict.fromkeys(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", message)) if p in values
+            ]
             given = ", ".join(f"{p}={values[p]}" for p in mentioned)
             lines.append(f"{message}" + (f" (here {given})" if given else ""))
     return lines
@@ -248,7 +250,7 @@ class LocalStack:
             try:
                 settings()
             except ValidationError as exc:
-                for line in describe_settings_errors(list(exc.errors()), values):
+                for line in describe_settings_errors(exc.errors(), values):
                     if line not in problems:
                         problems.append(line)
         if problems:
