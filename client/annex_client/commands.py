@@ -231,7 +231,7 @@ def _request_summary(
     lines = [
         ("instances", what),
         ("lease", f"{duration_text(args.lease)} (until {clock_text(now + args.lease, tz)})"),
-        ("usage", f"up to {cost.instance_hours:g} instance-hours"),
+        ("usage", f"up to {round(cost.instance_hours, 2):g} instance-hours"),
         ("cost", cost.text()),
         ("idle stop", f"an instance with no claimed slot for {duration_text(idle)} is stopped"),
     ]
