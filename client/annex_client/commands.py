@@ -309,11 +309,7 @@ def progress(detail: Mapping[str, Any]) -> tuple[str, str]:
     return "running", f"running: {launched}, {len(beating)} joined the pool"
 
 
-SILENT_HINT = (
-    "instances that never report to the pool usually mean: the image lacks HTCondor or the agent, the "
-    "subnet cannot reach the central manager or the API, the pool token is wrong, or the collector "
-    "refuses them; your pool administrator can read each instance's console output"
-)
+SILENT_HINT = render.SILENT_CAUSES
 # How long --wait keeps polling through network errors and 5xx answers before it gives up.
 TRANSIENT_GRACE = timedelta(minutes=2)
 
@@ -396,7 +392,7 @@ def wait_until_ready(
                 return detail
             if phase in ("ended", "failed"):
                 line.end()
-                hint = f" ({SILENT_HINT})" if phase == "failed" or _silent(detail) else ""
+                hint = f" (instances that never join usually mean {SILENT_HINT})" if _silent(detail) else ""
                 raise Refused(
                     f"{name} {render.state_line(detail)} before it was ready{hint}; "
                     f"'annex-client status {name}' shows its history",
@@ -405,7 +401,7 @@ def wait_until_ready(
                 )
             if elapsed >= limit:
                 line.end()
-                hint = f" If they never report: {SILENT_HINT}." if phase == "running" else ""
+                hint = f" Instances that never join usually mean {SILENT_HINT}." if phase == "running" else ""
                 raise TimedOut(
                     f"gave up waiting after {duration_text(timeout)}: {name} is {text}. "
                     f"{_lease_note(detail, name, ctx.tz)}.{hint}"

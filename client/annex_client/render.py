@@ -11,6 +11,12 @@ from annex_client.timefmt import clock_text, duration_text, parse_api_time, rela
 
 LIVE_STATES = ("requested", "launching", "running")
 LIVE_INSTANCE_STATES = ("pending", "running")
+# The usual causes of instances that never report to the pool (the agent's heartbeat is how they join).
+SILENT_CAUSES = (
+    "the image lacks HTCondor or the agent, the subnet cannot reach the central manager or the API, the "
+    "pool token is wrong, or the collector refuses them; your pool administrator can read each "
+    "instance's console output"
+)
 _ARN = re.compile(r"^arn:aws[\w-]*:(?:iam|sts)::\d{12}:(user|role|assumed-role)/(.+)$")
 
 
@@ -186,6 +192,12 @@ def status_text(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str
         parts.append(instance_table(detail, now))
     else:
         parts.append("No instances yet.")
+    silent = [i for i in detail.get("instances") or [] if i.get("end_reason") == "silent"]
+    if silent:
+        parts.append(
+            f"{len(silent)} instance(s) ended silent: they never reported to the pool, or stopped reporting. "
+            f"The usual causes: {SILENT_CAUSES}."
+        )
     if detail.get("history"):
         parts.append(history_table(detail, tz))
     return "\n\n".join(parts)

@@ -349,3 +349,25 @@ def test_status_watch_follows_until_the_annex_ends(capsys, monkeypatch, at_now):
     assert wire.paths("GET").count(f"/annexes/{AX}") == 3
     assert len(re.findall(r"^Annex bio", out, re.MULTILINE)) == 3
     assert "ended (lease expired)" in out.split("Annex bio")[-1]
+
+
+def test_status_says_why_instances_may_have_ended_silent(capsys, monkeypatch, at_now):
+    gone = instance("i-1", total=None, state="terminated", end_reason="silent")
+    ended = annex(state="ended", end_reason="all-instances-gone", instances=[gone], history=[])
+    Wire.install(monkeypatch).on("GET", f"/annexes/{AX}", (200, ended))
+    code, out, _ = run(capsys, "status", AX)
+    assert code == 0
+    assert "1 instance(s) ended silent" in out
+    assert "pool token" in out
+    assert "central manager" in out
+
+
+def test_wait_that_sees_the_annex_end_silent_says_the_usual_causes(capsys, monkeypatch):
+    gone = instance("i-1", total=None, state="terminated", end_reason="silent")
+    ended = annex(count=1, state="ended", end_reason="all-instances-gone", instances=[gone])
+    requested_then(monkeypatch, (200, ended))
+    code, _, err = run(capsys, *REQUEST)
+    assert code == 1
+    line = error_line(err)
+    assert "before it was ready" in line
+    assert "pool token" in line
