@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from annex_client import commands, transport
 from annex_client.cli import main
-from annex_client.pricing import ON_DEMAND_USD_PER_HOUR
+from annex_client.pricing import ON_DEMAND_USD_PER_HOUR, estimate
 from annex_client.transport import NetworkError
 
 from tests.unit.client_fakes import HEALTH, Terminal, Wire, annex
@@ -371,3 +371,12 @@ def test_wait_that_sees_the_annex_end_silent_says_the_usual_causes(capsys, monke
     line = error_line(err)
     assert "before it was ready" in line
     assert "pool token" in line
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(4 * 3600, "4h"), (5400, "1.5h"), (1800, "30m"), (12_120, "3h22m"), (12_179, "3h22m")],
+)
+def test_cost_lines_show_lengths_as_people_write_them(seconds, shown):
+    text = estimate(10, ["c7i.xlarge"], seconds / 3600, spot=False).text()
+    assert f"= 10 x {shown} x $" in text
