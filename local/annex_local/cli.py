@@ -127,19 +127,36 @@ class _Tee:
 
 
 def _setup_logging(log_file: IO[str], *, verbose: bool, terminal: IO[str] | None) -> None:
-    """Everything to the log file; on the terminal, errors only (or everything with -v)."""
+    """The stack's own log (requests, handler failures, nodes, sweeps) to the log file; on the terminal,
+    errors only (or everything with -v). Other libraries' warnings go to the file too.
+
+    The stack's handlers sit on the `annex_local` logger itself, not on the root logger: the functions'
+    Powertools Logger (service `annex`) puts a filter on every root handler that drops records from
+    loggers whose name starts with `annex`, which would silence `annex_local` too."""
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    def handlers(file_level: int) -> list[logging.Handler]:
+        out: list[logging.Handler] = [logging.StreamHandler(log_file)]
+        out[0].setLevel(file_level)
+        if terminal is not None:
+            to_terminal = logging.StreamHandler(terminal)
+            to_terminal.setLevel(logging.INFO if verbose else logging.ERROR)
+            out.append(to_terminal)
+        for handler in out:
+            handler.setFormatter(fmt)
+        return out
+
     root = logging.getLogger()
     root.handlers.clear()
-    root.setLevel(logging.INFO)
-    to_file = logging.StreamHandler(log_file)
-    to_file.setFormatter(fmt)
-    root.addHandler(to_file)
-    if terminal is not None:
-        to_terminal = logging.StreamHandler(terminal)
-        to_terminal.setFormatter(fmt)
-        to_terminal.setLevel(logging.INFO if verbose else logging.ERROR)
-        root.addHandler(to_terminal)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for handler in handlers(logging.NOTSET):
+        root.addHandler(handler)
+    own = logging.getLogger("annex_local")
+    own.handlers.clear()
+    own.setLevel(logging.INFO)
+    own.propagate = False
+    for handler in handlers(logging.INFO):
+        own.addHandler(handler)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every AWS call
 
 
@@ -170,14 +187,20 @@ def cmd_up(args: argparse.Namespace, argv: Sequence[str]) -> int:
         _clear_stale(state)
         if args.detach:
             return _detach(args, state, argv)
-    return _foreground(args, state)
+    code = _foreground(args, state)
+    # Everything is stopped, flushed and closed by now. Tearing down the interpreter (moto's and
+    # botocore's many objects) would take seconds more, during which `down` would still see the process.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _detach(args: argparse.Namespace, state: StateDir, argv: Sequence[str]) -> int:
     """Start `up` as a new session in the background and return once it has written its env file."""
     state.path.mkdir(parents=True, exist_ok=True)
     child_argv = [a for a in argv if a != "--detach"] + [CHILD_FLAG]
-    with state.log.open("w") as log:
+    state.log.write_text("")  # a fresh log; every writer below appends (O_APPEND), none overwrites
+    with state.log.open("a") as log:
         proc = subprocess.Popen(  # noqa: S603 - this very program, with the arguments it was given
             [sys.executable, "-m", "annex_local.cli", *child_argv],
             stdin=subprocess.DEVNULL,
@@ -311,13 +334,28 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 0
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    while state.running_pid() is not None:
+    # Stopped: its lock is free (it no longer serves) and its process has exited (its ports are free).
+    while state.running_pid() is not None or _alive(pid):
         if time.monotonic() > deadline:
             _error(f"the stack (pid {pid}) did not stop within {args.timeout:g} s; see {state.log}")
             return 1
         time.sleep(0.1)
     _say("annex-local stopped.")
     return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A child of ours that exited but was not reaped yet (a zombie) has stopped too.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -127,6 +127,13 @@ def test_detach_status_down_and_a_quiet_terminal(workdir: Path) -> None:
     assert not (workdir / "st" / "env").exists()
     assert local("status", "--state-dir", "st", cwd=workdir).returncode == 1
 
+    # And the stack's own log lines (each request, readiness, shutdown) are in the file, next to the
+    # functions' JSON logs
+    log = (workdir / "st" / "annex-local.log").read_text()
+    assert " annex_local INFO ready: API " in log
+    assert " annex_local.gateway INFO POST /v1/annexes -> 201 " in log
+    assert log.rstrip().endswith("annex_local INFO stopped")
+
 
 def test_a_foreground_stack_keeps_the_terminal_quiet(workdir: Path) -> None:
     # Given `annex-local up --fast` in the foreground, its terminal captured
