@@ -299,7 +299,11 @@ def _run(args: argparse.Namespace, state: StateDir, terminal: IO[str]) -> int:
         terminal.write(_banner(state, state.read_env(), _sweep_text(args), detached=False) + "\n")
         terminal.flush()
     try:
-        stop.wait()
+        # Not a bare stop.wait(): a signal delivered to another thread does not wake the main thread out
+        # of a lock wait, and Python runs signal handlers in the main thread only; waking twice a second
+        # lets the SIGTERM handler run whichever thread the kernel chose.
+        while not stop.wait(0.5):
+            pass
     finally:
         stack.stop()
         logging.getLogger("annex_local").info("stopped")
