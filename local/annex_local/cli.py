@@ -62,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
         "--param", type=_param, action="append", default=[], metavar="Name=Value", help="template parameter"
     )
     up.add_argument(
-        "-v", "--verbose", action="store_true", help="also print the log (every invocation) on the terminal"
+        "-v", "--verbose", action="store_true", help="also print the log on the terminal (in the foreground)"
     )
     up.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     down = sub.add_parser("down", parents=[state_dir], help="stop the stack running on the state directory")
@@ -253,7 +253,7 @@ def _foreground(args: argparse.Namespace, state: StateDir) -> int:
     log_file = state.log.open("a" if args.detached_child else "w", buffering=1)
     # The functions' Powertools Logger and Metrics write to sys.stdout as it is when their module is
     # imported (below, by the stack): point it at the log file first, so the terminal stays quiet.
-    sys.stdout = _Tee(log_file, terminal) if args.verbose else log_file
+    sys.stdout = _Tee(log_file, terminal) if args.verbose and not args.detached_child else log_file
     _setup_logging(log_file, verbose=args.verbose, terminal=None if args.detached_child else sys.stderr)
     # Powertools warns on every invocation that emits no metric; locally that is noise.
     warnings.filterwarnings("ignore", message="No application metrics to publish")
