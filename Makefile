@@ -20,7 +20,7 @@ SAM_ENV := PATH="$(PY313_DIR):$$PATH" SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-
 
 .PHONY: help
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[A-Za-z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: requirements-dev.txt layers/annex/requirements.txt client/pyproject.toml local/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -141,11 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeat a request safely: the same token never creates a second annex",
     )
 
-    p = command("extend", "extend an annex's lease")
+    p = command(
+        "extend",
+        "extend an annex's lease (asks before spending money)",
+        "Move the end of an annex's lease later. Shows what the added time may cost and asks first;\n"
+        "without a terminal it refuses unless --yes is given.",
+    )
     p.add_argument("name", metavar="NAME", help="annex name or id (ax-...)")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--by", type=_duration, help="add this to the current expiry, such as 2h")
     how.add_argument("--until", type=_time, metavar="TIME", help="move the expiry to this time")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
     p = command("stop", "stop an annex now (asks first)", "Terminate the annex's instances now.")
     p.add_argument("name", metavar="NAME", help="annex name or id (ax-...)")
@@ -155,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", "one annex in detail (without NAME: like list)")
     p.add_argument("name", metavar="NAME", nargs="?", help="annex name or id (ax-...)")
     p.add_argument("--all", action="store_true", help="without NAME: every owner's (administrators)")
+    p.add_argument(
+        "--watch", action="store_true", help="show it again every --every until it ends (Ctrl-C stops)"
+    )
+    p.add_argument("--every", type=_duration, default=timedelta(seconds=10), help="for --watch (10s)")
 
     p = command("list", "your annexes, newest first")
     p.add_argument("--all", action="store_true", help="every owner's annexes (administrators)")
@@ -172,10 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value is a duration: argparse takes `--by -2h` for two options ("expected one argument");
+# joined as `--by=-2h`, the value reaches the duration parser, which says what is wrong with it.
+_DURATION_OPTIONS = frozenset({"--lease", "--idle", "--timeout", "--by", "--every"})
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        following = args[i + 1] if i + 1 < len(args) else ""
+        if arg in _DURATION_OPTIONS and following[:1] == "-" and following[1:2] in tuple("0123456789Pp"):
+            out.append(f"{arg}={following}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help, --version, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else USAGE
     for name in ("endpoint", "profile", "region"):

@@ -52,7 +52,7 @@ def test_a_full_lifecycle(stack, annexes):
     assert {i["claimed_slots"] for i in detail["instances"]} == {4}
     assert set(stack.instances(life["id"]).values()) == {"running"}
     # extend: from the current expiry
-    extended = stack.client_json("extend", "life", "--by", "30m")
+    extended = stack.client_json("extend", "life", "--by", "30m", "--yes")
     assert extended["annex"]["lease_expires_at"] > life["lease_expires_at"]
     # stop: TerminateInstances before the answer
     stopped = stack.client("stop", "life", "--yes")
