@@ -146,6 +146,23 @@ def resolve_environment(
             return table_name
         raise KeyError(f"cannot resolve !Ref {name} locally; pass it in overrides")
 
+    conditions = load_template(path).get("Conditions", {})
+
+    def condition(c: Any) -> bool:
+        """Fn::Equals, Fn::Not, Fn::And, Fn::Or and Condition, over the same values as !Ref."""
+        if "Condition" in c:
+            return condition(conditions[c["Condition"]])
+        if "Fn::Equals" in c:
+            left, right = c["Fn::Equals"]
+            return value(left) == value(right)
+        if "Fn::Not" in c:
+            return not condition(c["Fn::Not"][0])
+        if "Fn::And" in c:
+            return all(condition(x) for x in c["Fn::And"])
+        if "Fn::Or" in c:
+            return any(condition(x) for x in c["Fn::Or"])
+        raise KeyError(f"cannot evaluate condition {c!r} locally")
+
     def value(v: Any) -> str:
         if isinstance(v, str | int | float):
             return str(v)
@@ -162,6 +179,9 @@ def resolve_environment(
                 return str(overrides[key])
         if isinstance(v, dict) and isinstance(v.get("Fn::Sub"), str):
             return _SUB_VARIABLE.sub(lambda m: ref(m.group(1)), v["Fn::Sub"])
+        if isinstance(v, dict) and "Fn::If" in v:
+            name, when_true, when_false = v["Fn::If"]
+            return value(when_true if condition(conditions[name]) else when_false)
         raise KeyError(f"cannot resolve {v!r} locally; pass it in overrides")
 
     for key, raw in function_environment(logical_id, path).items():
