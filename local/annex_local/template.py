@@ -150,8 +150,8 @@ def resolve_environment(
 
     def condition(c: Any) -> bool:
         """Fn::Equals, Fn::Not, Fn::And, Fn::Or and Condition, over the same values as !Ref."""
-        if "Condition" in c:
-            return condition(conditions[c["Condition"]])
+        if "Condition" in c or "Fn::Condition" in c:  # the loader reads the short form as Fn::Condition
+            return condition(conditions[c.get("Condition") or c["Fn::Condition"]])
         if "Fn::Equals" in c:
             left, right = c["Fn::Equals"]
             return value(left) == value(right)
