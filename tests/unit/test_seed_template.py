@@ -159,6 +159,12 @@ def ingress(resources) -> list[tuple[int, int, str, Any]]:
             assert otherwise == {"Ref": "AWS::NoValue"}
         source = rule.get("SourceSecurityGroupId") or rule.get("CidrIp")
         rules.append((rule["FromPort"], rule["ToPort"], condition, source))
+    for r in resources.values():
+        if r["Type"] == "AWS::EC2::SecurityGroupIngress" and r["Properties"]["GroupId"] == {
+            "Ref": "SeedSecurityGroup"
+        }:
+            rule = r["Properties"]
+            rules.append((rule["FromPort"], rule["ToPort"], r.get("Condition"), rule["CidrIp"]))
     return rules
 
 
@@ -168,6 +174,7 @@ def test_the_security_group_opens_htcondor_to_annex_instances_and_ssh_to_the_adm
             (9618, 9618, None, {"Ref": "PoolSecurityGroupId"}),
             (22, 22, None, {"Ref": "SeedAdminCidr"}),
             (9618, 9618, "SeedHasCondorCidr", {"Ref": "SeedCondorCidr"}),
+            (9618, 9618, "SeedOn", {"Fn::Sub": "${SeedAddress}/32"}),
         ],
         key=str,
     )
