@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.seed_userdata import DELIMITER, render
+from scripts.seed_userdata import DELIMITER, LIB, render
 
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:annex-pool-AbCdEf"
 STACK_VALUES = {
@@ -203,6 +203,19 @@ print(json.dumps({"ARN": secret["ARN"], "Name": secret["Name"], "VersionId": ver
 """
 
 
+_CONFIG_INSTALL = re.compile(r'^install -m 0644 "\$LIB/(\S+)" (/etc/condor/config\.d/\S+)$', re.M)
+_UNIT = re.compile(r"^cat > /etc/systemd/system/(\S+) << 'UNIT_EOF'\n(.*?)^UNIT_EOF$", re.M | re.S)
+
+
+def config_installs(boot_script: str) -> list[tuple[str, str]]:
+    """(file in the seed's lib directory, HTCondor config file) for each config the boot installs."""
+    return _CONFIG_INSTALL.findall(boot_script)
+
+
+def systemd_units(boot_script: str) -> dict[str, str]:
+    return dict(_UNIT.findall(boot_script))
+
+
 @dataclass
 class Sandbox:
     root: Path
@@ -278,10 +291,8 @@ def make_sandbox(
     key.chmod(0o600)
     (condor / "condor_config").write_text(f"LOCAL_CONFIG_DIR = {condor / 'config.d'}\n{site_config}")
     lib = root / "usr" / "local" / "lib" / "annex-seed"
-    # What annex-seed-boot installs (its `install -m 0644 ...` lines).
-    (condor / "config.d" / "10-annex-seed.conf").write_text((lib / "annex-seed.conf").read_text())
-    (condor / "config.d" / "20-annex-central-manager.conf").write_text(
-        (lib / "annex-central-manager.conf").read_text()
-    )
+    # What annex-seed-boot installs into HTCondor's config directory, read from its `install` lines.
+    for source, target in config_installs(files[f"{LIB}/annex-seed-boot"]):
+        (root / target.lstrip("/")).write_text((lib / source).read_text())
     os.chmod(root / "tmp", 0o1777)
     return Sandbox(root=root, bin=bin_dir, state=state, condor=condor, files=files)

@@ -5,7 +5,9 @@ else."""
 
 from __future__ import annotations
 
+import configparser
 import json
+import re
 import stat
 import subprocess
 import sys
@@ -15,7 +17,16 @@ import pytest
 from annex_local.template import load_template
 
 from scripts.seed_userdata import FILES, LIB, ROOT, sub_body
-from tests.unit.seed_sandbox import IMDS, SECRET_ARN, STACK_VALUES, make_sandbox, unpacked, user_data
+from tests.unit.seed_sandbox import (
+    IMDS,
+    SECRET_ARN,
+    STACK_VALUES,
+    config_installs,
+    make_sandbox,
+    systemd_units,
+    unpacked,
+    user_data,
+)
 
 SHELLCHECK = Path(sys.executable).with_name("shellcheck")
 USER_DATA_LIMIT = 16 * 1024  # EC2: user data is limited to 16 KB before base64 encoding
@@ -196,3 +207,58 @@ def test_a_refused_write_fails_leaves_no_token_behind_and_is_retried_next_time(t
     assert issued["token"] not in result.stdout + result.stderr
     assert [p for p in files_holding(tmp_path, issued["token"]) if box.state not in p.parents] == []
     assert not (Path(box.env()["ANNEX_SEED_STATE"]) / "token-issued-at").exists()
+
+
+# --- what the boot sets up ------------------------------------------------------------------------
+
+
+def boot_script() -> str:
+    return unpacked()[f"{LIB}/annex-seed-boot"]
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(systemd_units(boot_script())[name])
+    return parser
+
+
+def test_the_boot_installs_the_seed_config_and_the_pool_side_of_annex():
+    installs = dict(config_installs(boot_script()))
+
+    assert installs == {
+        "annex-seed.conf": "/etc/condor/config.d/10-annex-seed.conf",
+        "annex-central-manager.conf": "/etc/condor/config.d/20-annex-central-manager.conf",
+    }
+
+
+def test_the_address_script_runs_before_htcondor_on_every_boot():
+    address = unit("annex-seed-address.service")
+
+    assert address["Unit"]["Before"] == "condor.service"
+    assert address["Install"]["RequiredBy"] == "condor.service"
+    assert address["Service"]["ExecStart"] == "/usr/local/sbin/annex-seed-address"
+    assert "enable annex-seed-address.service" in boot_script()
+    default_conf = re.search(r"ANNEX_SEED_ADDRESS_CONF:-(\S+)\}", unpacked()[f"{LIB}/annex-seed-address"])
+    assert default_conf is not None
+    assert default_conf.group(1).startswith("/etc/condor/config.d/")
+
+
+def test_the_token_is_issued_after_htcondor_and_renewed_by_a_daily_timer():
+    token = unit("annex-seed-token.service")
+    timer = unit("annex-seed-token.timer")
+
+    assert "condor.service" in token["Unit"]["After"].split()
+    assert token["Service"]["UMask"] == "0077"
+    assert timer["Timer"]["OnCalendar"] == "daily"
+    assert timer["Timer"]["Persistent"] == "true"
+    assert (
+        "enable annex-seed-address.service annex-seed-token.service annex-seed-token.timer" in boot_script()
+    )
+
+
+def test_annex_client_gets_the_stacks_endpoint_for_every_login_shell():
+    script = boot_script()
+
+    assert """printf "export ANNEX_ENDPOINT='%s'\\n" "$ANNEX_ENDPOINT" > /etc/profile.d/annex.sh""" in script
+    assert '/opt/annex-client/bin/pip install --quiet "$CLIENT_REQUIREMENT"' in script
