@@ -112,8 +112,8 @@ FAKE_CONDOR_TOKEN_CREATE = r"""
 import base64, json, os, secrets, sys, time
 from pathlib import Path
 state = Path(os.environ["FAKE_STATE"])
-AUTHZ = {"READ", "WRITE", "DAEMON", "ADMINISTRATOR", "NEGOTIATOR", "ADVERTISE_STARTD",
-         "ADVERTISE_SCHEDD", "ADVERTISE_MASTER", "CONFIG", "DAEMON", "ALLOW"}
+AUTHZ = {"ALLOW", "READ", "WRITE", "NEGOTIATOR", "ADMINISTRATOR", "OWNER", "CONFIG", "DAEMON",
+         "ADVERTISE_STARTD", "ADVERTISE_SCHEDD", "ADVERTISE_MASTER"}
 def usage(why):
     sys.stderr.write(f"condor_token_create: {why}\nusage: condor_token_create -identity user@domain "
                      "[-key keyid] [-authz authz ...] [-lifetime value] [-token filename] [-debug]\n")
