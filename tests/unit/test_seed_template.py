@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from annex_local.template import load_template, parameter_defaults, resolve_environment
+from annex_local.template import resources as resources_of_type
 
 SEED_PARAMETERS = {
     "SeedNode": "on",
@@ -264,3 +265,10 @@ def test_a_seed_deploy_without_its_network_is_refused_before_anything_is_created
     holds = all(evaluate(template, a["Assert"], params) for a in rule["Assertions"])
 
     assert (not applies or holds) is accepted
+
+
+def test_the_local_stack_deploys_the_defaults_so_it_has_no_seed():
+    # The local stack creates every role and profile `resources` returns; a seed role there would be
+    # taken for the annex instance role and every simulated heartbeat refused.
+    assert list(resources_of_type("AWS::IAM::Role")) == ["LaunchRole", "AnnexInstanceRole"]
+    assert list(resources_of_type("AWS::IAM::InstanceProfile")) == ["AnnexInstanceProfile"]
