@@ -81,6 +81,10 @@ demo: venv  ## the main job: a full annex lifecycle on the offline local stack, 
 openapi: venv  ## regenerate docs/openapi.json from the request function's routes
 	PYTHONPATH=layers/annex $(BIN)/python -m scripts.openapi > docs/openapi.json
 
+.PHONY: seed-userdata
+seed-userdata: venv  ## copy seed/ and pool/ into the seed node's user data in template.yaml
+	$(BIN)/python scripts/seed_userdata.py
+
 .PHONY: test-unit
 test-unit: venv  ## unit tier: no network
 	$(BIN)/pytest tests/unit

@@ -50,7 +50,40 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
 
 
 def resources(type_: str, path: Path = TEMPLATE) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in load_template(path)["Resources"].items() if v.get("Type") == type_}
+    """The resources of a type that a deploy with the parameter defaults creates (a resource whose
+    Condition is false there, such as the optional seed node's, does not exist locally)."""
+    return {
+        k: v
+        for k, v in load_template(path)["Resources"].items()
+        if v.get("Type") == type_ and ("Condition" not in v or condition_holds(v["Condition"], path=path))
+    }
+
+
+def condition_holds(name: str, params: dict[str, str] | None = None, path: Path = TEMPLATE) -> bool:
+    """A template Condition over parameter values (the defaults, then `params`)."""
+    values = {**parameter_defaults(path), **(params or {})}
+    conditions = load_template(path).get("Conditions", {})
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict) and "Ref" in v:
+            return values[v["Ref"]]
+        return str(v)
+
+    def holds(c: Any) -> bool:
+        if "Condition" in c or "Fn::Condition" in c:  # the loader reads the short form as Fn::Condition
+            return holds(conditions[c.get("Condition") or c["Fn::Condition"]])
+        if "Fn::Equals" in c:
+            left, right = c["Fn::Equals"]
+            return value(left) == value(right)
+        if "Fn::Not" in c:
+            return not holds(c["Fn::Not"][0])
+        if "Fn::And" in c:
+            return all(holds(x) for x in c["Fn::And"])
+        if "Fn::Or" in c:
+            return any(holds(x) for x in c["Fn::Or"])
+        raise KeyError(f"cannot evaluate condition {c!r} locally")
+
+    return holds(conditions[name])
 
 
 def parameter_defaults(path: Path = TEMPLATE) -> dict[str, str]:
@@ -162,6 +195,9 @@ def resolve_environment(
                 return str(overrides[key])
         if isinstance(v, dict) and isinstance(v.get("Fn::Sub"), str):
             return _SUB_VARIABLE.sub(lambda m: ref(m.group(1)), v["Fn::Sub"])
+        if isinstance(v, dict) and "Fn::If" in v:
+            name, when_true, when_false = v["Fn::If"]
+            return value(when_true if condition_holds(name, overrides, path) else when_false)
         raise KeyError(f"cannot resolve {v!r} locally; pass it in overrides")
 
     for key, raw in function_environment(logical_id, path).items():

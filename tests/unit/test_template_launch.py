@@ -205,7 +205,9 @@ def test_launch_parameters_deploy_empty_and_the_function_gets_them(resources):
         "CentralManager": "CENTRAL_MANAGER",
     }.items():
         assert params[name]["Default"] == ""
-        assert env[var] == {"Ref": name}
+        # CENTRAL_MANAGER is the seed node's address when SeedNode=on (tests/unit/test_seed_template.py).
+        value = env[var]["Fn::If"][2] if name == "CentralManager" else env[var]
+        assert value == {"Ref": name}
     assert env["HEARTBEAT_URL"] == {
         "Fn::Sub": "https://${HeartbeatApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/v1/heartbeat"
     }
