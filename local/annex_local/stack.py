@@ -168,14 +168,20 @@ class LocalStack:
             self.identities[key] = Identity(secret, arn)
             self.users[name] = (key, secret)
         handlers = {fn: self.runtime.as_gateway_handler(fn) for fn, _, _ in events_of_type("Api")}
-    events_of_type,
-    function_environment,
-    functions,
-    handler_path,
-    load_template,
-    parameter_defaults,
-    resource_policy_denies,
-    rest_apis,
+        # One gateway per API, as deployed: AnnexApi on the requested port, the others (HeartbeatApi) on
+        # any free one, each refusing whom its resource policy denies.
+        for api in rest_apis():
+            self.gateways[api] = Gateway(
+                self.identities,
+                region=REGION,
+                host=self.options.host,
+                port=self.options.port if api == "AnnexApi" else 0,
+                api=api,
+                handlers=handlers,
+                authorize=self._resource_policy(api, prov.refs),
+                log=_gateway_log,
+            ).start()
+        self.gateway = self.gateways["AnnexApi"]
         self._configure_functions(prov)
         # Every handler module is imported here, once, before any thread that invokes them starts; then
         # every function's settings are validated as at a cold start, so bad parameters stop `up`.
