@@ -112,6 +112,20 @@ def test_a_busy_node_on_htcondor_25_is_not_reported_idle(sandbox):
     ]
 
 
+@pytest.mark.parametrize("jobs", [0, 3, 4])
+def test_the_local_stacks_simulated_nodes_count_like_the_agent(tmp_path, jobs):
+    from annex_local.nodes import CPUS, count_slots
+
+    ads = partitionable(CPUS, [("Claimed", 1)] * jobs)
+    box = Sandbox(tmp_path)
+    try:
+        box.slots(ads)
+        assert box.run(**NO_JITTER).returncode == 0
+        assert reported(box) == count_slots(ads)
+    finally:
+        box.close()
+
+
 def test_a_startd_that_does_not_answer_reports_nothing_claimed_but_still_beats(sandbox):
     sandbox.machine["startd_up"] = False
     sandbox.save_machine()
