@@ -5,8 +5,8 @@ set -uo pipefail
 ENV_FILE=${ANNEX_ENV_FILE:-/etc/annex/annex.env}
 STATE_DIR=${ANNEX_STATE_DIR:-/var/lib/annex}
 IMDS=${ANNEX_IMDS:-http://169.254.169.254/latest}
-JITTER_SECONDS=${ANNEX_JITTER_SECONDS:-20}
-RETRY_BUDGET_SECONDS=${ANNEX_RETRY_BUDGET_SECONDS:-25}
+JITTER_SECONDS=${ANNEX_JITTER_SECONDS:-15}
+RETRY_BUDGET_SECONDS=${ANNEX_RETRY_BUDGET_SECONDS:-20}
 PROBLEM_MAX=300
 
 usage() {
@@ -61,14 +61,16 @@ arm_backstop() {
   shutdown -P --no-wall "+${minutes}" >/dev/null 2>&1 || log "could not schedule the backstop shutdown"
 }
 
-# A transient timer UNIT that runs this agent with MODE at EPOCH (replacing the previous one).
+# A transient timer NAME-EPOCH that runs this agent with MODE at EPOCH, replacing the previous NAME-*
+# (a new name: the run that re-arms may itself be NAME-<old>.service).
 arm_at() {
-  local unit=$1 epoch=$2 mode=$3 delay
-  systemctl stop "${unit}.timer" >/dev/null 2>&1
+  local name=$1 epoch=$2 mode=$3 delay
+  systemctl stop "${name}-*.timer" >/dev/null 2>&1
   delay=$(( epoch - $(now) ))
   (( delay > 0 )) || return 0
-  systemd-run --quiet --collect --unit="$unit" --on-active="${delay}s" --timer-property=AccuracySec=1s \
-    "$SELF" "$mode" >/dev/null 2>&1 || log "could not arm ${unit}: the minute timer enforces it instead"
+  systemd-run --quiet --collect --unit="${name}-${epoch}" --on-active="${delay}s" \
+    --timer-property=AccuracySec=1s "$SELF" "$mode" >/dev/null 2>&1 ||
+    log "could not arm ${name}: the minute timer enforces it instead"
 }
 
 # The lease timer to the second: drain ahead of the lease end, decide at the lease end.
