@@ -4,7 +4,8 @@ the token, as EC2 does) and POST /heartbeat, which checks the SigV4 signature wi
 verifier (API Gateway's rules) and answers from a script of responses.
 
 Usage: python endpoint.py DIR. DIR/responses.json is a list of [status, body] answered in turn (the last
-one repeats); each heartbeat request is appended to DIR/requests.jsonl; the port goes to DIR/port.
+one repeats); DIR/spot-instance-action and DIR/rebalance, when present, are the IMDS spot notices; each
+heartbeat request is appended to DIR/requests.jsonl; the port goes to DIR/port.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ SESSION_TOKEN = "FAKESESSIONTOKEN"
 INSTANCE_ARN = "arn:aws:sts::123456789012:assumed-role/annex-instance/i-0123456789abcdef0"
 IMDS_TOKEN = "imds-session-token"
 REGION = "us-east-1"
+# IMDS spot notices: 404 until the test writes the file, then its content (as EC2 does).
+SPOT_FILES = {
+    "/latest/meta-data/spot/instance-action": "spot-instance-action",
+    "/latest/meta-data/events/recommendations/rebalance": "rebalance",
+}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -54,6 +60,12 @@ class Handler(BaseHTTPRequestHandler):
             self._send(401, "")
         elif self.path == "/latest/meta-data/iam/security-credentials/":
             self._send(200, "annex-instance")
+        elif self.path in SPOT_FILES:
+            notice = self.directory / SPOT_FILES[self.path]
+            if notice.exists():
+                self._send(200, notice.read_text(), "application/json")
+            else:
+                self._send(404, "not found")
         elif self.path == "/latest/meta-data/iam/security-credentials/annex-instance":
             creds = {"AccessKeyId": ACCESS_KEY, "SecretAccessKey": SECRET_KEY, "Token": SESSION_TOKEN}
             self._send(200, json.dumps({"Code": "Success", **creds}))

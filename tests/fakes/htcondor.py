@@ -140,7 +140,7 @@ _DRAIN = [
     ("check", 2, False, 1),
     ("start", 5, False, 1),
 ]
-_EMULATED_DRAIN = {"cancel", "graceful", "reason"}
+_EMULATED_DRAIN = {"cancel", "graceful", "quick", "reason"}
 
 
 class Exit(Exception):

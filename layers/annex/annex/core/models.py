@@ -300,6 +300,10 @@ class HeartbeatRequest(_Strict):
         strict=True,
         description="A boot problem the instance reports before powering off: one line, for the owner.",
     )
+    spot_notice: Literal["interruption", "rebalance"] | None = Field(
+        default=None,
+        description="A spot interruption notice (its jobs are being vacated) or a rebalance recommendation.",
+    )
 
     @model_validator(mode="after")
     def _claimed_within_total(self) -> HeartbeatRequest:

@@ -18,6 +18,7 @@ from annex.core.models import Annex
 USER_DATA_LIMIT = 16 * 1024  # bytes EC2 accepts before base64
 AGENT_DELIMITER = "ANNEX_AGENT_EOF"
 _PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
+_COMMENT = re.compile(r"^\s*#(?!!)")
 _CONDOR_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
@@ -71,9 +72,14 @@ def heartbeat_agent() -> str:
     return _template("annex-heartbeat.sh")
 
 
+def _without_comments(script: str) -> str:
+    """The script without its comment lines (the shebang stays): they count against the user data limit."""
+    return "".join(line for line in script.splitlines(keepends=True) if not _COMMENT.match(line))
+
+
 def render_user_data(config: NodeConfig) -> str:
     """The boot script for one annex. Raises ValueError if the template and the values disagree."""
-    agent = heartbeat_agent().rstrip("\n")
+    agent = _without_comments(heartbeat_agent()).rstrip("\n")
     if any(line.strip() == AGENT_DELIMITER for line in agent.splitlines()):
         raise ValueError(f"the heartbeat agent must not contain a line '{AGENT_DELIMITER}'")
     values = {

@@ -7,17 +7,17 @@ STATE_DIR=${ANNEX_STATE_DIR:-/var/lib/annex}
 IMDS=${ANNEX_IMDS:-http://169.254.169.254/latest}
 JITTER_SECONDS=${ANNEX_JITTER_SECONDS:-15}
 RETRY_BUDGET_SECONDS=${ANNEX_RETRY_BUDGET_SECONDS:-20}
-PROBLEM_MAX=300
 
 usage() {
-  echo 'usage: annex-heartbeat [beat|arm|lease-end] | annex-heartbeat --report-problem "<one-line reason>"' >&2
+  echo 'usage: annex-heartbeat [beat|arm|lease-end|spot-watch] | annex-heartbeat --report-problem "<reason>"' >&2
   exit 2
 }
 
 MODE=${1:-beat}
 PROBLEM=""
+NOTICE=""
 case $MODE in
-  beat | arm | lease-end) (( $# <= 1 )) || usage ;;
+  beat | arm | lease-end | spot-watch) (( $# <= 1 )) || usage ;;
   --report-problem)
     (( $# == 2 )) || usage
     PROBLEM=$2
@@ -170,12 +170,12 @@ body() {
   read -r claimed total < <(count_slots)
   python3 -c '
 import json, sys
-body = {"instance_id": sys.argv[1], "annex_id": sys.argv[2],
-        "claimed_slots": int(sys.argv[3]), "total_slots": int(sys.argv[4])}
-problem = "".join(ch for ch in sys.argv[5] if ch.isprintable()).strip()[: int(sys.argv[6])]
-if problem:
-    body["problem"] = problem
-print(json.dumps(body))' "$INSTANCE_ID" "$ANNEX_ID" "$claimed" "$total" "$PROBLEM" "$PROBLEM_MAX"
+a = sys.argv
+b = {"instance_id": a[1], "annex_id": a[2], "claimed_slots": int(a[3]), "total_slots": int(a[4])}
+p = "".join(c for c in a[5] if c.isprintable()).strip()[:300]
+b.update([("problem", p)] if p else [])
+b.update([("spot_notice", a[6])] if a[6] else [])
+print(json.dumps(b))' "$INSTANCE_ID" "$ANNEX_ID" "$claimed" "$total" "$PROBLEM" "$NOTICE"
 }
 
 # POST the body, print the answer; 429, 5xx, network errors: retried with jittered backoff, in budget.
@@ -269,11 +269,44 @@ beat() {
   obey "$answer"
 }
 
+# Spot: an interruption notice (two minutes' warning) vacates jobs at once (-quick: MaxVacateTime, no
+# retirement) and is reported; a rebalance recommendation is reported. Polls IMDS every 5 s, forever.
+spot_check() {
+  local token notice
+  token=$(curl -sf --max-time 2 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$IMDS/api/token") || return 0
+  if [[ ! -e $STATE_DIR/spot-interruption ]] && notice=$(imds_get "$token" spot/instance-action); then
+    notice=$(python3 -c 'import json,sys; n=json.loads(sys.argv[1]); print(n["action"], n["time"])' \
+      "$notice" 2>/dev/null) || { log "unreadable spot notice ignored"; return 0; }
+    touch "$STATE_DIR/spot-interruption"
+    log "spot interruption: ${notice}"
+    draining && condor_drain -cancel "$(host)" >/dev/null && rm -f "$STATE_DIR/draining"
+    condor_drain -quick -reason "annex: spot interruption (${notice})" "$(host)" >/dev/null && touch "$STATE_DIR/draining"
+    NOTICE=interruption
+    report "$(body)" >/dev/null
+  elif imds_get "$token" events/recommendations/rebalance >/dev/null 2>&1 && [[ ! -e $STATE_DIR/spot-rebalance ]]; then
+    touch "$STATE_DIR/spot-rebalance"
+    log "spot rebalance recommendation"
+    NOTICE=rebalance
+    report "$(body)" >/dev/null
+  fi
+  NOTICE=""
+}
+
+spot_watch() {
+  local polls=${ANNEX_SPOT_POLLS:-0}
+  while :; do
+    spot_check
+    (( polls > 0 && --polls == 0 )) && return 0
+    sleep 5
+  done
+}
+
 mkdir -p "$STATE_DIR"
 case $MODE in
+  spot-watch) spot_watch ;;
   arm) arm ;;
   --report-problem)
-    log "reporting a boot problem: ${PROBLEM:0:$PROBLEM_MAX}"
+    log "reporting a boot problem: ${PROBLEM:0:300}"
     report "$(body)" >/dev/null
     ;;
   lease-end)
