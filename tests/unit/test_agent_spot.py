@@ -83,3 +83,14 @@ def test_a_rebalance_recommendation_is_reported_once_without_draining(sandbox):
 
     assert drains(sandbox) == []
     assert [HeartbeatRequest.model_validate(b).spot_notice for b in sandbox.heartbeats()] == ["rebalance"]
+
+
+def test_after_an_interruption_a_run_answer_does_not_undo_the_vacate(sandbox):
+    (sandbox.http / "spot-instance-action").write_text(json.dumps(NOTICE))
+    watch(sandbox, polls=1)
+    sandbox.answers([[200, {"action": "run"}]])
+
+    assert sandbox.run(ANNEX_JITTER_SECONDS="0").returncode == 0
+
+    assert [d[0] for d in drains(sandbox)] == ["-quick"]
+    assert sandbox.machine_state()["draining"] is True

@@ -141,7 +141,7 @@ drain() {
 }
 
 cancel_drain() {
-  draining || return 0
+  draining && [[ ! -e $STATE_DIR/spot-interruption ]] || return 0
   if condor_drain -cancel "$(host)" >/dev/null; then
     rm -f "$STATE_DIR/draining"
     log "drain cancelled: the lease was extended"
