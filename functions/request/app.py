@@ -6,11 +6,12 @@ from functools import cache
 from http import HTTPStatus
 from typing import Annotated, Any
 
+from annex.api import pagetoken
 from annex.api.http import ERROR_RESPONSES as ERRORS
-from annex.api.http import install_error_handlers, json_only, json_response
+from annex.api.http import install_error_handlers, json_response, strict_input
 from annex.api.service import AnnexService
 from annex.aws import clients
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller, caller_from_arn
 from annex.core.clock import utcnow
 from annex.core.config import RequestSettings
@@ -53,12 +54,12 @@ def settings() -> RequestSettings:
 def service() -> AnnexService:
     cfg = settings()
     store = AnnexStore(clients.dynamodb(), cfg.table_name)
-    return AnnexService(store, Ec2(clients.ec2(), cfg.stack_name), cfg)
+    return AnnexService(store, Ec2Inventory(clients.ec2(), cfg.stack_name), cfg)
 
 
 def caller() -> Caller:
     identity = app.current_event.request_context.identity
-    return caller_from_arn(identity.user_arn, settings().admin_principals)
+    return caller_from_arn(identity.user_arn, settings().identity)
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -85,7 +86,12 @@ def list_annexes(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     next_token: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> AnnexList:
-    return service().list(caller(), everyone=scope == "all", limit=limit, page_token=next_token)
+    who = caller()
+    binding = f"{who.arn}\n{scope}"  # a token works only for the caller and the scope it was issued for
+    inner = pagetoken.unseal(next_token, binding=binding, key=pagetoken.page_token_key())
+    listing = service().list(who, everyone=scope == "all", limit=limit, page_token=inner)
+    sealed = pagetoken.seal(listing.next_token, binding=binding, key=pagetoken.page_token_key())
+    return listing.model_copy(update={"next_token": sealed})
 
 
 @app.get("/annexes/<annex_id>", summary="One annex with its instances and history", responses=ERRORS)
@@ -118,6 +124,6 @@ def health() -> Health:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@json_only
+@strict_input(app)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

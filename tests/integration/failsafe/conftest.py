@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from annex.aws import clients
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.clock import to_iso, utcnow
 from annex.core.config import HeartbeatSettings, IdleReapSettings, LeaseCheckSettings
 from annex.core.models import (
@@ -28,7 +28,8 @@ from annex.core.models import (
     Market,
 )
 from annex.failsafe.heartbeat import HeartbeatService
-from annex.store import AnnexStore, annex_pk, instance_sk
+from annex.failsafe.sweeps import sweep_handler
+from annex.store import AnnexStore, InstanceKey, InstanceRecord
 from annex_local.events import FakeContext
 from annex_local.template import resolve_environment
 
@@ -58,7 +59,7 @@ class Fleet:
     """Builds annexes in the states the sweeps meet, and reads back what a user would see."""
 
     store: AnnexStore
-    ec2: Ec2
+    ec2: Ec2Inventory
     ec2_client: Any
     ddb: Any
     t0: datetime
@@ -153,17 +154,18 @@ class Fleet:
 
     # --- what a user would see ------------------------------------------------------------------
 
-    def instance(self, annex_id: str, instance_id: str) -> dict[str, Any]:
-        (item,) = self.store.get_items([(annex_pk(annex_id), instance_sk(instance_id))]).values()
-        return item
+    def instance(self, annex_id: str, instance_id: str) -> InstanceRecord:
+        record = self.store.get_instance(InstanceKey(annex_id, instance_id))
+        assert record is not None
+        return record
 
     def quota(self, owner: str = ALICE) -> int:
         return self.store.live_instances(owner)
 
     def held(self, annex_id: str) -> int:
-        item = self.store.get_annex_item(annex_id)
-        assert item is not None
-        return int(item["held"])
+        record = self.store.get_annex_record(annex_id)
+        assert record is not None
+        return record.held
 
     def ec2_state(self, instance_ids: list[str]) -> dict[str, str]:
         resp = self.ec2_client.describe_instances(InstanceIds=list(instance_ids))
@@ -182,7 +184,7 @@ def t0() -> datetime:
 @pytest.fixture
 def fleet(ddb, ec2, t0) -> Fleet:
     store = AnnexStore(ddb, TABLE)
-    return Fleet(store=store, ec2=Ec2(ec2, STACK), ec2_client=ec2, ddb=ddb, t0=t0)
+    return Fleet(store=store, ec2=Ec2Inventory(ec2, STACK), ec2_client=ec2, ddb=ddb, t0=t0)
 
 
 class Handler:
@@ -193,8 +195,22 @@ class Handler:
         self.monkeypatch = monkeypatch
 
     def __call__(self, event: dict[str, Any], *, at: datetime) -> Any:
-        self.monkeypatch.setattr(self.module, "utcnow", lambda: at)
-        return self.module.handler(event, FakeContext(self.module.__name__.split(".")[1]))
+        context = FakeContext(self.module.__name__.split(".")[1])
+        if hasattr(self.module, "run"):
+            # A sweep: its handler, as the module builds it, with the clock injected.
+            m = self.module
+            handler = sweep_handler(
+                m.settings,
+                m.deps,
+                m.run,
+                logger=m.logger,
+                tracer=m.tracer,
+                metrics=m.metrics,
+                clock=lambda: at,
+            )
+            return handler(event, context)
+        self.monkeypatch.setattr(self.module, "utcnow", lambda: at)  # the heartbeat handler reads the clock
+        return self.module.handler(event, context)
 
 
 def _handler(name: str, logical_id: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Handler]:

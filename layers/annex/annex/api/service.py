@@ -6,8 +6,8 @@ import hashlib
 import json
 from datetime import datetime
 
-from annex.api.policy import AnnexSpec, resolve_create, resolve_extension
-from annex.aws.ec2 import Ec2
+from annex.api.policy import AnnexSpec, resolve_create, resolve_extension, resolve_owner
+from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller
 from annex.core.clock import to_iso
 from annex.core.config import RequestSettings
@@ -25,14 +25,15 @@ from annex.core.models import (
     Limits,
     SweepStatus,
 )
+from annex.failsafe.lease_tag import keep_lease_tag
 from annex.failsafe.sweeps import IDLE_REAP, LEASE_CHECK
-from annex.failsafe.termination import end_and_terminate
+from annex.failsafe.termination import end_annexes
 from annex.store import AnnexStore, TokenTaken
 
 SWEEPS = (LEASE_CHECK, IDLE_REAP)
 
 
-def fingerprint(spec: AnnexSpec) -> str:
+def fingerprint(spec: AnnexSpec, condor_user: str) -> str:
     canonical = json.dumps(
         {
             "name": spec.name,
@@ -42,6 +43,9 @@ def fingerprint(spec: AnnexSpec) -> str:
             "lease": int(spec.lease.total_seconds()),
             "idle": int(spec.idle_timeout.total_seconds()),
             "tags": spec.tags,
+            "condor_user": condor_user,
+            "share_with": list(spec.share_with),
+            "all_my_jobs": spec.all_my_jobs,
         },
         sort_keys=True,
     )
@@ -49,7 +53,7 @@ def fingerprint(spec: AnnexSpec) -> str:
 
 
 class AnnexService:
-    def __init__(self, store: AnnexStore, ec2: Ec2, settings: RequestSettings) -> None:
+    def __init__(self, store: AnnexStore, ec2: Ec2Inventory, settings: RequestSettings) -> None:
         self.store = store
         self.ec2 = ec2
         self.settings = settings
@@ -59,7 +63,8 @@ class AnnexService:
     def create(self, caller: Caller, request: CreateAnnexRequest, *, now: datetime) -> tuple[Annex, bool]:
         """Returns (annex, created). A retry with the same client token returns the first annex."""
         spec = resolve_create(request, self.settings)
-        fp = fingerprint(spec)
+        condor_user = resolve_owner(spec, caller.arn, request.condor_user, self.settings)
+        fp = fingerprint(spec, condor_user)
         token = request.client_token
         if token:
             existing = self._by_token(caller, token, fp)
@@ -68,7 +73,10 @@ class AnnexService:
         annex = Annex(
             id=self.store.new_annex_id(),
             name=spec.name,
-            owner=caller.arn,
+            owner=caller.owner,
+            condor_user=condor_user,
+            share_with=list(spec.share_with),
+            all_my_jobs=spec.all_my_jobs,
             state=AnnexState.REQUESTED,
             count=spec.count,
             instance_types=list(spec.instance_types),
@@ -96,7 +104,7 @@ class AnnexService:
         return annex, True
 
     def _by_token(self, caller: Caller, token: str, fp: str) -> Annex | None:
-        record = self.store.find_token(caller.arn, token)
+        record = self.store.find_token(caller.owner, token)
         if record is None:
             return None
         if record.fingerprint != fp:
@@ -123,7 +131,7 @@ class AnnexService:
     def list(self, caller: Caller, *, everyone: bool, limit: int, page_token: str | None) -> AnnexList:
         if everyone and not caller.is_admin:
             raise Forbidden("only pool administrators may list every owner's annexes; drop scope=all")
-        owner = None if everyone else caller.arn
+        owner = None if everyone else caller.owner
         annexes, next_token = self.store.list_annexes(owner=owner, limit=limit, page_token=page_token)
         return AnnexList(annexes=annexes, next_token=next_token)
 
@@ -145,24 +153,22 @@ class AnnexService:
             + (" (capped)" if ext.capped else ""),
         )
         # Move the lease tag too: the orphan sweep terminates instances whose own tag has passed.
-        instance_ids = [t.instance_id for t in self.ec2.live_instances(annex.id)]
-        if instance_ids:
-            self.ec2.tag_lease(instance_ids, ext.new_expiry)
+        keep_lease_tag(self.ec2, updated)
         return ExtendResult(annex=updated, capped=ext.capped, message=ext.message)
 
     def stop(self, caller: Caller, annex_id: str, *, now: datetime, reason: str | None) -> AnnexDetail:
         """End the annex and send TerminateInstances now, not at the next sweep."""
         self._visible(caller, annex_id)
-        end_and_terminate(
+        end_annexes(
             self.store,
             self.ec2,
-            annex_id,
+            [annex_id],
             reason=EndReason.STOPPED,
             actor=caller.arn,
             now=now,
             retention=self.settings.retention,
             detail=reason or "stopped by request",
-        )
+        ).raise_failures()
         return self.store.get_detail(annex_id)
 
     # --- health ---------------------------------------------------------------------------------
