@@ -25,8 +25,9 @@ from annex.core.models import (
     Limits,
     SweepStatus,
 )
+from annex.failsafe.lease_tag import keep_lease_tag
 from annex.failsafe.sweeps import IDLE_REAP, LEASE_CHECK
-from annex.failsafe.termination import end_and_terminate
+from annex.failsafe.termination import end_annexes
 from annex.store import AnnexStore, TokenTaken
 
 SWEEPS = (LEASE_CHECK, IDLE_REAP)
@@ -145,24 +146,22 @@ class AnnexService:
             + (" (capped)" if ext.capped else ""),
         )
         # Move the lease tag too: the orphan sweep terminates instances whose own tag has passed.
-        instance_ids = [t.instance_id for t in self.ec2.live_instances(annex.id)]
-        if instance_ids:
-            self.ec2.tag_lease(instance_ids, ext.new_expiry)
+        keep_lease_tag(self.ec2, updated)
         return ExtendResult(annex=updated, capped=ext.capped, message=ext.message)
 
     def stop(self, caller: Caller, annex_id: str, *, now: datetime, reason: str | None) -> AnnexDetail:
         """End the annex and send TerminateInstances now, not at the next sweep."""
         self._visible(caller, annex_id)
-        end_and_terminate(
+        end_annexes(
             self.store,
             self.ec2,
-            annex_id,
+            [annex_id],
             reason=EndReason.STOPPED,
             actor=caller.arn,
             now=now,
             retention=self.settings.retention,
             detail=reason or "stopped by request",
-        )
+        ).raise_failures()
         return self.store.get_detail(annex_id)
 
     # --- health ---------------------------------------------------------------------------------

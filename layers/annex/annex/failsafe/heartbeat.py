@@ -22,7 +22,7 @@ from annex.core.models import (
     InstanceState,
 )
 from annex.failsafe.rules import idle_after, idle_since_after_report, next_check
-from annex.store import META, AnnexStore, annex_from_item, annex_pk, instance_from_item, instance_sk
+from annex.store import AnnexStore, InstanceKey
 
 _ATTEMPTS = 3
 
@@ -80,16 +80,15 @@ class HeartbeatService:
         authorize_instance_report(
             caller_arn, role_name=self.settings.instance_role_name, instance_id=request.instance_id
         )
-        pk = annex_pk(request.annex_id)
-        instance_key = (pk, instance_sk(request.instance_id))
+        key = InstanceKey(request.annex_id, request.instance_id)
         for _attempt in range(_ATTEMPTS):
-            items = self.store.get_items([instance_key, (pk, META)])
-            instance_item = items.get(instance_key)
-            if instance_item is None:
+            instances, annexes = self.store.get_instances_with_annexes([key])
+            record = instances.get(key)
+            if record is None:
                 raise Forbidden(f"instance {request.instance_id} is not part of annex {request.annex_id}")
-            instance = instance_from_item(instance_item)
-            meta = items.get((pk, META))
-            annex = annex_from_item(meta) if meta else None
+            instance = record.instance
+            found = annexes.get(request.annex_id)
+            annex = found.annex if found else None
             if annex is None or not annex.live or instance.state not in LIVE_INSTANCE_STATES:
                 return answer(annex, instance, now=now, drain_lead=self.settings.drain_lead)
             seen = instance.last_heartbeat_at
@@ -105,14 +104,13 @@ class HeartbeatService:
                 }
             )
             written = self.store.apply_heartbeat(
-                request.annex_id,
-                request.instance_id,
+                key,
                 now=now,
                 claimed_slots=request.claimed_slots,
                 total_slots=request.total_slots,
                 idle_since=reported.idle_since,
                 due_at=next_check(reported, annex.idle_timeout, self.settings),
-                seen_heartbeat=instance_item.get("last_heartbeat_at"),
+                seen=record.heartbeat,
             )
             if written:
                 return answer(annex, reported, now=now, drain_lead=self.settings.drain_lead)

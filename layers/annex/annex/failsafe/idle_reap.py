@@ -16,13 +16,12 @@ import logging
 from datetime import datetime, timedelta
 
 from annex.aws.ec2 import Ec2
-from annex.core.clock import to_epoch
 from annex.core.config import ReapTiming
 from annex.core.models import EndReason, InstanceState
 from annex.failsafe.rules import decide
 from annex.failsafe.sweeps import IDLE_REAP, SweepReport
-from annex.failsafe.termination import InstanceTarget, terminate_instances
-from annex.store import DUE_REAP, META, AnnexStore, annex_from_item, instance_from_item
+from annex.failsafe.termination import InstanceTarget, reap_instances
+from annex.store import AnnexStore
 
 log = logging.getLogger(__name__)
 ACTOR = "idle-reap"
@@ -41,13 +40,12 @@ def run_idle_reap(
         targets = []
     if targets:
         try:
-            result = terminate_instances(store, ec2, targets, actor=ACTOR, now=now, retention=retention)
+            result = reap_instances(store, ec2, targets, actor=ACTOR, now=now, retention=retention)
         except Exception as exc:
             log.exception("could not terminate the reaped instances")
             report.fail("terminate", exc)
         else:
-            report.absorb(result.terminated, result.annexes_ended, result.failures)
-            report.skipped += len(result.skipped)
+            report.absorb(result)
     return report.close(store, ec2, now=now)
 
 
@@ -55,49 +53,37 @@ def _plan(
     store: AnnexStore, *, now: datetime, timing: ReapTiming, report: SweepReport
 ) -> list[InstanceTarget]:
     """Decide for every due instance: reap (a target) or look again later (rescheduled here)."""
-    due = [d for d in store.query_due(DUE_REAP, now=now) if d.instance_id]
+    due = list(store.due_instances(now=now))
     report.due = len(due)
     if not due:
         return []
-    items = store.get_items([(d.pk, d.sk) for d in due] + [(d.pk, META) for d in due])
+    instances, annexes = store.get_instances_with_annexes(due)
     targets: list[InstanceTarget] = []
-    for d in due:
-        item = items.get((d.pk, d.sk))
-        if item is None or d.instance_id is None:
+    for key in due:
+        record = instances.get(key)
+        if record is None:
             continue  # the index lags a deleted record
-        instance = instance_from_item(item)
+        instance = record.instance
         if instance.state is InstanceState.TERMINATED:
             continue  # the index lags the termination
-        meta = items.get((d.pk, META))
-        annex = annex_from_item(meta) if meta else None
+        found = annexes.get(key.annex_id)
+        annex = found.annex if found else None
         if annex is None or not annex.live:
             # Its annex has ended (a crash between ending it and terminating, or the record is gone).
             reason = (annex.end_reason if annex else None) or EndReason.ORPHAN
-            targets.append(InstanceTarget(d.annex_id, d.instance_id, annex, reason, "its annex has ended"))
+            targets.append(InstanceTarget(key, annex, reason, "its annex has ended"))
             continue
         if instance.state is InstanceState.TERMINATING:
             # Claimed by a run that did not finish: finish it.
-            reason = instance.end_reason or EndReason.ORPHAN
-            targets.append(InstanceTarget(d.annex_id, d.instance_id, annex, reason))
+            targets.append(InstanceTarget(key, annex, instance.end_reason or EndReason.ORPHAN))
             continue
-        if int(item.get("due_at", 0)) > to_epoch(now):
+        if record.due_at is not None and record.due_at > now:
             continue  # a heartbeat moved it since the index was read
         verdict = decide(instance, annex.idle_timeout, timing, now)
-        seen = item.get("last_heartbeat_at")
         if verdict.reason is not None:
             targets.append(
-                InstanceTarget(
-                    d.annex_id,
-                    d.instance_id,
-                    annex,
-                    verdict.reason,
-                    verdict.detail,
-                    claim=True,
-                    seen_heartbeat=seen,
-                )
+                InstanceTarget(key, annex, verdict.reason, verdict.detail, claim=True, seen=record.heartbeat)
             )
-        elif store.reschedule_instance(
-            d.annex_id, d.instance_id, due_at=verdict.next_check, seen_heartbeat=seen
-        ):
+        elif store.reschedule_instance(key, due_at=verdict.next_check, seen=record.heartbeat):
             report.rescheduled += 1
     return targets

@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 from annex.aws.ec2 import Ec2, TaggedInstance
 from annex.core.models import Annex, EndReason
 from annex.failsafe.sweeps import LEASE_CHECK, SweepReport
-from annex.failsafe.termination import InstanceTarget, end_and_terminate_many, terminate_instances
-from annex.store import DUE_LEASE, AnnexStore, annex_from_item
+from annex.failsafe.termination import InstanceTarget, Termination, end_annexes, reap_instances
+from annex.store import AnnexStore, InstanceKey
 
 log = logging.getLogger(__name__)
 ACTOR = "lease-check"
@@ -32,7 +32,7 @@ def run_lease_check(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: ti
     """One run. Records its success (shown by GET /health) only if every step succeeded."""
     report = SweepReport.start(LEASE_CHECK, store, ec2)
     try:
-        due = [item.annex_id for item in store.query_due(DUE_LEASE, now=now)]
+        due = list(store.due_leases(now=now))
     except Exception as exc:
         log.exception("could not read the due leases")
         report.fail("due leases", exc)
@@ -40,7 +40,7 @@ def run_lease_check(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: ti
     report.due = len(due)
     if due:
         try:
-            batch = end_and_terminate_many(
+            batch = end_annexes(
                 store,
                 ec2,
                 due,
@@ -55,11 +55,7 @@ def run_lease_check(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: ti
             log.exception("could not terminate the instances of expired annexes")
             report.fail("expired leases", exc)
         else:
-            report.annexes_ended += sum(r.ended_now for r in batch.results)
-            report.count_terminated(EndReason.LEASE_EXPIRED, len(batch.terminated))
-            report.skipped += len(batch.not_due)
-            for annex_id, error in batch.failures.items():
-                report.fail(annex_id, error)
+            report.absorb(batch)
     items_before, calls_before, started = store.items_read, ec2.calls, time.perf_counter()
     try:
         orphans = sweep_orphans(store, ec2, now=now, retention=retention)
@@ -73,16 +69,14 @@ def run_lease_check(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: ti
             orphan_sweep_ec2_calls=ec2.calls - calls_before,
             orphan_sweep_ms=round((time.perf_counter() - started) * 1000),
         )
-        report.absorb(orphans.terminated, orphans.annexes_ended, orphans.failures)
+        report.absorb(orphans.termination)
     return report.close(store, ec2, now=now)
 
 
 @dataclass
 class OrphanSweep:
     running: int = 0
-    terminated: dict[EndReason, list[str]] = field(default_factory=dict)
-    annexes_ended: list[str] = field(default_factory=list)
-    failures: dict[str, Exception] = field(default_factory=dict)
+    termination: Termination = field(default_factory=Termination)
 
 
 def orphan_reason(tagged: TaggedInstance, annex: Annex | None, now: datetime) -> EndReason | None:
@@ -100,13 +94,13 @@ def sweep_orphans(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: time
     """Every running instance of this stack against its annex record (one paginated DescribeInstances,
     the records batch-read 100 at a time) and its own lease tag."""
     running: Sequence[TaggedInstance] = list(ec2.live_instances())
-    records = store.get_annex_items({t.annex_id for t in running if t.annex_id})
+    records = store.get_annexes({t.annex_id for t in running if t.annex_id})
     sweep = OrphanSweep(running=len(running))
     unrecorded: list[str] = []
     targets: list[InstanceTarget] = []
     for tagged in running:
         record = records.get(tagged.annex_id) if tagged.annex_id else None
-        annex = annex_from_item(record) if record else None
+        annex = record.annex if record else None
         reason = orphan_reason(tagged, annex, now)
         if reason is None:
             continue
@@ -121,8 +115,7 @@ def sweep_orphans(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: time
             detail = "its annex has ended (orphan sweep)"
         targets.append(
             InstanceTarget(
-                annex_id=tagged.annex_id,
-                instance_id=tagged.instance_id,
+                key=InstanceKey(tagged.annex_id, tagged.instance_id),
                 annex=annex,
                 reason=reason,
                 detail=detail,
@@ -131,11 +124,7 @@ def sweep_orphans(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: time
     if unrecorded:
         log.warning("terminating instances no annex record accounts for", extra={"instances": unrecorded})
         ec2.terminate(unrecorded)
-        sweep.terminated[EndReason.ORPHAN] = list(unrecorded)
     if targets:
-        result = terminate_instances(store, ec2, targets, actor=ACTOR, now=now, retention=retention)
-        for reason, ids in result.terminated.items():
-            sweep.terminated.setdefault(reason, []).extend(ids)
-        sweep.annexes_ended = result.annexes_ended
-        sweep.failures.update(result.failures)
+        sweep.termination = reap_instances(store, ec2, targets, actor=ACTOR, now=now, retention=retention)
+    sweep.termination.add_terminated(EndReason.ORPHAN, unrecorded)
     return sweep

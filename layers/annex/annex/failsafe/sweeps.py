@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from annex.aws import clients
 from annex.aws.ec2 import Ec2
 from annex.core.models import EndReason
+from annex.failsafe.termination import Termination
 from annex.store import AnnexStore
 
 if TYPE_CHECKING:
@@ -78,24 +78,20 @@ class SweepReport:
         nothing failed."""
         self.finish(store, ec2)
         if self.ok:
-            store.record_sweep(self.name, now=now, detail={"due": self.due})
+            store.record_sweep(self.name, now=now, due=self.due)
         return self
 
     def count_terminated(self, reason: EndReason, n: int) -> None:
         if n:
             self.terminated[reason.value] += n
 
-    def absorb(
-        self,
-        terminated: Mapping[EndReason, Sequence[str]],
-        annexes_ended: Sequence[str],
-        failures: Mapping[str, Exception],
-    ) -> None:
+    def absorb(self, termination: Termination) -> None:
         """Add what a termination step did."""
-        for reason, ids in terminated.items():
+        for reason, ids in termination.terminated.items():
             self.count_terminated(reason, len(ids))
-        self.annexes_ended += len(annexes_ended)
-        for what, exc in failures.items():
+        self.annexes_ended += len(termination.annexes_ended)
+        self.skipped += len(termination.skipped)
+        for what, exc in termination.failures.items():
             self.fail(what, exc)
 
     def fail(self, what: str, exc: BaseException) -> None:

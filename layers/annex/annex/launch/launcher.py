@@ -28,7 +28,6 @@ from annex.aws.ec2 import (
     MAX_LAUNCH_BATCH,
     NEVER_HERE_CODES,
     TAG_ID,
-    TAG_LEASE,
     TAG_NAME,
     TAG_OWNER,
     TAG_STACK,
@@ -39,7 +38,6 @@ from annex.aws.ec2 import (
     Refusal,
     Slot,
 )
-from annex.core.clock import to_iso
 from annex.core.config import LaunchSettings
 from annex.core.errors import AnnexNotFound, CapacityUnavailable, LaunchRejected
 from annex.core.models import (
@@ -51,7 +49,8 @@ from annex.core.models import (
     InstanceState,
     Market,
 )
-from annex.failsafe.termination import end_and_terminate, terminate_annex_instances
+from annex.failsafe.lease_tag import keep_lease_tag, lease_tags
+from annex.failsafe.termination import end_annexes
 from annex.launch.userdata import NodeConfig, render_user_data
 from annex.store import AnnexStore
 
@@ -136,7 +135,7 @@ def annex_tags(annex: Annex, stack_name: str) -> dict[str, str]:
             TAG_NAME: annex.name,
             TAG_OWNER: annex.owner[:256],
             TAG_STACK: stack_name,
-            TAG_LEASE: to_iso(annex.lease_expires_at),
+            **lease_tags(annex),
         }
     )
     return tags
@@ -222,17 +221,18 @@ class Launcher:
             )
             return self._fail(annex, now, note, config_errors=1)
         if annex.lease_expires_at <= now:
-            result = end_and_terminate(
+            result = end_annexes(
                 self.store,
                 self.ec2,
-                annex.id,
+                [annex.id],
                 reason=EndReason.LEASE_EXPIRED,
                 actor=ACTOR,
                 now=now,
                 retention=self.settings.retention,
                 detail="the lease ended before the annex could launch",
-            )
-            return LaunchOutcome(annex.id, "ended", requested=annex.count, terminated=len(result.terminated))
+            ).raise_failures()
+            terminated = len(result.instance_ids)
+            return LaunchOutcome(annex.id, "ended", requested=annex.count, terminated=terminated)
 
         have = self._adopt(annex, now)
         run = _Run()
@@ -261,7 +261,8 @@ class Launcher:
             now=now,
             actor=ACTOR,
             detail=note,
-            extra={"launched_count": total, "launch_note": note},
+            launched_count=total,
+            launch_note=note,
             release=annex.count - total,
             owner=annex.owner,
         )
@@ -437,36 +438,42 @@ class Launcher:
 
     def _fail(self, annex: Annex, now: datetime, note: str, *, config_errors: int) -> LaunchOutcome:
         """No capacity: the annex ends FAILED with the reason, its quota returns, nothing runs."""
-        ended = self.store.end_annex(
-            annex.id,
+        result = end_annexes(
+            self.store,
+            self.ec2,
+            [annex.id],
             reason=EndReason.LAUNCH_FAILED,
-            now=now,
             actor=ACTOR,
+            now=now,
             retention=self.settings.retention,
             detail=note,
             final_state=AnnexState.FAILED,
-        )
-        terminated = self._terminate_all(ended or self.store.get_annex(annex.id), now)
+        ).raise_failures()
         return LaunchOutcome(
             annex.id,
             "failed",
             requested=annex.count,
-            terminated=terminated,
+            terminated=len(result.instance_ids),
             config_errors=config_errors,
-            note=note if ended else "already ended",
+            note=note if result.annexes_ended else "already ended",
         )
 
     def _terminate_all(self, annex: Annex, now: datetime) -> int:
-        reason = annex.end_reason or EndReason.STOPPED
-        return len(
-            terminate_annex_instances(
-                self.store, self.ec2, annex, reason=reason, now=now, retention=self.settings.retention
-            )
-        )
+        """Terminate what may be left of an annex that has ended (the record is left as it is)."""
+        result = end_annexes(
+            self.store,
+            self.ec2,
+            [annex.id],
+            reason=annex.end_reason or EndReason.STOPPED,
+            actor=ACTOR,
+            now=now,
+            retention=self.settings.retention,
+        ).raise_failures()
+        return len(result.instance_ids)
 
     def _retag_if_extended(self, launched_with: Annex, instance_ids: Sequence[str]) -> None:
         """The lease tag was written from the record read at the start; an extension that landed during
         the launch moved the record (and the tags EC2 listed then), so bring these tags up to date."""
         current = self.store.get_annex(launched_with.id)
         if current.lease_expires_at != launched_with.lease_expires_at and instance_ids:
-            self.ec2.tag_lease(instance_ids, current.lease_expires_at)
+            keep_lease_tag(self.ec2, current, instance_ids)

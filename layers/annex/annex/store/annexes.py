@@ -1,0 +1,367 @@
+"""Annex records, with their name lock, client token and quota reservation."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from annex.core.clock import to_epoch, to_iso
+from annex.core.errors import (
+    AnnexNotFound,
+    ConcurrentUpdate,
+    LeaseConflict,
+    LeaseNotDue,
+    NameInUse,
+    QuotaExceeded,
+)
+from annex.core.models import LIVE_STATES, Annex, AnnexDetail, AnnexState, EndReason, HistoryEvent, Instance
+from annex.store import quota
+from annex.store._table import (
+    DUE_LEASE,
+    INDEX_ALL,
+    INDEX_BY_OWNER,
+    META,
+    Cancelled,
+    Key,
+    StoreBase,
+    annex_pk,
+    decode_page_token,
+    encode_page_token,
+    from_attrs,
+    in_clause,
+    model_fields,
+    name_sk,
+    owner_pk,
+    to_attrs,
+    token_sk,
+)
+from annex.store.records import AnnexRecord, TokenRecord, TokenTaken
+
+
+def annex_key(annex_id: str) -> Key:
+    return (annex_pk(annex_id), META)
+
+
+def annex_item(annex: Annex, *, held: int, fingerprint: str | None = None) -> dict[str, Any]:
+    """The stored form of an annex (the `due` index keys while it is live)."""
+    data = annex.model_dump(mode="json")
+    data.update(
+        pk=annex_pk(annex.id),
+        sk=META,
+        kind="annex",
+        created_key=f"{data['created_at']}#{annex.id}",
+        held=held,
+        fingerprint=fingerprint,
+    )
+    if annex.live:
+        data.update(due_kind=DUE_LEASE, due_at=to_epoch(annex.lease_expires_at))
+    return data
+
+
+def annex_record(item: dict[str, Any]) -> AnnexRecord:
+    return AnnexRecord(annex=Annex.model_validate(model_fields(item)), held=int(item.get("held", 0)))
+
+
+def _describe(annex: Annex) -> str:
+    return (
+        f"{annex.count} x {'/'.join(annex.instance_types)} {annex.market.value}, "
+        f"lease until {to_iso(annex.lease_expires_at)}, idle timeout {annex.idle_timeout_seconds}s"
+    )
+
+
+class AnnexRecords(StoreBase):
+    @staticmethod
+    def new_annex_id() -> str:
+        return f"ax-{secrets.token_hex(8)}"
+
+    def create_annex(
+        self,
+        annex: Annex,
+        *,
+        fingerprint: str,
+        max_live_per_owner: int,
+        actor: str,
+        retention: timedelta,
+    ) -> None:
+        """Write the annex, its name lock, its client token and its quota reservation atomically.
+
+        Raises NameInUse, QuotaExceeded, or TokenTaken (a concurrent create with the same token won).
+        """
+        owner = owner_pk(annex.owner)
+        tx = self._table.transaction()
+        tx.put(
+            "annex",
+            annex_item(annex, held=annex.count, fingerprint=fingerprint),
+            condition="attribute_not_exists(pk)",
+        )
+        tx.put(
+            "name_lock",
+            {"pk": owner, "sk": name_sk(annex.name), "annex_id": annex.id},
+            condition="attribute_not_exists(pk)",
+        )
+        quota.reserve(tx, annex.owner, annex.count, limit=max_live_per_owner)
+        self._history.add_to(
+            tx, annex.id, at=annex.created_at, actor=actor, action="requested", detail=_describe(annex)
+        )
+        if annex.client_token:
+            tx.put(
+                "token",
+                {
+                    "pk": owner,
+                    "sk": token_sk(annex.client_token),
+                    "annex_id": annex.id,
+                    "fingerprint": fingerprint,
+                    "expires_at": to_epoch(annex.created_at + retention),
+                },
+                condition="attribute_not_exists(pk)",
+            )
+        try:
+            tx.commit(self._table.client)
+        except Cancelled as exc:
+            if exc.failed("token"):
+                raise TokenTaken(annex.client_token or "") from exc
+            if exc.failed("name_lock"):
+                raise NameInUse(
+                    f"you already have a live annex named '{annex.name}'; choose another name "
+                    "or stop that annex first",
+                    field="name",
+                ) from exc
+            if exc.failed("quota"):
+                live = self.live_instances(annex.owner)
+                raise QuotaExceeded(
+                    f"this would bring your live instances to {live + annex.count}, over the limit "
+                    f"of {max_live_per_owner}; stop an annex or ask for fewer",
+                    field="count",
+                ) from exc
+            if exc.conflict:
+                raise ConcurrentUpdate(
+                    "another request changed your annexes at the same moment; retry"
+                ) from exc
+            raise
+
+    def get_annex(self, annex_id: str, *, consistent: bool = True) -> Annex:
+        record = self.get_annex_record(annex_id, consistent=consistent)
+        if record is None:
+            raise AnnexNotFound(f"no annex {annex_id}")
+        return record.annex
+
+    def get_annex_record(self, annex_id: str, *, consistent: bool = True) -> AnnexRecord | None:
+        item = self._table.get(annex_key(annex_id), consistent=consistent)
+        return annex_record(item) if item is not None else None
+
+    def get_annexes(self, annex_ids: Iterable[str]) -> dict[str, AnnexRecord]:
+        """These annexes (batched, consistent), by id; missing ones are absent."""
+        items = self._table.get_many(annex_key(a) for a in annex_ids)
+        return {record.id: record for record in map(annex_record, items.values())}
+
+    def get_detail(self, annex_id: str) -> AnnexDetail:
+        annex: dict[str, Any] | None = None
+        instances: list[Instance] = []
+        history: list[HistoryEvent] = []
+        for item in self._table.query_partition(annex_pk(annex_id)):
+            sk = item["sk"]
+            if sk == META:
+                annex = model_fields(item)
+            elif sk.startswith("INST#"):
+                instances.append(Instance.model_validate(model_fields(item)))
+            elif sk.startswith("EVENT#"):
+                history.append(HistoryEvent.model_validate(model_fields(item)))
+        if annex is None:
+            raise AnnexNotFound(f"no annex {annex_id}")
+        return AnnexDetail.model_validate({**annex, "instances": instances, "history": history})
+
+    def find_token(self, owner: str, token: str) -> TokenRecord | None:
+        item = self._table.get((owner_pk(owner), token_sk(token)))
+        if item is None:
+            return None
+        return TokenRecord(annex_id=item["annex_id"], fingerprint=item["fingerprint"])
+
+    def live_instances(self, owner: str) -> int:
+        """The quota units the owner's live annexes hold."""
+        return quota.live_units(self._table.get(quota.quota_key(owner)))
+
+    def list_annexes(
+        self, *, owner: str | None, limit: int, page_token: str | None
+    ) -> tuple[list[Annex], str | None]:
+        """Newest first. `owner=None` lists every owner's annexes (administrators)."""
+        if owner is None:
+            index, cond, values = INDEX_ALL, "kind = :k", {":k": "annex"}
+        else:
+            index, cond, values = INDEX_BY_OWNER, "#o = :o", {":o": owner}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": index,
+            "KeyConditionExpression": cond,
+            "ExpressionAttributeValues": to_attrs(values),
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if owner is not None:
+            kwargs["ExpressionAttributeNames"] = {"#o": "owner"}
+        start = decode_page_token(page_token)
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        resp = self._table.client.query(**kwargs)
+        annexes = [annex_record(from_attrs(i)).annex for i in resp.get("Items", [])]
+        return annexes, encode_page_token(resp.get("LastEvaluatedKey"))
+
+    # --- state changes --------------------------------------------------------------------------
+
+    def extend_lease(
+        self, annex: Annex, new_expiry: datetime, *, actor: str, now: datetime, note: str
+    ) -> Annex:
+        """Move the lease expiry. Conditional on the version read and on the annex being live."""
+        updated = annex.model_copy(
+            update={"lease_expires_at": new_expiry, "updated_at": now, "version": annex.version + 1}
+        )
+        live, live_values = in_clause("s", (s.value for s in LIVE_STATES))
+        tx = self._table.transaction()
+        tx.update(
+            "annex",
+            annex_key(annex.id),
+            "SET lease_expires_at = :exp, due_at = :due, updated_at = :now, version = :next",
+            condition=f"version = :v AND #s IN {live}",
+            names={"#s": "state"},
+            values={
+                ":exp": to_iso(new_expiry),
+                ":due": to_epoch(new_expiry),
+                ":now": to_iso(now),
+                ":next": annex.version + 1,
+                ":v": annex.version,
+                **live_values,
+            },
+        )
+        self._history.add_to(tx, annex.id, at=now, actor=actor, action="extended", detail=note)
+        try:
+            tx.commit(self._table.client)
+        except Cancelled as exc:
+            current = self.get_annex(annex.id)
+            if not current.live:
+                raise LeaseConflict(
+                    f"annex {annex.id} has {current.state.value}; it cannot be extended"
+                ) from exc
+            raise ConcurrentUpdate(f"annex {annex.id} changed while extending; retry") from exc
+        return updated
+
+    def set_state(
+        self,
+        annex_id: str,
+        *,
+        expected: Iterable[AnnexState],
+        new_state: AnnexState,
+        now: datetime,
+        actor: str,
+        detail: str = "",
+        launched_count: int | None = None,
+        launch_note: str | None = None,
+        release: int = 0,
+        owner: str | None = None,
+    ) -> bool:
+        """Conditional state transition with a history event; False if the annex was not in `expected`.
+
+        `launched_count` and `launch_note` record what launch started. `release` quota units held by
+        the annex go back to `owner` in the same transaction (partial launches)."""
+        names = {"#s": "state"}
+        allowed, values = in_clause("e", (s.value for s in expected))
+        values.update({":new": new_state.value, ":now": to_iso(now), ":one": 1})
+        sets = ["#s = :new", "updated_at = :now", "version = version + :one"]
+        if launched_count is not None:
+            sets.append("launched_count = :count")
+            values[":count"] = launched_count
+        if launch_note is not None:
+            sets.append("launch_note = :note")
+            values[":note"] = launch_note
+        update = "SET " + ", ".join(sets)
+        if release:
+            update += " ADD held :neg"
+            values[":neg"] = -release
+        tx = self._table.transaction()
+        tx.update(
+            "annex", annex_key(annex_id), update, condition=f"#s IN {allowed}", names=names, values=values
+        )
+        self._history.add_to(tx, annex_id, at=now, actor=actor, action=new_state.value, detail=detail)
+        if release and owner:
+            quota.release(tx, owner, release)
+        try:
+            tx.commit(self._table.client)
+        except Cancelled as exc:
+            if exc.failed("annex"):
+                return False
+            raise
+        return True
+
+    def end_annex(
+        self,
+        annex_id: str,
+        *,
+        reason: EndReason,
+        now: datetime,
+        actor: str,
+        retention: timedelta,
+        detail: str = "",
+        final_state: AnnexState = AnnexState.ENDED,
+        due_by: datetime | None = None,
+    ) -> Annex | None:
+        """End a live annex: state, name lock, quota and history in one transaction.
+
+        Returns the ended annex, or None if it had already ended (another writer won; nothing changed).
+        With `due_by` (the lease-check), the annex ends only if its lease has passed by then on this
+        consistent read: an extension that raced the eventually consistent `due` index wins, and
+        LeaseNotDue is raised. (Extending bumps `version`, which the write is conditional on.)
+        """
+        for _attempt in range(5):
+            record = self.get_annex_record(annex_id)
+            if record is None:
+                raise AnnexNotFound(f"no annex {annex_id}")
+            annex = record.annex
+            if not annex.live:
+                return None
+            if due_by is not None and annex.lease_expires_at > due_by:
+                raise LeaseNotDue(
+                    f"annex {annex_id} was extended to {to_iso(annex.lease_expires_at)}; not due yet"
+                )
+            tx = self._table.transaction()
+            tx.update(
+                "annex",
+                annex_key(annex_id),
+                "SET #s = :ended, end_reason = :r, ended_at = :now, updated_at = :now,"
+                " version = :next, held = :zero, expires_at = :ttl REMOVE due_kind, due_at",
+                condition="version = :v AND held = :held",
+                names={"#s": "state"},
+                values={
+                    ":ended": final_state.value,
+                    ":r": reason.value,
+                    ":now": to_iso(now),
+                    ":next": annex.version + 1,
+                    ":zero": 0,
+                    ":ttl": to_epoch(now + retention),
+                    ":v": annex.version,
+                    ":held": record.held,
+                },
+            )
+            tx.delete(
+                "name_lock",
+                (owner_pk(annex.owner), name_sk(annex.name)),
+                condition="attribute_not_exists(pk) OR annex_id = :id",
+                values={":id": annex_id},
+            )
+            self._history.add_to(
+                tx, annex_id, at=now, actor=actor, action=final_state.value, detail=detail or reason.value
+            )
+            quota.release(tx, annex.owner, record.held)
+            try:
+                tx.commit(self._table.client)
+            except Cancelled:
+                continue  # someone else moved it; read again and decide
+            return annex.model_copy(
+                update={
+                    "state": final_state,
+                    "end_reason": reason,
+                    "ended_at": now,
+                    "updated_at": now,
+                    "version": annex.version + 1,
+                }
+            )
+        raise ConcurrentUpdate(f"annex {annex_id} kept changing while ending; the next sweep will finish it")

@@ -1,0 +1,247 @@
+"""Instance records: what launch started, what heartbeats report, and their termination, which gives
+the instance's quota unit back exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from annex.core.clock import from_epoch, to_epoch, to_iso
+from annex.core.errors import ConcurrentUpdate
+from annex.core.models import LIVE_INSTANCE_STATES, EndReason, Instance, InstanceState
+from annex.store import quota
+from annex.store._table import (
+    DUE_REAP,
+    META,
+    TRANSACTION_LIMIT,
+    Cancelled,
+    Key,
+    StoreBase,
+    annex_id_of,
+    annex_pk,
+    in_clause,
+    instance_sk,
+    model_fields,
+)
+from annex.store.annexes import annex_record
+from annex.store.records import AnnexRecord, HeartbeatVersion, InstanceEnd, InstanceKey, InstanceRecord
+
+_ENDED = "SET #s = :t, end_reason = :r, ended_at = :now, expires_at = :ttl REMOVE due_kind, due_at"
+
+
+def instance_key(key: InstanceKey) -> Key:
+    return (annex_pk(key.annex_id), instance_sk(key.instance_id))
+
+
+def instance_item(instance: Instance, *, reap_at: datetime | None) -> dict[str, Any]:
+    data = instance.model_dump(mode="json")
+    data.update(pk=annex_pk(instance.annex_id), sk=instance_sk(instance.instance_id))
+    if reap_at is not None and instance.state in LIVE_INSTANCE_STATES:
+        data.update(due_kind=DUE_REAP, due_at=to_epoch(reap_at))
+    return data
+
+
+def instance_record(item: dict[str, Any]) -> InstanceRecord:
+    due = item.get("due_at")
+    return InstanceRecord(
+        instance=Instance.model_validate(model_fields(item)),
+        due_at=from_epoch(int(due)) if due is not None else None,
+        heartbeat=HeartbeatVersion(item.get("last_heartbeat_at")),
+    )
+
+
+def _ended_values(reason: EndReason, now: datetime, retention: timedelta) -> dict[str, Any]:
+    return {
+        ":t": InstanceState.TERMINATED.value,
+        ":r": reason.value,
+        ":now": to_iso(now),
+        ":ttl": to_epoch(now + retention),
+    }
+
+
+class InstanceRecords(StoreBase):
+    def put_instances(self, instances: Sequence[Instance], *, reap_at: datetime | None) -> None:
+        """Record launched instances (idempotent: an existing record is left as it is).
+
+        Up to 100 records go in one transaction of conditional puts. When a record already exists (a
+        launch resumed after a crash) the transaction is cancelled whole, and that chunk is written one
+        record at a time, skipping the ones that exist."""
+        items = [instance_item(instance, reap_at=reap_at) for instance in instances]
+        for start in range(0, len(items), TRANSACTION_LIMIT):
+            chunk = items[start : start + TRANSACTION_LIMIT]
+            tx = self._table.transaction()
+            for item in chunk:
+                tx.put(item["sk"], item, condition="attribute_not_exists(pk)")
+            try:
+                tx.commit(self._table.client)
+            except Cancelled:
+                for item in chunk:
+                    self._table.put(item, condition="attribute_not_exists(pk)")
+
+    def list_instances(self, annex_id: str) -> list[Instance]:
+        return [
+            instance_record(item).instance
+            for item in self._table.query_partition(annex_pk(annex_id), "INST#")
+        ]
+
+    def get_instance(self, key: InstanceKey) -> InstanceRecord | None:
+        found, _ = self.get_instances_with_annexes([key])
+        return found.get(key)
+
+    def get_instances_with_annexes(
+        self, keys: Iterable[InstanceKey]
+    ) -> tuple[dict[InstanceKey, InstanceRecord], dict[str, AnnexRecord]]:
+        """These instances and their annexes, in one batched consistent read; missing ones are absent."""
+        keys = list(keys)
+        wanted = [instance_key(k) for k in keys] + [(annex_pk(k.annex_id), META) for k in keys]
+        items = self._table.get_many(wanted)
+        instances: dict[InstanceKey, InstanceRecord] = {}
+        annexes: dict[str, AnnexRecord] = {}
+        for (pk, sk), item in items.items():
+            if sk == META:
+                annexes[annex_id_of(pk)] = annex_record(item)
+            else:
+                record = instance_record(item)
+                instances[record.key] = record
+        return instances, annexes
+
+    def mark_instances_ended(
+        self,
+        annex_id: str,
+        instance_ids: Iterable[str],
+        *,
+        reason: EndReason,
+        now: datetime,
+        retention: timedelta,
+    ) -> int:
+        """Record that TerminateInstances was sent; leaves the due index. Returns how many changed.
+        (No quota unit moves: the annex has ended and gave back everything it held.)"""
+        changed = 0
+        for instance_id in instance_ids:
+            changed += self._table.update(
+                instance_key(InstanceKey(annex_id, instance_id)),
+                _ENDED,
+                condition="attribute_exists(pk) AND #s <> :t",
+                names={"#s": "state"},
+                values=_ended_values(reason, now, retention),
+            )
+        return changed
+
+    # --- heartbeats and idle-reap: conditional on the heartbeat version read ----------------------
+
+    def apply_heartbeat(
+        self,
+        key: InstanceKey,
+        *,
+        now: datetime,
+        claimed_slots: int,
+        total_slots: int,
+        idle_since: datetime | None,
+        due_at: datetime,
+        seen: HeartbeatVersion,
+    ) -> bool:
+        """Record one heartbeat: one conditional UpdateItem. It applies only if the instance is still
+        live and nobody recorded a heartbeat since `seen` (optimistic concurrency), so a duplicate or
+        late report never moves `last_heartbeat_at` backwards. False if it did not apply."""
+        values: dict[str, Any] = {
+            ":now": to_iso(now),
+            ":claimed": claimed_slots,
+            ":total": total_slots,
+            ":reap": DUE_REAP,
+            ":due": to_epoch(due_at),
+        }
+        update = (
+            "SET last_heartbeat_at = :now, claimed_slots = :claimed, total_slots = :total, #s = :running,"
+            " due_kind = :reap, due_at = :due"
+        )
+        if idle_since is None:
+            update += " REMOVE idle_since"
+        else:
+            update += ", idle_since = :idle"
+            values[":idle"] = to_iso(idle_since)
+        return self._update_unheard(key, update, values, seen=seen)
+
+    def reschedule_instance(self, key: InstanceKey, *, due_at: datetime, seen: HeartbeatVersion) -> bool:
+        """Move an instance's next reap check, unless a heartbeat landed since it was read."""
+        return self._update_unheard(key, "SET due_at = :due", {":due": to_epoch(due_at)}, seen=seen)
+
+    def claim_for_termination(self, key: InstanceKey, *, reason: EndReason, seen: HeartbeatVersion) -> bool:
+        """Claim a live instance for termination (state `terminating`, reason kept) unless a heartbeat
+        landed since it was read. It stays in the `due` index until the termination is recorded, so a
+        crash between this and TerminateInstances is finished by the next sweep."""
+        values = {":t": InstanceState.TERMINATING.value, ":reason": reason.value}
+        return self._update_unheard(key, "SET #s = :t, end_reason = :reason", values, seen=seen)
+
+    def _update_unheard(
+        self, key: InstanceKey, update: str, values: dict[str, Any], *, seen: HeartbeatVersion
+    ) -> bool:
+        """UpdateItem on a live (pending or running) instance record, unless a heartbeat was recorded
+        since `seen`. False if that condition failed."""
+        live, live_values = in_clause("live", (s.value for s in LIVE_INSTANCE_STATES))
+        values = {**values, **live_values, ":running": InstanceState.RUNNING.value}
+        condition = f"attribute_exists(pk) AND #s IN {live} AND "
+        if seen.never_heard:
+            condition += "attribute_not_exists(last_heartbeat_at)"
+        else:
+            condition += "last_heartbeat_at = :seen"
+            values[":seen"] = seen._stamp  # the store made this token
+        return self._table.update(
+            instance_key(key), update, condition=condition, names={"#s": "state"}, values=values
+        )
+
+    # --- termination ------------------------------------------------------------------------------
+
+    def end_instance(
+        self,
+        key: InstanceKey,
+        *,
+        owner: str,
+        reason: EndReason,
+        now: datetime,
+        actor: str,
+        retention: timedelta,
+        detail: str = "",
+    ) -> InstanceEnd:
+        """Record that one instance was terminated and give its quota unit back, exactly once.
+
+        One transaction: the instance (conditional on not being terminated yet) leaves the `due` index;
+        the annex gives back one held unit (conditional on being live and holding one); the owner's quota
+        gets one unit back; a history event. If the annex has already ended, `end_annex` released
+        everything it held, so the instance is only marked.
+        """
+        for _attempt in range(5):
+            tx = self._table.transaction()
+            tx.update(
+                "instance",
+                instance_key(key),
+                _ENDED,
+                condition="attribute_exists(pk) AND #s <> :t",
+                names={"#s": "state"},
+                values=_ended_values(reason, now, retention),
+            )
+            quota.release_one_held(tx, key.annex_id)
+            quota.release(tx, owner, 1)
+            self._history.add_to(
+                tx,
+                key.annex_id,
+                at=now,
+                actor=actor,
+                action="instance-terminated",
+                detail=f"{key.instance_id}: {detail or reason.value}",
+            )
+            try:
+                tx.commit(self._table.client)
+            except Cancelled as exc:
+                if exc.failed("instance"):
+                    return InstanceEnd.UNCHANGED  # already recorded (or never recorded): nothing to give back
+                if exc.failed("held"):
+                    marked = self.mark_instances_ended(
+                        key.annex_id, [key.instance_id], reason=reason, now=now, retention=retention
+                    )
+                    return InstanceEnd.MARKED if marked else InstanceEnd.UNCHANGED
+                if exc.conflict:
+                    continue
+                raise
+            return InstanceEnd.RELEASED
+        raise ConcurrentUpdate(f"instance {key.instance_id} kept changing; the next sweep will finish it")
