@@ -25,6 +25,10 @@ def test_routes_are_the_templates_api_events():
         "/annexes/{annex_id}/extend",
         "/annexes/{annex_id}/stop",
         "/health",
+        "/estimates",
+        "/notifications",
+        "/admin/budgets",
+        "/admin/spend",
     ]
     assert set(routes) == {
         ("POST", "/annexes"),
@@ -33,6 +37,10 @@ def test_routes_are_the_templates_api_events():
         ("POST", "/annexes/{annex_id}/extend"),
         ("POST", "/annexes/{annex_id}/stop"),
         ("GET", "/health"),
+        ("POST", "/estimates"),
+        ("POST", "/notifications"),
+        ("PUT", "/admin/budgets"),
+        ("GET", "/admin/spend"),
         ("ANY", "/{proxy+}"),
         # so that a wrong method reaches the function (405) instead of API Gateway's 403
         *(("ANY", path) for path in resources),

@@ -94,7 +94,9 @@ class MoneySettings(_EnvModel):
 class RequestSettings(CommonSettings, Policy, MoneySettings):
     """The request (API) function."""
 
-    notice_topic_arn: str = Field(alias="NOTICE_TOPIC_ARN", pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]+$")
+    notice_topic_arn: str = Field(
+        alias="NOTICE_TOPIC_ARN", pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]+$"
+    )
 
 
 class ReapTiming(_EnvModel):
@@ -181,4 +183,6 @@ class PricesSettings(CommonSettings):
 
     region: str = Field(alias="REGION", min_length=1)
     allowed_instance_types: CsvList = Field(alias="ALLOWED_INSTANCE_TYPES", min_length=1)
-    price_list_region: str = Field(alias="PRICE_LIST_REGION", pattern=r"^(us-east-1|ap-south-1|eu-central-1)$")
+    price_list_region: str = Field(
+        alias="PRICE_LIST_REGION", pattern=r"^(us-east-1|ap-south-1|eu-central-1)$"
+    )

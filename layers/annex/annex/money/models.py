@@ -7,10 +7,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 from annex.core.clock import parse_time, to_iso
-from annex.core.models import Annex, AnnexDetail
+from annex.core.models import Annex, AnnexDetail, AnnexId, CreateAnnexRequest, ExtendRequest, ExtendResult
 from annex.money.cost import AnnexCost, usd
 from annex.money.units import BudgetIn, Usd
 from annex.pricing.prices import Price
@@ -97,6 +97,56 @@ class Quote(BaseModel):
     month_committed_usd: Usd = Field(description="Spent this month plus live annexes to their lease ends.")
     monthly_budget_usd: Usd | None = None
     remaining_usd: Usd | None = None
+    allowed: bool = Field(default=True, description="False when the monthly budget would refuse it.")
+    refusal: str | None = None
+    note: str = ESTIMATE_NOTE
+
+
+class ExtendView(ExtendResult):
+    """POST /annexes/{id}/extend: the extended annex, and what the extension adds."""
+
+    quote: Quote | None = None
+
+
+class ExtendEstimate(ExtendRequest):
+    annex_id: AnnexId
+
+
+class EstimateRequest(BaseModel):
+    """Body of POST /estimates: exactly one of `request` (a POST /annexes body) or `extend`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: CreateAnnexRequest | None = None
+    extend: ExtendEstimate | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EstimateRequest:
+        if (self.request is None) == (self.extend is None):
+            raise ValueError(
+                "give exactly one of 'request' (a new annex) or 'extend' (an annex id and by/until)"
+            )
+        return self
+
+
+class NotificationRequest(BaseModel):
+    """Body of POST /notifications: e-mail me the notices of my annexes."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    email: str = Field(
+        pattern=r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$",
+        max_length=254,
+        description="Where to send the notices; AWS sends a confirmation e-mail first.",
+    )
+
+
+class NotificationSubscription(BaseModel):
+    email: str
+    owner: str = Field(description="Only notices about this owner's annexes reach the address.")
+    subscription: str = Field(description="The SNS subscription ARN, or 'pending confirmation'.")
+    message: str
 
 
 class OwnerBudgetRequest(BaseModel):
