@@ -52,7 +52,8 @@ from annex.failsafe.idle_reap import run_idle_reap  # noqa: E402
 from annex.failsafe.lease_check import run_lease_check  # noqa: E402
 from annex.failsafe.rules import next_check  # noqa: E402
 from annex.failsafe.sweeps import SweepReport  # noqa: E402
-from annex.store import QUOTA, AnnexStore, owner_pk, to_attrs  # noqa: E402
+from annex.store import AnnexStore  # noqa: E402
+from annex.store.bulk import load  # noqa: E402
 from annex_local.template import resolve_environment, table_create_kwargs  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.dynamodb.models import DynamoDBBackend  # noqa: E402
@@ -203,8 +204,7 @@ def _run(ec2: Any, n: int, lease: str) -> list[str]:
 
 
 def seed(store: AnnexStore, ddb: Any, ec2: Any, now: Any, *, extra_annexes: int) -> dict[str, int]:
-    items: list[dict[str, Any]] = []
-    live: Counter[str] = Counter()
+    annexes: list[tuple[Annex, list[tuple[Instance, Any]]]] = []
     due_ids = _run(ec2, LEASE_DUE * PER_ANNEX, to_iso(now - timedelta(seconds=30)))
     other_ids = _run(ec2, (ANNEXES - LEASE_DUE) * PER_ANNEX, to_iso(now + timedelta(hours=3)))
     reap_due = 0
@@ -217,9 +217,7 @@ def seed(store: AnnexStore, ddb: Any, ec2: Any, now: Any, *, extra_annexes: int)
             ec2.create_tags(Resources=ids, Tags=[{"Key": "annex:id", "Value": annex.id}])
         else:  # the tenfold not-due population: records only
             ids = [f"i-{n * PER_ANNEX + k:017x}" for k in range(PER_ANNEX)]
-        items.append(store.annex_item(annex, held=PER_ANNEX))
-        items.append({"pk": owner_pk(annex.owner), "sk": f"NAME#{annex.name}", "annex_id": annex.id})
-        live[annex.owner] += PER_ANNEX
+        instances = []
         for k, instance_id in enumerate(ids):
             kind = "busy"
             if (
@@ -232,13 +230,11 @@ def seed(store: AnnexStore, ddb: Any, ec2: Any, now: Any, *, extra_annexes: int)
                 kind = "idle" if reap_due % 2 == 0 else "silent"
                 reap_due += 1
             instance = _instance(annex, instance_id, now, kind)
-            items.append(store.instance_item(instance, reap_at=next_check(instance, IDLE_TIMEOUT, SETTINGS)))
-    items += [{"pk": owner_pk(owner), "sk": QUOTA, "live": count} for owner, count in live.items()]
-    for start in range(0, len(items), 25):
-        batch = [{"PutRequest": {"Item": to_attrs(item)}} for item in items[start : start + 25]]
-        ddb.batch_write_item(RequestItems={TABLE: batch})
+            instances.append((instance, next_check(instance, IDLE_TIMEOUT, SETTINGS)))
+        annexes.append((annex, instances))
+    written = load(store, annexes)
     assert reap_due == REAP_DUE
-    return {"table items": len(items), "ec2 instances": len(due_ids) + len(other_ids)}
+    return {"table items": written, "ec2 instances": len(due_ids) + len(other_ids)}
 
 
 # --- one scenario -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from unittest import mock
 import pytest
 from annex.core.clock import parse_time, to_iso
 from annex.core.models import AnnexState, Instance, InstanceState, Market
-from annex.store import AnnexStore, to_attrs
+from annex.store import AnnexStore, InstanceKey
 from annex_client import commands, transport
 from annex_client.cli import main
 from annex_local.sigv4 import sign_headers
@@ -291,15 +291,17 @@ def test_wait_follows_the_annex_until_its_instances_heartbeat(capsys, ddb, monke
             new_state=AnnexState.RUNNING,
             now=now,
             actor="launch",
-            extra={"launched_count": 2},
+            launched_count=2,
         )
         store.put_instances([instance(i) for i in ids], reap_at=now + timedelta(minutes=15))
 
     def heartbeat(iid: str):
-        item = store.instance_item(
-            instance(iid, last_heartbeat_at=now, claimed_slots=0, total_slots=4), reap_at=None
+        key = InstanceKey(annex_id(), iid)
+        record = store.get_instance(key)
+        assert record is not None
+        store.apply_heartbeat(
+            key, now=now, claimed_slots=0, total_slots=4, idle_since=None, due_at=now, seen=record.heartbeat
         )
-        ddb.put_item(TableName=TABLE, Item=to_attrs(item))
 
     steps = [launching, running, lambda: heartbeat(ids[0]), lambda: heartbeat(ids[1])]
     monkeypatch.setattr(commands, "_sleep", lambda seconds: steps.pop(0)() if steps else None)

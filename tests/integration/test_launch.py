@@ -516,7 +516,7 @@ def test_a_run_overtaken_by_a_concurrent_delivery_terminates_nothing(api, launch
             new_state=AnnexState.RUNNING,
             now=utcnow(),
             actor="launch",
-            extra={"launched_count": 2},
+            launched_count=2,
         )
 
     faults.before_launch.append(another_delivery_finished)

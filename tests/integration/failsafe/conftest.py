@@ -28,7 +28,7 @@ from annex.core.models import (
     Market,
 )
 from annex.failsafe.heartbeat import HeartbeatService
-from annex.store import AnnexStore, annex_pk, instance_sk
+from annex.store import AnnexStore, InstanceKey, InstanceRecord
 from annex_local.events import FakeContext
 from annex_local.template import resolve_environment
 
@@ -153,17 +153,18 @@ class Fleet:
 
     # --- what a user would see ------------------------------------------------------------------
 
-    def instance(self, annex_id: str, instance_id: str) -> dict[str, Any]:
-        (item,) = self.store.get_items([(annex_pk(annex_id), instance_sk(instance_id))]).values()
-        return item
+    def instance(self, annex_id: str, instance_id: str) -> InstanceRecord:
+        record = self.store.get_instance(InstanceKey(annex_id, instance_id))
+        assert record is not None
+        return record
 
     def quota(self, owner: str = ALICE) -> int:
         return self.store.live_instances(owner)
 
     def held(self, annex_id: str) -> int:
-        item = self.store.get_annex_item(annex_id)
-        assert item is not None
-        return int(item["held"])
+        record = self.store.get_annex_record(annex_id)
+        assert record is not None
+        return record.held
 
     def ec2_state(self, instance_ids: list[str]) -> dict[str, str]:
         resp = self.ec2_client.describe_instances(InstanceIds=list(instance_ids))

@@ -38,13 +38,12 @@ def test_report_is_recorded_and_answered_with_the_lease(fleet, recorded, heartbe
     assert status == 200
     assert body == {"action": "run", "lease_expires_at": to_iso(recorded.lease_expires_at), "reason": ""}
     item = fleet.instance(ANNEX, A)
-    assert item["state"] == "running"
-    assert item["last_heartbeat_at"] == to_iso(at)
-    assert (item["claimed_slots"], item["total_slots"]) == (3, 4)
-    assert "idle_since" not in item
+    assert item.instance.state == "running"
+    assert item.instance.last_heartbeat_at == at
+    assert (item.instance.claimed_slots, item.instance.total_slots) == (3, 4)
+    assert item.instance.idle_since is None
     # busy: the next check is when it would count as silent
-    assert item["due_at"] == to_epoch(at + fleet.heartbeat_settings.heartbeat_loss_grace)
-    assert item["due_kind"] == "reap"
+    assert to_epoch(item.due_at) == to_epoch(at + fleet.heartbeat_settings.heartbeat_loss_grace)
 
 
 def test_idle_since_is_set_once_and_cleared_by_a_claim(fleet, heartbeat_fn):
@@ -54,14 +53,14 @@ def test_idle_since_is_set_once_and_cleared_by_a_claim(fleet, heartbeat_fn):
     call(heartbeat_fn, load_event("heartbeat-idle"), at=first + timedelta(minutes=3))
 
     item = fleet.instance(ANNEX, A)
-    assert item["idle_since"] == to_iso(first)
+    assert item.instance.idle_since == first
     # idle: the next check is the idle deadline (earlier than the silence deadline here)
-    assert item["due_at"] == to_epoch(first + annex.idle_timeout)
+    assert to_epoch(item.due_at) == to_epoch(first + annex.idle_timeout)
 
     call(heartbeat_fn, load_event("heartbeat-ok"), at=first + timedelta(minutes=4))
     item = fleet.instance(ANNEX, A)
-    assert "idle_since" not in item
-    assert item["claimed_slots"] == 3
+    assert item.instance.idle_since is None
+    assert item.instance.claimed_slots == 3
 
 
 def test_duplicate_report_changes_nothing(fleet, recorded, heartbeat_fn):
@@ -87,8 +86,8 @@ def test_late_report_does_not_move_the_record_backwards(fleet, recorded, heartbe
     assert body["action"] == "run"
     assert table_items(fleet.ddb) == before
     item = fleet.instance(ANNEX, A)
-    assert item["last_heartbeat_at"] == to_iso(newer)
-    assert item["claimed_slots"] == 3
+    assert item.instance.last_heartbeat_at == newer
+    assert item.instance.claimed_slots == 3
 
 
 def test_instance_a_cannot_report_as_instance_b(fleet, recorded, heartbeat_fn):
@@ -265,4 +264,4 @@ def test_a_launching_annex_accepts_reports(fleet, heartbeat_fn):
     status, body = call(heartbeat_fn, load_event("heartbeat-ok"), at=fleet.t0 + timedelta(minutes=1))
 
     assert (status, body["action"]) == (200, "run")
-    assert fleet.instance(ANNEX, A)["state"] == "running"
+    assert fleet.instance(ANNEX, A).instance.state == "running"

@@ -9,8 +9,9 @@ from annex.core.clock import to_epoch, to_iso
 from annex.core.models import AnnexState, EndReason
 from annex.failsafe.idle_reap import run_idle_reap
 from annex.failsafe.lease_check import run_lease_check
-from annex.failsafe.termination import end_and_terminate
-from annex.store import DueItem, annex_pk, instance_sk
+from annex.failsafe.termination import end_annexes
+from annex.store import InstanceKey
+from annex.store._table import annex_pk, instance_sk  # the layout, to write a state no API makes
 
 from tests.integration.failsafe.conftest import Killed, load_event
 
@@ -41,8 +42,8 @@ def test_an_idle_instance_is_reaped_at_its_idle_timeout_and_a_busy_one_is_not(fl
     assert report.terminated == {"idle": 1}
     assert fleet.running([idle, busy]) == {busy}
     item = fleet.instance(annex.id, idle)
-    assert (item["state"], item["end_reason"]) == ("terminated", "idle")
-    assert "due_at" not in item
+    assert (item.instance.state, item.instance.end_reason) == ("terminated", "idle")
+    assert item.due_at is None
     assert (fleet.quota(), fleet.held(annex.id)) == (1, 1)
     history = fleet.store.get_detail(annex.id).history
     assert any(h.action == "instance-terminated" and idle in h.detail for h in history)
@@ -63,7 +64,7 @@ def test_a_busy_instance_is_never_reaped_for_idleness_but_the_lease_still_ends_i
     )
 
     assert fleet.running([busy]) == set()
-    assert fleet.instance(annex.id, busy)["end_reason"] == "lease-expired"
+    assert fleet.instance(annex.id, busy).instance.end_reason == "lease-expired"
 
 
 def test_an_instance_never_heard_from_is_reaped_as_silent_after_the_boot_grace(fleet):
@@ -76,7 +77,7 @@ def test_an_instance_never_heard_from_is_reaped_as_silent_after_the_boot_grace(f
 
     assert report.terminated == {"silent": 1}
     assert fleet.running([quiet, talking]) == {talking}
-    assert fleet.instance(annex.id, quiet)["end_reason"] == "silent"
+    assert fleet.instance(annex.id, quiet).instance.end_reason == "silent"
 
 
 def test_an_instance_that_stops_reporting_is_reaped_as_silent_after_the_loss_grace(fleet):
@@ -112,7 +113,7 @@ def test_an_instance_due_but_neither_idle_nor_silent_is_rescheduled(fleet):
 
     assert report.terminated == {}
     assert report.rescheduled == 1
-    assert fleet.instance(annex.id, iid)["due_at"] == to_epoch(
+    assert to_epoch(fleet.instance(annex.id, iid).due_at) == to_epoch(
         at - MINUTE + fleet.reap_settings.heartbeat_loss_grace
     )
     assert fleet.running([iid]) == {iid}
@@ -122,8 +123,10 @@ def test_a_heartbeat_that_moved_the_record_since_the_index_was_read_wins(fleet, 
     annex, (iid,) = fleet.annex(count=1)
     at = fleet.t0 + fleet.reap_settings.boot_grace
     fleet.heartbeat(annex, iid, at=at - timedelta(seconds=5), claimed=1)  # just in time
-    stale = DueItem(pk=annex_pk(annex.id), sk=instance_sk(iid), due_at=to_epoch(at))
-    monkeypatch.setattr(fleet.store, "query_due", lambda kind, now: iter([stale] if kind == "reap" else []))
+    # The index still lists it as due at `at` (it lags the heartbeat).
+    monkeypatch.setattr(
+        fleet.store, "due_instances", lambda now, limit=1000: iter([InstanceKey(annex.id, iid)])
+    )
 
     report = reap(fleet, at)
 
@@ -135,20 +138,20 @@ def test_a_heartbeat_that_moved_the_record_since_the_index_was_read_wins(fleet, 
 def test_a_heartbeat_landing_between_the_decision_and_the_claim_wins(fleet, monkeypatch):
     annex, (iid,) = fleet.annex(count=1)
     at = fleet.t0 + fleet.reap_settings.boot_grace
-    real_claim = fleet.store.begin_instance_termination
+    real_claim = fleet.store.claim_for_termination
 
-    def claim_after_a_heartbeat(annex_id, instance_id, **kwargs):
+    def claim_after_a_heartbeat(key, **kwargs):
         fleet.heartbeat(annex, iid, at=at, claimed=1)
-        return real_claim(annex_id, instance_id, **kwargs)
+        return real_claim(key, **kwargs)
 
-    monkeypatch.setattr(fleet.store, "begin_instance_termination", claim_after_a_heartbeat)
+    monkeypatch.setattr(fleet.store, "claim_for_termination", claim_after_a_heartbeat)
 
     report = reap(fleet, at)
 
     assert report.terminated == {}
     assert report.skipped == 1
     assert fleet.running([iid]) == {iid}
-    assert fleet.instance(annex.id, iid)["state"] == "running"
+    assert fleet.instance(annex.id, iid).instance.state == "running"
     assert fleet.quota() == 1
 
 
@@ -215,7 +218,7 @@ def test_a_reap_killed_midway_is_finished_by_the_next(fleet, ddb, ec2, kill_on, 
 
     with pytest.raises(Killed):
         reap(fleet, at)
-    assert {fleet.instance(annex.id, i)["state"] for i in ids[:2]} == {"terminating"}
+    assert {fleet.instance(annex.id, i).instance.state for i in ids[:2]} == {"terminating"}
 
     report = reap(fleet, at + MINUTE)
 
@@ -223,7 +226,7 @@ def test_a_reap_killed_midway_is_finished_by_the_next(fleet, ddb, ec2, kill_on, 
     assert fleet.running(ids) == {ids[2]}
     for iid in ids[:2]:
         item = fleet.instance(annex.id, iid)
-        assert (item["state"], item["end_reason"]) == ("terminated", "silent")
+        assert (item.instance.state, item.instance.end_reason) == ("terminated", "silent")
     assert (fleet.quota(), fleet.held(annex.id)) == (1, 1)
     assert fleet.store.sweep_status("idle-reap") == to_iso(at + MINUTE)
 
@@ -238,7 +241,7 @@ def test_instances_of_an_annex_that_ended_are_terminated_and_marked_without_givi
 
     assert report.terminated == {"stopped": 2}
     assert fleet.running(ids) == set()
-    assert {fleet.instance(annex.id, i)["state"] for i in ids} == {"terminated"}
+    assert {fleet.instance(annex.id, i).instance.state for i in ids} == {"terminated"}
     assert fleet.quota() == 0
 
 
@@ -249,10 +252,10 @@ def test_stop_while_a_reap_is_half_done_converges(fleet, ec2, kill_on):
     with pytest.raises(Killed):
         reap(fleet, at)  # both claimed (terminating), neither terminated
 
-    end_and_terminate(
+    end_annexes(
         fleet.store,
         fleet.ec2,
-        annex.id,
+        [annex.id],
         reason=EndReason.STOPPED,
         actor="alice",
         now=at,
@@ -261,7 +264,7 @@ def test_stop_while_a_reap_is_half_done_converges(fleet, ec2, kill_on):
     reap(fleet, at + MINUTE)
 
     assert fleet.running(ids) == set()
-    assert {fleet.instance(annex.id, i)["state"] for i in ids} == {"terminated"}
+    assert {fleet.instance(annex.id, i).instance.state for i in ids} == {"terminated"}
     assert fleet.quota() == 0
     assert fleet.held(annex.id) == 0
 

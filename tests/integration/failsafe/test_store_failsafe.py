@@ -5,14 +5,21 @@ from __future__ import annotations
 from datetime import timedelta
 
 from annex.core.models import EndReason
-from annex.store import META, InstanceEnd, annex_pk, instance_sk, to_attrs
+from annex.store import InstanceEnd, InstanceKey
+from annex.store._table import annex_pk, instance_sk, to_attrs  # the layout, for states no API makes
+from annex.store.annexes import annex_item
 
 RETENTION = timedelta(days=30)
 
 
 def end_one(fleet, annex, iid, reason=EndReason.IDLE):
     return fleet.store.end_instance(
-        annex.id, iid, owner=annex.owner, reason=reason, now=fleet.t0, actor="idle-reap", retention=RETENTION
+        InstanceKey(annex.id, iid),
+        owner=annex.owner,
+        reason=reason,
+        now=fleet.t0,
+        actor="idle-reap",
+        retention=RETENTION,
     )
 
 
@@ -23,7 +30,7 @@ def test_ending_an_instance_twice_gives_its_unit_back_once(fleet):
     assert end_one(fleet, annex, a) is InstanceEnd.UNCHANGED
 
     assert (fleet.quota(), fleet.held(annex.id)) == (1, 1)
-    assert fleet.instance(annex.id, a)["end_reason"] == "idle"
+    assert fleet.instance(annex.id, a).instance.end_reason == "idle"
 
 
 def test_after_the_annex_ended_an_instance_is_only_marked(fleet):
@@ -58,10 +65,8 @@ def test_batched_reads_span_requests_and_retry_unprocessed_keys(fleet, monkeypat
     template, _ = fleet.annex(count=1, launch=False)
     annexes = [template.model_copy(update={"id": f"ax-{n:016x}"}) for n in range(1, 105)] + [template]
     for annex in annexes[:-1]:
-        fleet.ddb.put_item(
-            TableName=fleet.store.table_name, Item=to_attrs(fleet.store.annex_item(annex, held=1))
-        )
-    real = fleet.store._db.batch_get_item
+        fleet.ddb.put_item(TableName=fleet.store.table_name, Item=to_attrs(annex_item(annex, held=1)))
+    real = fleet.store._table.client.batch_get_item
     calls = []
 
     def throttled_once(**kwargs):
@@ -70,11 +75,11 @@ def test_batched_reads_span_requests_and_retry_unprocessed_keys(fleet, monkeypat
             return {"Responses": {}, "UnprocessedKeys": kwargs["RequestItems"]}
         return real(**kwargs)
 
-    monkeypatch.setattr(fleet.store._db, "batch_get_item", throttled_once)
+    monkeypatch.setattr(fleet.store._table.client, "batch_get_item", throttled_once)
 
-    found = fleet.store.get_annex_items([a.id for a in annexes] + ["ax-00000000000000ff"])
+    found = fleet.store.get_annexes([a.id for a in annexes] + ["ax-00000000000000ff"])
 
     assert set(found) == {a.id for a in annexes}
-    assert all(item["sk"] == META for item in found.values())
+    assert all(record.annex.id == annex_id for annex_id, record in found.items())
     assert len(calls) == 3  # 100 keys, the same 100 again, the last 6
     assert all(len(c["RequestItems"][fleet.store.table_name]["Keys"]) <= 100 for c in calls)

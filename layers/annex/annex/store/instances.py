@@ -150,6 +150,7 @@ class InstanceRecords(StoreBase):
             ":total": total_slots,
             ":reap": DUE_REAP,
             ":due": to_epoch(due_at),
+            ":running": InstanceState.RUNNING.value,
         }
         update = (
             "SET last_heartbeat_at = :now, claimed_slots = :claimed, total_slots = :total, #s = :running,"
@@ -179,7 +180,7 @@ class InstanceRecords(StoreBase):
         """UpdateItem on a live (pending or running) instance record, unless a heartbeat was recorded
         since `seen`. False if that condition failed."""
         live, live_values = in_clause("live", (s.value for s in LIVE_INSTANCE_STATES))
-        values = {**values, **live_values, ":running": InstanceState.RUNNING.value}
+        values = {**values, **live_values}
         condition = f"attribute_exists(pk) AND #s IN {live} AND "
         if seen.never_heard:
             condition += "attribute_not_exists(last_heartbeat_at)"
