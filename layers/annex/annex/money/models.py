@@ -61,7 +61,9 @@ class CostEstimate(BaseModel):
             budget_reached_at=budget_reached_at,
             instances=[
                 InstanceCostView(
-                    instance_id=i.instance_id, usd_per_hour=i.usd_per_hour, accrued_usd=usd(i.accrued)
+                    instance_id=i.instance_id,
+                    usd_per_hour=i.usd_per_hour,
+                    accrued_usd=i.accrued.quantize(Decimal("0.0001")),
                 )
                 for i in cost.instances
             ],
