@@ -17,7 +17,7 @@ from annex.pricing.refresh import refresh_prices
 from annex.store import AnnexStore
 from botocore.stub import Stubber
 
-from tests.integration.conftest import ADMIN, ALICE, BOB, STACK, TABLE, run_tagged_instances, table_items
+from tests.integration.conftest import ADMIN, ALICE, BOB, STACK, run_tagged_instances, table_items
 from tests.integration.failsafe.conftest import load_event
 
 BUS = f"{STACK}-events"
@@ -112,7 +112,8 @@ def test_an_annex_whose_budget_runs_out_ends_budget_reached_within_one_check(api
 
     ended = fleet.store.get_annex(annex["id"])
     assert ended.state is AnnexState.ENDED
-    assert ended.end_reason is not None and ended.end_reason.value == "budget-reached"
+    assert ended.end_reason is not None
+    assert ended.end_reason.value == "budget-reached"
     assert fleet.running(ids) == set()
     assert summary["terminated"] == {"budget-reached": 2}
     _, final = api.call("GET", f"/annexes/{annex['id']}")
@@ -166,7 +167,8 @@ def test_a_spot_price_rise_moves_the_budget_due_time(api, fleet, lease_check_fn)
     launched(fleet, annex["id"], 1, at=fleet.t0, market=Market.SPOT)
     check(lease_check_fn, fleet.t0)  # the first look reschedules it from the instance records
     before = store.budget_due(annex["id"])
-    assert before is not None and before.due_at is not None
+    assert before is not None
+    assert before.due_at is not None
 
     # When the prices function reads a doubled spot price in that zone
     pricing = boto3.client("pricing", region_name="us-east-1")
@@ -201,7 +203,8 @@ def test_a_spot_price_rise_moves_the_budget_due_time(api, fleet, lease_check_fn)
 
     # Then the due time moved earlier, and GET shows the budget reached sooner at the new price
     after = store.budget_due(annex["id"])
-    assert after is not None and after.due_at is not None
+    assert after is not None
+    assert after.due_at is not None
     assert after.due_at < before.due_at
     _, view = api.call("GET", f"/annexes/{annex['id']}")
     assert Decimal(view["cost"]["usd_per_hour"]) == Decimal("0.10")
@@ -248,7 +251,9 @@ def test_an_owner_at_their_monthly_budget_is_refused_with_the_figures(api, ddb):
     status, body = request(api, {"name": "big", "count": 10})
     assert status == 409
     assert body["error"] == "BudgetExceeded"
-    assert "$7.14" in body["message"] and "$3.57" in body["message"] and "$5.00" in body["message"]
+    assert "$7.14" in body["message"]
+    assert "$3.57" in body["message"]
+    assert "$5.00" in body["message"]
     assert table_items(ddb) == before
     # bob has the template default and is not affected
     assert request(api, {"name": "big", "count": 10}, as_=BOB)[0] == 201
@@ -301,9 +306,11 @@ def test_an_extension_shows_its_cost_and_respects_the_monthly_budget(api, fleet,
     api.call("PUT", "/admin/budgets", as_=ADMIN, body={"owner": ALICE, "monthly_usd": "2"})
     before = fleet.store.get_annex(annex["id"]).lease_expires_at
     status, quote = api.call("POST", "/estimates", body={"extend": {"annex_id": annex["id"], "by": "10h"}})
-    assert quote["allowed"] is False and "budget" in quote["refusal"]
+    assert quote["allowed"] is False
+    assert "budget" in quote["refusal"]
     status, body = api.call("POST", f"/annexes/{annex['id']}/extend", body={"by": "10h"})
-    assert status == 409 and body["error"] == "BudgetExceeded"
+    assert status == 409
+    assert body["error"] == "BudgetExceeded"
     assert fleet.store.get_annex(annex["id"]).lease_expires_at == before
 
 
@@ -319,9 +326,11 @@ def test_a_lease_ending_notice_goes_out_once_before_the_lease_ends(api, fleet, l
     check(lease_check_fn, expiry - timedelta(minutes=14))
     check(lease_check_fn, expiry - timedelta(minutes=13))
     [notice] = bus()
-    assert notice["source"] == "annex" and notice["detail-type"] == "Annex Lease Ending"
+    assert notice["source"] == "annex"
+    assert notice["detail-type"] == "Annex Lease Ending"
     detail = notice["detail"]
-    assert detail["owner"] == ALICE and detail["annex_id"] == annex["id"]
+    assert detail["owner"] == ALICE
+    assert detail["annex_id"] == annex["id"]
     assert detail["command"] == "annex-client extend soon --by 1h"
     assert "annex-client extend soon --by 1h" in detail["message"]
     assert Decimal(detail["accrued_usd"]) > 0
