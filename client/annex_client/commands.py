@@ -25,7 +25,7 @@ from annex_client.errors import (
     TimedOut,
     UsageError,
 )
-from annex_client.pricing import estimate
+from annex_client.pricing import estimate, month_text
 from annex_client.settings import (
     ENDPOINT_ENV,
     Settings,
@@ -132,7 +132,11 @@ class Ctx:
 
 
 def _request_summary(
-    args: argparse.Namespace, limits: Mapping[str, Any], now: datetime, tz: tzinfo | None
+    args: argparse.Namespace,
+    limits: Mapping[str, Any],
+    now: datetime,
+    tz: tzinfo | None,
+    quote: Mapping[str, Any],
 ) -> str:
     chosen = args.type or str(limits["default_instance_type"])
     types = [chosen]
@@ -141,7 +145,7 @@ def _request_summary(
     market = "spot" if args.spot else "on-demand"
     idle = args.idle or timedelta(seconds=int(limits["default_idle_timeout_seconds"]))
     hours = args.lease.total_seconds() / 3600
-    cost = estimate(args.count, types, hours, spot=args.spot)
+    cost = estimate(quote, args.count, hours, spot=args.spot, several=len(types) > 1)
     what = f"{args.count} x {types[0]}, {market}"
     if len(types) > 1:
         what = f"{args.count} x {market}, any of {', '.join(types)}"
@@ -150,6 +154,7 @@ def _request_summary(
         ("lease", f"{duration_text(args.lease)} (until {clock_text(now + args.lease, tz)})"),
         ("usage", f"up to {cost.instance_hours:g} instance-hours"),
         ("cost", cost.text()),
+        *budget_lines(args, quote),
         ("idle stop", f"an instance with no claimed slot for {duration_text(idle)} is stopped"),
     ]
     if args.tag:
@@ -159,26 +164,42 @@ def _request_summary(
     return f"Request annex {args.name}:\n{body}"
 
 
+def budget_lines(args: argparse.Namespace, quote: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The annex's own budget (if given) and the owner's month, from the API's quote."""
+    lines = []
+    if getattr(args, "budget", None):
+        lines.append(("budget", f"${args.budget}: the annex ends (budget-reached) before it costs more"))
+    month = month_text(quote)
+    if month:
+        lines.append(("this month", month))
+    return lines
+
+
 def cmd_request(ctx: Ctx) -> int:
     args = ctx.args
     limits = ctx.api.health()["limits"]
-    ctx.err.write(_request_summary(args, limits, _now(), ctx.tz) + "\n")
-    ctx.confirm("Request it?", yes=args.yes, refusal="this request would start paid instances")
-    # One token per invocation: the transport's retries after a network error repeat it, so a lost
-    # answer never becomes a second annex. --client-token extends that across invocations.
-    token = args.client_token or f"annex-client-{uuid.uuid4().hex}"
     body: dict[str, Any] = {
         "name": args.name,
         "count": args.count,
         "market": "spot" if args.spot else "on-demand",
         "lease": duration_text(args.lease),
         "tags": dict(args.tag),
-        "client_token": token,
     }
     if args.type:
         body["instance_type"] = args.type
     if args.idle:
         body["idle_timeout"] = duration_text(args.idle)
+    if getattr(args, "budget", None):
+        body["budget"] = args.budget
+    quote = ctx.api.estimate({"request": body})
+    ctx.err.write(_request_summary(args, limits, _now(), ctx.tz, quote) + "\n")
+    if quote.get("allowed") is False:
+        raise Refused(str(quote.get("refusal")), status=409, code="BudgetExceeded")
+    ctx.confirm("Request it?", yes=args.yes, refusal="this request would start paid instances")
+    # One token per invocation: the transport's retries after a network error repeat it, so a lost
+    # answer never becomes a second annex. --client-token extends that across invocations.
+    body["client_token"] = args.client_token or f"annex-client-{uuid.uuid4().hex}"
+    token = body["client_token"]
     annex, created = ctx.api.create(body)
     name, annex_id = annex["name"], annex["id"]
     if created:
@@ -287,6 +308,10 @@ def cmd_extend(ctx: Ctx) -> int:
     )
     if result.get("capped"):
         ctx.say(f"Capped: {result.get('message')}")
+    quote = result.get("quote") or {}
+    if quote.get("adds_usd") is not None:
+        month = month_text(quote)
+        ctx.say(f"It adds about ${float(quote['adds_usd']):,.2f}" + (f"; {month}." if month else "."))
     return OK
 
 
@@ -338,6 +363,8 @@ def cmd_list(ctx: Ctx) -> int:
         ctx.say("No annexes. Request one with: annex-client request NAME --count N --lease 4h")
         return OK
     ctx.say(render.annex_table(annexes, _now(), ctx.tz, owners=everyone))
+    if everyone:
+        ctx.say("\n" + render.owner_totals(annexes))
     return OK
 
 
@@ -478,6 +505,39 @@ def cmd_configure(ctx: Ctx) -> int:
     return OK
 
 
+# --- money: notices, budgets, spend ---------------------------------------------------------------
+
+
+def cmd_notify(ctx: Ctx) -> int:
+    result = ctx.api.notify(ctx.args.email)
+    if ctx.json:
+        ctx.emit(result)
+    else:
+        ctx.say(str(result.get("message", "")) + ".")
+    return OK
+
+
+def cmd_budget(ctx: Ctx) -> int:
+    result = ctx.api.set_budget(ctx.args.owner, ctx.args.monthly)
+    if ctx.json:
+        ctx.emit(result)
+    else:
+        ctx.say(
+            f"The monthly budget of {render.who(str(result.get('owner', '')))} is now "
+            f"${float(result['monthly_usd']):,.2f} ({result.get('source')})."
+        )
+    return OK
+
+
+def cmd_spend(ctx: Ctx) -> int:
+    report = ctx.api.spend(ctx.args.month)
+    if ctx.json:
+        ctx.emit(report)
+    else:
+        ctx.say(render.spend_table(report))
+    return OK
+
+
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "request": cmd_request,
     "extend": cmd_extend,
@@ -486,6 +546,9 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "list": cmd_list,
     "check-setup": cmd_check_setup,
     "configure": cmd_configure,
+    "notify": cmd_notify,
+    "budget": cmd_budget,
+    "spend": cmd_spend,
 }
 
 
