@@ -14,6 +14,7 @@ from annex.failsafe.sweeps import SweepDeps, conclude
 from annex.money.checks import run_money_check
 from annex.money.notices import Notifier
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -51,6 +52,10 @@ def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
     money = run_money_check(sweep.store, sweep.ec2, notifier(), cfg, now=now, retention=cfg.retention)
     report.absorb(money.termination)
     report.details.update(budgets_due=money.budgets_due, notices_sent=money.notices)
+    if money.live_instances is not None and money.usd_per_hour is not None:
+        # The administrators' alarms (LiveInstancesAlarm, SpendRateAlarm) watch these.
+        metrics.add_metric(name="LiveInstances", unit=MetricUnit.Count, value=money.live_instances)
+        metrics.add_metric(name="EstimatedSpendRate", unit=MetricUnit.NoUnit, value=float(money.usd_per_hour))
     for what, exc in money.failures.items():
         report.fail(what, exc)
     return conclude(report, metrics, logger)

@@ -17,7 +17,7 @@ from annex.pricing.refresh import refresh_prices
 from annex.store import AnnexStore
 from botocore.stub import Stubber
 
-from tests.integration.conftest import ADMIN, ALICE, BOB, STACK, run_tagged_instances, table_items
+from tests.integration.conftest import ADMIN, ALICE, BOB, STACK, TABLE, run_tagged_instances, table_items
 from tests.integration.failsafe.conftest import load_event
 
 BUS = f"{STACK}-events"
@@ -338,3 +338,36 @@ def test_a_lease_ending_notice_goes_out_once_before_the_lease_ends(api, fleet, l
     api.call("POST", f"/annexes/{annex['id']}/extend", body={"by": "1h"})
     check(lease_check_fn, expiry + timedelta(minutes=50))
     assert [n["detail-type"] for n in bus()] == ["Annex Lease Ending"]
+
+
+@pytest.fixture
+def notices_fn(ddb, monkeypatch):
+    from tests.integration.failsafe.conftest import _handler
+
+    yield from _handler("notices", "NoticesFunction", monkeypatch)
+
+
+def test_an_ended_annex_sends_one_ended_notice_whatever_ended_it(api, fleet, notices_fn, bus):
+    from annex_local.streams import StreamReader, filter_patterns, lambda_event, passes
+
+    reader = StreamReader(TABLE)
+    patterns = filter_patterns("NoticesFunction")
+    _, annex = request(api, {"name": "done", "count": 1})
+    launched(fleet, annex["id"], 1, at=fleet.t0)
+    # Nothing that is not an annex ending reaches the function (the template's filter)
+    assert [r for r in reader.poll() if passes(patterns, r)] == []
+
+    # When alice stops it
+    assert api.call("POST", f"/annexes/{annex['id']}/stop", body={})[0] == 200
+    records = [r for r in reader.poll() if passes(patterns, r)]
+    assert len(records) == 1
+    # and the stream delivers the record twice
+    notices_fn(lambda_event(records + records), at=fleet.t0 + timedelta(minutes=5))
+
+    # Then alice's subscribers get exactly one notice, naming the annex, its cost and the command
+    [notice] = bus()
+    assert notice["detail-type"] == "Annex Ended"
+    detail = notice["detail"]
+    assert (detail["name"], detail["owner"], detail["end_reason"]) == ("done", ALICE, "stopped")
+    assert Decimal(detail["accrued_usd"]) >= 0
+    assert detail["command"] == "annex-client status done"

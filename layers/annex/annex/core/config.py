@@ -186,3 +186,7 @@ class PricesSettings(CommonSettings):
     price_list_region: str = Field(
         alias="PRICE_LIST_REGION", pattern=r"^(us-east-1|ap-south-1|eu-central-1)$"
     )
+
+
+class NoticesSettings(CommonSettings, MoneySettings):
+    """The notices function (the annex table's stream): the "annex ended" notice."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from annex.aws.ec2 import Ec2
 from annex.core.clock import to_epoch
@@ -22,14 +23,16 @@ from annex.core.models import EndReason
 from annex.failsafe.termination import Termination, end_annexes
 from annex.money.budgets import over_budget
 from annex.money.cost import annex_cost, budget_reached_at, usd
-from annex.money.notices import Notifier, budget_warning, lease_ending
+from annex.money.notices import Notifier, budget_warning, ended, lease_ending
 from annex.money.service import WARN_AT, MoneyService
 from annex.pricing.prices import PriceBook
 from annex.store import AnnexStore
 
 log = logging.getLogger(__name__)
 ACTOR = "budget-check"
+FOREVER = timedelta(days=3650)
 LEASE_ENDING = "lease-ending"
+ENDED = "ended"
 
 
 @dataclass
@@ -37,6 +40,8 @@ class MoneyCheck:
     budgets_due: int = 0
     rescheduled: int = 0
     notices: int = 0
+    live_instances: int | None = None  # the fleet, for the administrators' alarms
+    usd_per_hour: Decimal | None = None
     termination: Termination = field(default_factory=Termination)
     failures: dict[str, Exception] = field(default_factory=dict)
 
@@ -80,7 +85,29 @@ def run_money_check(
         except Exception as exc:
             log.exception("could not send the lease-ending notice of %s", annex_id)
             out.failures[f"notice {annex_id}"] = exc
+    try:
+        out.live_instances, out.usd_per_hour = fleet_rate(store, book, now=now)
+    except Exception as exc:
+        log.exception("could not total the live fleet")
+        out.failures["fleet figures"] = exc
     return out
+
+
+def fleet_rate(store: AnnexStore, book: PriceBook, *, now: datetime) -> tuple[int, Decimal]:
+    """Live instances and what they cost per hour, over every live annex (read from the `due` index,
+    which holds exactly the live annexes, then batched reads): O(live annexes), for the alarms. An
+    annex's units held are its live instances (its count before launch finished), each at the dearest
+    of its types."""
+    ids = list(store.due_leases(now=now + FOREVER))
+    instances, rate = 0, Decimal(0)
+    for record in store.get_annexes(ids).values():
+        if not record.annex.live:
+            continue
+        instances += record.held
+        price = book.dearest(record.annex.instance_types, record.annex.market)
+        if price is not None:
+            rate += price.usd_per_hour * record.held
+    return instances, rate
 
 
 def _check_budget(
@@ -157,3 +184,26 @@ def _notice_lease_ending(
     notifier.publish([lease_ending(annex, cost, now=now)])
     store.record_notice(annex_id, LEASE_ENDING, occasion, now=now, retention=retention)
     out.notices += 1
+
+
+def notify_ended(
+    store: AnnexStore,
+    notifier: Notifier,
+    settings: MoneySettings,
+    annex_id: str,
+    *,
+    now: datetime,
+    retention: timedelta,
+) -> bool:
+    """The "annex ended" notice, once per annex (a repeated stream delivery sends nothing new). The cost
+    is what it had accrued when it ended. Returns whether a notice was sent."""
+    if store.notice_sent(annex_id, ENDED, "final"):
+        return False
+    record = store.get_annex_record(annex_id)
+    if record is None or record.annex.live:
+        return False
+    annex = record.annex
+    cost = MoneyService(store, settings).cost(annex, store.list_instances(annex_id), annex.ended_at or now)
+    notifier.publish([ended(annex, cost)])
+    store.record_notice(annex_id, ENDED, "final", now=now, retention=retention)
+    return True
