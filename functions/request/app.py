@@ -26,6 +26,7 @@ from annex.money.models import (
     MONTH_PATTERN,
     AnnexListView,
     AnnexView,
+    BudgetRequest,
     EstimateRequest,
     ExtendView,
     NotificationRequest,
@@ -119,6 +120,12 @@ def stop_annex(annex_id: AnnexIdParam, request: Annotated[StopRequest | None, Bo
     detail = service().stop(caller(), annex_id, now=utcnow(), reason=request.reason if request else None)
     metrics.add_metric(name="AnnexesStopped", unit=MetricUnit.Count, value=1)
     return detail
+
+
+@app.post("/annexes/<annex_id>/budget", summary="Set or change the annex's budget (USD)", responses=ERRORS)
+def set_budget(annex_id: AnnexIdParam, body: Annotated[BudgetRequest, Body()]) -> AnnexView:
+    logger.set_correlation_id(annex_id)
+    return service().set_budget(caller(), annex_id, body, now=utcnow())
 
 
 @app.post(

@@ -371,3 +371,27 @@ def test_an_ended_annex_sends_one_ended_notice_whatever_ended_it(api, fleet, not
     assert (detail["name"], detail["owner"], detail["end_reason"]) == ("done", ALICE, "stopped")
     assert Decimal(detail["accrued_usd"]) >= 0
     assert detail["command"] == "annex-client status done"
+
+
+def test_a_budget_below_what_is_spent_is_refused_and_a_new_one_moves_the_due_time(api, fleet, ddb):
+    _, annex = request(api, {"name": "rebudget", "count": 2, "budget": "5"})
+    launched(fleet, annex["id"], 2, at=fleet.t0 - timedelta(hours=2))  # $0.71 spent by now
+    before = table_items(ddb)
+    for bad, why in (("0.50", "already cost $0.71"), ("-1", ""), ("abc", ""), ("20000", "at most")):
+        status, body = api.call("POST", f"/annexes/{annex['id']}/budget", body={"budget": bad})
+        assert status == 422, (bad, body)
+        assert [f["field"] for f in body["fields"]] == ["budget"]
+        assert why in body["message"] + json.dumps(body["fields"])
+    assert table_items(ddb) == before
+    # bob cannot see it, let alone change it
+    assert api.call("POST", f"/annexes/{annex['id']}/budget", as_=BOB, body={"budget": "9"})[0] == 404
+    due_before = fleet.store.budget_due(annex["id"])
+    status, view = api.call("POST", f"/annexes/{annex['id']}/budget", body={"budget": "9"})
+    assert status == 200
+    assert view["budget_usd"] == "9"
+    assert view["cost"]["budget_usd"] == "9"
+    assert any(e["action"] == "budget" and e["detail"] == "$5 -> $9" for e in view["history"])
+    due_after = fleet.store.budget_due(annex["id"])
+    assert due_before is not None
+    assert due_after is not None
+    assert due_after.due_at > due_before.due_at

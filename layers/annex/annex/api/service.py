@@ -31,6 +31,7 @@ from annex.money.models import (
     AnnexListView,
     AnnexSummary,
     AnnexView,
+    BudgetRequest,
     EstimateRequest,
     ExtendView,
     NotificationRequest,
@@ -220,6 +221,15 @@ class AnnexService:
             annex.lease_expires_at, by=body.extend.by, until=body.extend.until, now=now, policy=self.settings
         )
         return self.money.quote_extend(annex, ext.new_expiry, now=now, enforce=False)
+
+    def set_budget(self, caller: Caller, annex_id: str, body: BudgetRequest, *, now: datetime) -> AnnexView:
+        annex = self._visible(caller, annex_id)
+        if not annex.live:
+            raise LeaseConflict(f"annex {annex.name} has {annex.state.value}; its budget cannot change")
+        self.money.set_budget(
+            annex, body.budget, actor=caller.arn, now=now, retention=self.settings.retention
+        )
+        return self.money.view(self.store.get_detail(annex_id), now=now)
 
     def set_owner_budget(self, caller: Caller, body: OwnerBudgetRequest, *, now: datetime) -> OwnerBudget:
         return self.money.set_owner_budget(

@@ -110,6 +110,14 @@ class ExtendView(ExtendResult):
     quote: Quote | None = None
 
 
+class BudgetRequest(BaseModel):
+    """Body of POST /annexes/{id}/budget: set or change a live annex's budget (USD)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: BudgetIn
+
+
 class ExtendEstimate(ExtendRequest):
     annex_id: AnnexId
 

@@ -215,6 +215,34 @@ class MoneyService:
         )
         return due
 
+    def set_budget(
+        self, annex: Annex, budget: Decimal, *, actor: str, now: datetime, retention: timedelta
+    ) -> Annex:
+        """Set or change a live annex's budget. Refused (422, naming the figures) when it is above the
+        administrator's maximum or below what the annex has already cost."""
+        if budget > self.settings.max_annex_budget:
+            raise PolicyViolation(
+                f"a budget may be at most ${usd(self.settings.max_annex_budget)} here", field="budget"
+            )
+        instances = self.store.list_instances(annex.id)
+        cost = self.cost(annex, instances, now)
+        if budget <= cost.accrued:
+            raise PolicyViolation(
+                f"annex {annex.name} has already cost ${usd(cost.accrued)}; a budget must be more than that",
+                field="budget",
+            )
+        state = self.store.budget_due(annex.id)
+        warned = state.warned if state is not None else False
+        due = next_budget_look(budget, cost, warned=warned)
+        return self.store.set_annex_budget(
+            annex,
+            budget,
+            due_at=due,
+            expires=max(annex.lease_expires_at, now) + retention,
+            actor=actor,
+            now=now,
+        )
+
     # --- administrators -------------------------------------------------------------------------
 
     def set_owner_budget(

@@ -17,7 +17,19 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from annex.core.clock import from_epoch, parse_time, to_epoch, to_iso
-from annex.store._table import INDEX_DUE, StoreBase, annex_id_of, annex_pk, owner_pk, to_attrs
+from annex.core.errors import ConcurrentUpdate, LeaseConflict
+from annex.core.models import LIVE_STATES, Annex
+from annex.store._table import (
+    INDEX_DUE,
+    META,
+    Cancelled,
+    StoreBase,
+    annex_id_of,
+    annex_pk,
+    in_clause,
+    owner_pk,
+    to_attrs,
+)
 
 BUDGET = "BUDGET"
 DUE_BUDGET = "budget"
@@ -87,6 +99,52 @@ class BudgetRecords(StoreBase):
         ):
             if item["sk"] == BUDGET:
                 yield annex_id_of(item["pk"])
+
+    def set_annex_budget(
+        self,
+        annex: Annex,
+        budget: Decimal,
+        *,
+        due_at: datetime | None,
+        expires: datetime,
+        actor: str,
+        now: datetime,
+    ) -> Annex:
+        """Set or change a live annex's budget, and when the budget check must look at it, in one
+        transaction conditional on the version read (ConcurrentUpdate / LeaseConflict otherwise)."""
+        updated = annex.model_copy(
+            update={"budget_usd": budget, "updated_at": now, "version": annex.version + 1}
+        )
+        live, live_values = in_clause("s", (s.value for s in LIVE_STATES))
+        tx = self._table.transaction()
+        tx.update(
+            "annex",
+            (annex_pk(annex.id), META),
+            "SET budget_usd = :b, updated_at = :now, version = :next",
+            condition=f"version = :v AND #s IN {live}",
+            names={"#s": "state"},
+            values={
+                ":b": format(budget, "f"),
+                ":now": to_iso(now),
+                ":next": annex.version + 1,
+                ":v": annex.version,
+                **live_values,
+            },
+        )
+        item: dict[str, object] = {"pk": annex_pk(annex.id), "sk": BUDGET, "expires_at": to_epoch(expires)}
+        if due_at is not None:
+            item.update(due_kind=DUE_BUDGET, due_at=to_epoch(due_at))
+        tx.put("budget", item)
+        old = f"${annex.budget_usd}" if annex.budget_usd is not None else "none"
+        self._history.add_to(tx, annex.id, at=now, actor=actor, action="budget", detail=f"{old} -> ${budget}")
+        try:
+            tx.commit(self._table.client)
+        except Cancelled as exc:
+            current = self._table.get((annex_pk(annex.id), META))
+            if current is None or current.get("state") not in {s.value for s in LIVE_STATES}:
+                raise LeaseConflict(f"annex {annex.id} has ended; its budget cannot change") from exc
+            raise ConcurrentUpdate(f"annex {annex.id} changed while setting its budget; retry") from exc
+        return updated
 
     # --- per owner, per month -------------------------------------------------------------------
 
