@@ -395,3 +395,10 @@ def test_a_budget_below_what_is_spent_is_refused_and_a_new_one_moves_the_due_tim
     assert due_before is not None
     assert due_after is not None
     assert due_after.due_at > due_before.due_at
+
+
+def test_the_spend_report_refuses_months_it_cannot_have(api):
+    for month in ("0000-01", "9999-12", "2026-13", "26-12"):
+        status, body = api.call("GET", "/admin/spend", as_=ADMIN, query={"month": month})
+        assert status == 422, (month, body)
+        assert [f["field"] for f in body["fields"]] == ["month"]

@@ -257,7 +257,10 @@ class MoneyService:
         if not is_admin:
             raise Forbidden("only pool administrators may read the spend report")
         month = month or month_of(now)
-        lo, _ = month_bounds(month)
+        try:
+            lo, _ = month_bounds(month)
+        except (ValueError, OverflowError) as exc:  # year 0000; 9999-12 ends past the calendar
+            raise PolicyViolation(f"{month} is not a month such as 2026-12", field="month") from exc
         if lo > now:
             raise PolicyViolation(f"{month} has not started yet", field="month")
         months = self._months(self._owner_annexes(None), month, now, self.book())
