@@ -87,9 +87,9 @@ def main() -> None:
         lease_env = resolve_environment("LeaseCheckFunction", table_name="bench-annex", stack_name="bench")
         settings = LeaseCheckSettings.from_env(lease_env)
         notifier = Notifier(boto3.client("events"), "bench-events")
-        from annex.aws.ec2 import Ec2
+        from annex.aws.inventory import Ec2Inventory
 
-        ec2 = Ec2(boto3.client("ec2"), "bench")
+        ec2 = Ec2Inventory(boto3.client("ec2"), "bench")
 
         def budgeted(i: int, due_in: timedelta) -> None:
             a = Annex(

@@ -44,7 +44,7 @@ os.environ.update(
 )
 
 import boto3  # noqa: E402
-from annex.aws.ec2 import Ec2  # noqa: E402
+from annex.aws.inventory import Ec2Inventory  # noqa: E402
 from annex.core.clock import to_iso, utcnow  # noqa: E402
 from annex.core.config import IdleReapSettings  # noqa: E402
 from annex.core.models import Annex, AnnexState, Instance, InstanceState, Market  # noqa: E402
@@ -247,7 +247,7 @@ def run(extra_annexes: int) -> dict[str, Any]:
         ec2 = boto3.client("ec2", region_name="us-east-1")
         ddb.create_table(**table_create_kwargs(TABLE))
         store = AnnexStore(ddb, TABLE)
-        instances = Ec2(ec2, STACK)
+        instances = Ec2Inventory(ec2, STACK)
         now = utcnow()
         started = time.perf_counter()
         population = seed(store, ddb, ec2, now, extra_annexes=extra_annexes)

@@ -1,19 +1,15 @@
 """The idle-reap function, every minute (EventBridge schedule): terminate idle and silent instances.
-Thin: one domain call, then its metrics."""
+Thin: the sweep handler shape, one domain call."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
-from typing import Any
 
-from annex.core.clock import utcnow
 from annex.core.config import IdleReapSettings
 from annex.failsafe.idle_reap import run_idle_reap
-from annex.failsafe.sweeps import SweepDeps, conclude
+from annex.failsafe.sweeps import SweepDeps, SweepReport, sweep_handler
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.utilities.parser import event_parser
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 tracer = Tracer()
@@ -30,12 +26,8 @@ def deps() -> SweepDeps:
     return SweepDeps.from_settings(settings())
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@event_parser(model=EventBridgeModel)
-def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
-    logger.append_keys(schedule_event=event.id, scheduled_at=event.time.isoformat())
-    cfg, sweep = settings(), deps()
-    report = run_idle_reap(sweep.store, sweep.ec2, now=utcnow(), timing=cfg, retention=cfg.retention)
-    return conclude(report, metrics, logger)
+def run(deps: SweepDeps, cfg: IdleReapSettings, now: datetime) -> SweepReport:
+    return run_idle_reap(deps.store, deps.ec2, now=now, timing=cfg, retention=cfg.retention)
+
+
+handler = sweep_handler(settings, deps, run, logger=logger, tracer=tracer, metrics=metrics)

@@ -9,11 +9,14 @@ from functools import cache
 from typing import Any
 
 from annex.aws import clients
-from annex.aws.ec2 import Ec2, Ec2Launch
+from annex.aws.inventory import Ec2Inventory
 from annex.core.clock import utcnow
 from annex.core.config import LaunchSettings
-from annex.launch.launcher import Launcher, LaunchOutcome, LaunchTrigger
+from annex.launch.capacity import Ec2Capacity
+from annex.launch.launcher import Launcher
+from annex.launch.plan import LaunchOutcome
 from annex.store import AnnexStore
+from annex.store.stream import LaunchTrigger
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -37,8 +40,8 @@ def launcher() -> Launcher:
     cfg = settings()
     return Launcher(
         AnnexStore(clients.dynamodb(), cfg.table_name),
-        Ec2(clients.ec2(), cfg.stack_name),
-        Ec2Launch(clients.ec2_launch()),
+        Ec2Inventory(clients.ec2(), cfg.stack_name),
+        Ec2Capacity(clients.ec2_launch()),
         cfg,
     )
 

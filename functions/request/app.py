@@ -10,7 +10,7 @@ from annex.api.http import ERROR_RESPONSES as ERRORS
 from annex.api.http import install_error_handlers, json_only, json_response
 from annex.api.service import AnnexService
 from annex.aws import clients
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller, caller_from_arn
 from annex.core.clock import utcnow
 from annex.core.config import RequestSettings
@@ -65,7 +65,7 @@ def settings() -> RequestSettings:
 def service() -> AnnexService:
     cfg = settings()
     store = AnnexStore(clients.dynamodb(), cfg.table_name)
-    return AnnexService(store, Ec2(clients.ec2(), cfg.stack_name), cfg, sns=clients.client("sns"))
+    return AnnexService(store, Ec2Inventory(clients.ec2(), cfg.stack_name), cfg, sns=clients.client("sns"))
 
 
 def caller() -> Caller:

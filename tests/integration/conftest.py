@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from annex.aws import clients
+from annex.launch.capacity import Ec2Capacity
 from annex_local.events import FakeContext, rest_event
 from annex_local.gateway import Gateway
 from annex_local.pool import Pool, create_pool
@@ -197,6 +198,11 @@ class Launch:
 
     def invoke(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         return self.module.handler(lambda_event(records), FakeContext("launch"))
+
+    def sleep_with(self, sleep: Callable[[float], None]) -> None:
+        """The launch function's EC2 capacity client waits between retries with `sleep` (injected
+        through its constructor, as the handler's cold start injects time.sleep)."""
+        self.module.launcher().capacity = Ec2Capacity(clients.ec2_launch(), sleep=sleep)
 
     def deliver(self) -> list[dict[str, Any]]:
         """Invoke the function with what is pending; returns the records delivered."""

@@ -1,12 +1,14 @@
 """The launch function under moto: a requested annex, delivered through the table's stream, becomes
 tagged, leased, recorded EC2 capacity exactly once, or fails honestly with nothing left running.
 
-moto ignores EC2 ClientTokens, so every "nothing launched twice" below is proven by our own guard.
+moto ignores EC2 ClientTokens, so every "nothing launched twice" below is proven by our own guard, except
+where `ClientTokens` adds EC2's idempotency to moto (to prove that each batch carries its own token).
 Capacity errors are injected with botocore `before-call` hooks on the launch client."""
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ import pytest
 from annex.aws import clients
 from annex.core.clock import parse_time, to_epoch, utcnow
 from annex.core.models import AnnexState
-from annex.launch.launcher import ordered_subnets
+from annex.launch.launcher import Launcher
+from annex.launch.plan import ordered_subnets
 from annex.store import AnnexStore
 from annex_local.pool import put_requested_annex
 from annex_local.streams import filter_patterns, passes
@@ -450,7 +453,7 @@ def test_unset_launch_parameters_fail_the_annex_naming_them(api, launch, faults,
 
 def test_throttling_is_retried_with_backoff(api, launch, faults, ec2, monkeypatch):
     sleeps: list[float] = []
-    monkeypatch.setattr("annex.aws.ec2.sleep", sleeps.append)
+    launch.sleep_with(sleeps.append)
     faults.scripted = ["RequestLimitExceeded", "RequestLimitExceeded"]
     annex = request(api, name="bio-run", count=3)
 
@@ -466,7 +469,7 @@ def test_throttling_is_retried_with_backoff(api, launch, faults, ec2, monkeypatc
 def test_persistent_throttling_fails_only_that_record_and_a_retry_completes_it(
     api, launch, faults, ec2, monkeypatch
 ):
-    monkeypatch.setattr("annex.aws.ec2.sleep", lambda _s: None)
+    launch.sleep_with(lambda _s: None)
     first = request(api, name="first", count=2)
     second = request(api, name="second", count=2)
     records = launch.pending()
@@ -586,3 +589,94 @@ def test_a_later_change_of_the_annex_never_reaches_the_function(launch, faults):
     assert not passes(filter_patterns("LaunchFunction"), record)
     assert launch.invoke(event["Records"]) == {"batchItemFailures": []}  # and is skipped if it did
     assert faults.requests == []
+
+
+# --- EC2's client tokens, and deliveries that race ------------------------------------------------
+
+
+class ClientTokens:
+    """EC2's idempotency, which moto does not have: a RunInstances or CreateFleet repeated with the same
+    ClientToken and the same parameters answers with the first call's result and launches nothing; the
+    same token with other parameters is refused with IdempotentParameterMismatch."""
+
+    OPERATIONS = ("RunInstances", "CreateFleet")
+
+    def __init__(self, client: Any) -> None:
+        self.first: dict[str, tuple[dict[str, Any], Any]] = {}  # token -> (request, response)
+        self.repeats = 0
+        client.meta.events.register("before-call.ec2", self._before)
+        client.meta.events.register("after-call.ec2", self._after)
+
+    def _before(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> Any:
+        if model.name not in self.OPERATIONS or "ClientToken" not in params["body"]:
+            return None
+        body = dict(params["body"])
+        context["client_token_request"] = body
+        if body["ClientToken"] not in self.first:
+            return None
+        request, response = self.first[body["ClientToken"]]
+        if request != body:
+            error = {
+                "Code": "IdempotentParameterMismatch",
+                "Message": "the token was used with other parameters",
+            }
+            return Ec2Faults._Http(400), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}
+        self.repeats += 1
+        return Ec2Faults._Http(200), copy.deepcopy(response)
+
+    def _after(self, model: Any, http_response: Any, parsed: Any, context: dict[str, Any], **_: Any) -> None:
+        request = context.get("client_token_request")
+        if request and http_response.status_code < 300:
+            self.first.setdefault(request["ClientToken"], (request, copy.deepcopy(parsed)))
+
+
+def test_each_batch_launches_its_own_instances_on_an_ec2_that_honours_client_tokens(launch, ec2, store):
+    # Given an EC2 that answers a repeated client token with the first call's instances
+    tokens = ClientTokens(clients.ec2_launch())
+    # When an annex of 201 instances launches (three RunInstances calls: 100, 100, 1)
+    annex = put_requested_annex(store, owner=ALICE, name="big-run", count=201)
+    launch.deliver()
+
+    # Then it has 201 distinct instances in EC2 and on record, as many as it says it launched
+    after = store.get_annex(annex.id)
+    assert (after.state, after.launched_count) == (AnnexState.RUNNING, 201)
+    assert len(instances_of(ec2, annex.id)) == 201
+    assert len({i.instance_id for i in store.list_instances(annex.id)}) == 201
+    assert tokens.repeats == 0
+
+
+def test_a_delivery_that_loses_its_claim_to_a_concurrent_one_launches_nothing(
+    launch, faults, ec2, ddb, store, pool
+):
+    # Given an annex of two, and EC2 room for one instance only
+    annex = put_requested_annex(store, owner=ALICE, name="raced", count=2)
+    faults.capacity = {(pool.subnet_ids[0], "c7i.xlarge"): 1}
+    raced: list[bool] = []
+
+    class ConcurrentDelivery(AnnexStore):
+        """Another delivery of the same record claims the annex, launches what fits (one) and moves it
+        to running, between this delivery's read and its own claim. Then capacity frees up."""
+
+        def set_state(self, annex_id, **kwargs):
+            if kwargs["new_state"] is AnnexState.LAUNCHING and not raced:
+                raced.append(True)
+                launch.deliver()
+                faults.capacity = None
+            return super().set_state(annex_id, **kwargs)
+
+    handler_launcher = launch.module.launcher()
+    mine = Launcher(
+        ConcurrentDelivery(ddb, TABLE),
+        handler_launcher.ec2,
+        handler_launcher.capacity,
+        handler_launcher.settings,
+    )
+
+    # When this delivery carries on
+    outcome = mine.launch(annex.id, now=utcnow())
+
+    # Then it launches nothing: the annex keeps the one instance the other delivery recorded
+    assert raced
+    assert outcome.result == "duplicate"
+    assert len(instances_of(ec2, annex.id)) == 1
+    assert store.get_annex(annex.id).launched_count == 1

@@ -9,7 +9,9 @@ from datetime import timedelta
 
 import pytest
 from annex.aws import clients
-from annex.core.clock import parse_time
+from annex.core.auth import Caller
+from annex.core.clock import parse_time, utcnow
+from annex.core.models import CreateAnnexRequest
 from annex_local.events import FakeContext, rest_event
 
 from tests.integration.conftest import (
@@ -92,19 +94,29 @@ def test_a_live_name_is_unique_per_owner_but_free_again_after_stop(api, ddb):
 # --- list and get ---------------------------------------------------------------------------------
 
 
-def test_list_shows_only_the_callers_annexes(api):
-    a1 = create(api, name="a1")
-    a2 = create(api, name="a2")
-    create(api, as_=BOB, name="b1")
+def create_at(api, at, *, as_=ALICE, **overrides):
+    """Create through the request function's own service with its clock at `at` (the handler reads the
+    wall clock, whose seconds two quick requests share)."""
+    request = CreateAnnexRequest.model_validate({**BODY, **overrides})
+    annex, created = api.module.service().create(Caller(arn=as_), request, now=at)
+    assert created
+    return annex
+
+
+def test_list_shows_only_the_callers_annexes_newest_first(api):
+    # Given three annexes of Alice's, created a second apart (not in that order), and one of Bob's
+    t0 = utcnow()
+    middle = create_at(api, t0, name="a1")
+    newest = create_at(api, t0 + timedelta(seconds=1), name="a2")
+    oldest = create_at(api, t0 - timedelta(seconds=1), name="a0")
+    create_at(api, t0 + timedelta(seconds=2), as_=BOB, name="b1")
+
+    # When Alice lists her annexes
     status, body = api.call("GET", "/annexes")
+
+    # Then she sees exactly hers, the newest first
     assert status == 200
-    assert [a["id"] for a in body["annexes"]] == [a2["id"], a1["id"]] or {
-        a["id"] for a in body["annexes"]
-    } == {
-        a1["id"],
-        a2["id"],
-    }
-    assert all(a["owner"] == ALICE for a in body["annexes"])
+    assert [a["id"] for a in body["annexes"]] == [newest.id, middle.id, oldest.id]
 
 
 def test_list_pages_with_next_token(api):
@@ -195,6 +207,23 @@ def test_extend_moves_the_lease_tag_on_the_instances(api, ec2):
     resp = ec2.describe_instances(InstanceIds=ids)
     tags = [{t["Key"]: t["Value"] for t in i["Tags"]} for r in resp["Reservations"] for i in r["Instances"]]
     assert {t["annex:lease-expires"] for t in tags} == {body["annex"]["lease_expires_at"]}
+
+
+def test_extend_moves_no_other_annexs_lease_tag(api, ec2):
+    # Given two annexes of Alice's, each with running instances tagged with its own lease
+    mine = create(api, name="mine")
+    other = create(api, name="other")
+    run_tagged_instances(ec2, mine["id"], 2, lease=mine["lease_expires_at"])
+    theirs = run_tagged_instances(ec2, other["id"], 2, lease=other["lease_expires_at"])
+
+    # When she extends one of them
+    status, _body = api.call("POST", f"/annexes/{mine['id']}/extend", body={"by": "1h"})
+
+    # Then the other annex's instances keep their own lease tag
+    assert status == 200
+    resp = ec2.describe_instances(InstanceIds=theirs)
+    tags = [{t["Key"]: t["Value"] for t in i["Tags"]} for r in resp["Reservations"] for i in r["Instances"]]
+    assert {t["annex:lease-expires"] for t in tags} == {other["lease_expires_at"]}
 
 
 def test_extending_an_ended_annex_is_a_conflict(api, ddb):

@@ -6,16 +6,16 @@ import math
 from datetime import UTC, datetime
 
 import pytest
-from annex.aws.ec2 import MAX_LAUNCH_BATCH, Refusal
 from annex.core.models import Annex, AnnexState, Market
-from annex.launch.launcher import (
-    LaunchTrigger,
+from annex.launch.capacity import MAX_LAUNCH_BATCH, Refusal
+from annex.launch.plan import (
     annex_tags,
     batch_sizes,
     client_token,
     launch_note,
     ordered_subnets,
 )
+from annex.store.stream import LaunchTrigger
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 SUBNETS = ["subnet-0000000a", "subnet-0000000b", "subnet-0000000c"]

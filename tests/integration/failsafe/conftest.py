@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from annex.aws import clients
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.clock import to_iso, utcnow
 from annex.core.config import HeartbeatSettings, IdleReapSettings, LeaseCheckSettings
 from annex.core.models import (
@@ -28,6 +28,7 @@ from annex.core.models import (
     Market,
 )
 from annex.failsafe.heartbeat import HeartbeatService
+from annex.failsafe.sweeps import sweep_handler
 from annex.store import AnnexStore, InstanceKey, InstanceRecord
 from annex_local.events import FakeContext
 from annex_local.template import resolve_environment
@@ -58,7 +59,7 @@ class Fleet:
     """Builds annexes in the states the sweeps meet, and reads back what a user would see."""
 
     store: AnnexStore
-    ec2: Ec2
+    ec2: Ec2Inventory
     ec2_client: Any
     ddb: Any
     t0: datetime
@@ -183,7 +184,7 @@ def t0() -> datetime:
 @pytest.fixture
 def fleet(ddb, ec2, t0) -> Fleet:
     store = AnnexStore(ddb, TABLE)
-    return Fleet(store=store, ec2=Ec2(ec2, STACK), ec2_client=ec2, ddb=ddb, t0=t0)
+    return Fleet(store=store, ec2=Ec2Inventory(ec2, STACK), ec2_client=ec2, ddb=ddb, t0=t0)
 
 
 class Handler:
@@ -194,8 +195,22 @@ class Handler:
         self.monkeypatch = monkeypatch
 
     def __call__(self, event: dict[str, Any], *, at: datetime) -> Any:
-        self.monkeypatch.setattr(self.module, "utcnow", lambda: at)
-        return self.module.handler(event, FakeContext(self.module.__name__.split(".")[1]))
+        context = FakeContext(self.module.__name__.split(".")[1])
+        if hasattr(self.module, "run"):
+            # A sweep: its handler, as the module builds it, with the clock injected.
+            m = self.module
+            handler = sweep_handler(
+                m.settings,
+                m.deps,
+                m.run,
+                logger=m.logger,
+                tracer=m.tracer,
+                metrics=m.metrics,
+                clock=lambda: at,
+            )
+            return handler(event, context)
+        self.monkeypatch.setattr(self.module, "utcnow", lambda: at)  # the heartbeat handler reads the clock
+        return self.module.handler(event, context)
 
 
 def _handler(name: str, logical_id: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Handler]:

@@ -265,3 +265,18 @@ def test_a_launching_annex_accepts_reports(fleet, heartbeat_fn):
 
     assert (status, body["action"]) == (200, "run")
     assert fleet.instance(ANNEX, A).instance.state == "running"
+
+
+def test_a_same_second_duplicate_with_other_slot_counts_changes_nothing(fleet):
+    # Given an instance whose report at `at` said 3 of 4 slots claimed
+    annex, _ = fleet.annex(annex_id=ANNEX, instance_ids=[A])
+    at = fleet.t0 + timedelta(minutes=1)
+    fleet.heartbeat(annex, A, at=at, claimed=3, total=4)
+
+    # When a second report lands in the same second with other counts (a retry, or a stale agent)
+    fleet.heartbeat(annex, A, at=at, claimed=0, total=8)
+
+    # Then the record keeps the first report: not idle, 3 of 4
+    record = fleet.instance(ANNEX, A).instance
+    assert (record.claimed_slots, record.total_slots, record.idle_since) == (3, 4, None)
+    assert record.last_heartbeat_at == at

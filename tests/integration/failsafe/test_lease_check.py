@@ -9,6 +9,7 @@ import pytest
 from annex.core.clock import to_iso
 from annex.core.models import AnnexState, EndReason
 from annex.failsafe.lease_check import run_lease_check
+from annex.failsafe.lease_tag import keep_lease_tag
 from annex.failsafe.sweeps import SweepFailed
 
 from tests.integration.conftest import BOB, run_tagged_instances
@@ -68,10 +69,10 @@ def test_an_extension_racing_the_index_wins(fleet, monkeypatch):
     """The `due` index is eventually consistent: the lease-check re-reads the record before ending it."""
     annex, ids = fleet.annex(count=2, lease=timedelta(hours=1))
     # What the API's extend does: the record, then the lease tag.
-    fleet.store.extend_lease(
+    extended = fleet.store.extend_lease(
         annex, annex.lease_expires_at + timedelta(hours=1), actor="alice", now=fleet.t0, note="+1h"
     )
-    fleet.ec2.tag_lease(ids, annex.lease_expires_at + timedelta(hours=1))
+    keep_lease_tag(fleet.ec2, extended)
     # The index still lists it as due at its old expiry (it lags the extension).
     monkeypatch.setattr(fleet.store, "due_leases", lambda now, limit=1000: iter([annex.id]))
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from annex.api.policy import AnnexSpec, resolve_create, resolve_extension
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller
 from annex.core.clock import to_iso
 from annex.core.config import RequestSettings
@@ -65,7 +65,9 @@ def fingerprint(spec: AnnexSpec, budget: Decimal | None = None) -> str:
 
 
 class AnnexService:
-    def __init__(self, store: AnnexStore, ec2: Ec2, settings: RequestSettings, sns: Any = None) -> None:
+    def __init__(
+        self, store: AnnexStore, ec2: Ec2Inventory, settings: RequestSettings, sns: Any = None
+    ) -> None:
         self.store = store
         self.ec2 = ec2
         self.settings = settings

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # Standard retry mode backs off on throttling (RequestLimitExceeded, ThrottlingException) with jitter.
 CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=20)
 # The launch client makes one attempt per call: botocore would retry InsufficientInstanceCapacity (a 5xx)
-# eight times in the same subnet. annex.aws.ec2.Ec2Launch retries throttling and 5xx itself, with backoff,
+# eight times in the same subnet. annex.aws.ec2.Ec2Capacity retries throttling and 5xx itself, with backoff,
 # and moves on to the next subnet or type at once on a capacity error.
 LAUNCH_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=5, read_timeout=60)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.config import ReapTiming
 from annex.core.models import EndReason, InstanceState
 from annex.failsafe.rules import decide
@@ -28,7 +28,7 @@ ACTOR = "idle-reap"
 
 
 def run_idle_reap(
-    store: AnnexStore, ec2: Ec2, *, now: datetime, timing: ReapTiming, retention: timedelta
+    store: AnnexStore, ec2: Ec2Inventory, *, now: datetime, timing: ReapTiming, retention: timedelta
 ) -> SweepReport:
     """One run. Records its success (shown by GET /health) only if every step succeeded."""
     report = SweepReport.start(IDLE_REAP, store, ec2)

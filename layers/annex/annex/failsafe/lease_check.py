@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from annex.aws.ec2 import Ec2, TaggedInstance
+from annex.aws.inventory import Ec2Inventory, TaggedInstance
 from annex.core.models import Annex, EndReason
 from annex.failsafe.sweeps import LEASE_CHECK, SweepReport
 from annex.failsafe.termination import InstanceTarget, Termination, end_annexes, reap_instances
@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 ACTOR = "lease-check"
 
 
-def run_lease_check(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: timedelta) -> SweepReport:
+def run_lease_check(
+    store: AnnexStore, ec2: Ec2Inventory, *, now: datetime, retention: timedelta
+) -> SweepReport:
     """One run. Records its success (shown by GET /health) only if every step succeeded."""
     report = SweepReport.start(LEASE_CHECK, store, ec2)
     try:
@@ -90,7 +92,9 @@ def orphan_reason(tagged: TaggedInstance, annex: Annex | None, now: datetime) ->
     return None
 
 
-def sweep_orphans(store: AnnexStore, ec2: Ec2, *, now: datetime, retention: timedelta) -> OrphanSweep:
+def sweep_orphans(
+    store: AnnexStore, ec2: Ec2Inventory, *, now: datetime, retention: timedelta
+) -> OrphanSweep:
     """Every running instance of this stack against its annex record (one paginated DescribeInstances,
     the records batch-read 100 at a time) and its own lease tag."""
     running: Sequence[TaggedInstance] = list(ec2.live_instances())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from annex.aws.ec2 import TAG_LEASE, Ec2
+from annex.aws.inventory import TAG_LEASE, Ec2Inventory
 from annex.core.clock import to_iso
 from annex.core.models import Annex
 
@@ -16,7 +16,7 @@ def lease_tags(annex: Annex) -> dict[str, str]:
     return {TAG_LEASE: to_iso(annex.lease_expires_at)}
 
 
-def keep_lease_tag(ec2: Ec2, annex: Annex, instance_ids: Sequence[str] | None = None) -> None:
+def keep_lease_tag(ec2: Ec2Inventory, annex: Annex, instance_ids: Sequence[str] | None = None) -> None:
     """Bring the lease tag of this annex's instances (the given ones, or every live one tagged with its
     id) in step with the record `annex` as it now stands."""
     ids = (
@@ -25,4 +25,4 @@ def keep_lease_tag(ec2: Ec2, annex: Annex, instance_ids: Sequence[str] | None = 
         else [t.instance_id for t in ec2.live_instances(annex.id)]
     )
     if ids:
-        ec2.tag_lease(ids, annex.lease_expires_at)
+        ec2.tag(ids, lease_tags(annex))

@@ -15,17 +15,22 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 
 from annex.aws import clients
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
+from annex.core.clock import utcnow
+from annex.core.config import CommonSettings
 from annex.core.models import EndReason
 from annex.failsafe.termination import Termination
 from annex.store import AnnexStore
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools import Logger, Metrics
+    from collections.abc import Callable
 
-    from annex.core.config import CommonSettings
+    from aws_lambda_powertools import Logger, Metrics, Tracer
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 LEASE_CHECK = "lease-check"
 IDLE_REAP = "idle-reap"
@@ -59,7 +64,7 @@ class SweepReport:
     _calls_before: int = field(default=0, repr=False)
 
     @classmethod
-    def start(cls, name: str, store: AnnexStore, ec2: Ec2) -> SweepReport:
+    def start(cls, name: str, store: AnnexStore, ec2: Ec2Inventory) -> SweepReport:
         return cls(
             name=name,
             _started=time.perf_counter(),
@@ -67,13 +72,13 @@ class SweepReport:
             _calls_before=ec2.calls,
         )
 
-    def finish(self, store: AnnexStore, ec2: Ec2) -> SweepReport:
+    def finish(self, store: AnnexStore, ec2: Ec2Inventory) -> SweepReport:
         self.items_read = store.items_read - self._items_before
         self.ec2_calls = ec2.calls - self._calls_before
         self.duration_ms = (time.perf_counter() - self._started) * 1000
         return self
 
-    def close(self, store: AnnexStore, ec2: Ec2, *, now: datetime) -> SweepReport:
+    def close(self, store: AnnexStore, ec2: Ec2Inventory, *, now: datetime) -> SweepReport:
         """Stop the clock and the counters, and record the run's success (GET /health shows it) only if
         nothing failed."""
         self.finish(store, ec2)
@@ -129,13 +134,13 @@ class SweepDeps:
     """What a sweep function works with, built once per cold start from its settings."""
 
     store: AnnexStore
-    ec2: Ec2
+    ec2: Ec2Inventory
 
     @classmethod
     def from_settings(cls, settings: CommonSettings) -> SweepDeps:
         return cls(
             store=AnnexStore(clients.dynamodb(), settings.table_name),
-            ec2=Ec2(clients.ec2(), settings.stack_name),
+            ec2=Ec2Inventory(clients.ec2(), settings.stack_name),
         )
 
 
@@ -165,3 +170,28 @@ def publish_metrics(metrics: Metrics, report: SweepReport) -> None:
             default_dimensions={DIMENSION_SWEEP: report.name},
         ) as metric:
             metric.add_dimension(name=DIMENSION_REASON, value=reason)
+
+
+def sweep_handler[S: CommonSettings](
+    settings: Callable[[], S],
+    deps: Callable[[], SweepDeps],
+    run: Callable[[SweepDeps, S, datetime], SweepReport],
+    *,
+    logger: Logger,
+    tracer: Tracer,
+    metrics: Metrics,
+    clock: Callable[[], datetime] = utcnow,
+) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
+    """The Lambda handler of every sweep (EventBridge schedule): parse the event, run the sweep once
+    with its settings and dependencies (read once per cold start) at `clock()`, then `conclude`."""
+
+    @logger.inject_lambda_context(clear_state=True)
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics
+    @event_parser(model=EventBridgeModel)
+    def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+        logger.append_keys(schedule_event=event.id, scheduled_at=event.time.isoformat())
+        report = run(deps(), settings(), clock())
+        return conclude(report, metrics, logger)
+
+    return handler

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.errors import LeaseNotDue
 from annex.core.models import Annex, AnnexState, EndReason, InstanceState
 from annex.store import AnnexStore, HeartbeatVersion, InstanceEnd, InstanceKey
@@ -60,7 +60,7 @@ class Termination:
 
 def end_annexes(
     store: AnnexStore,
-    ec2: Ec2,
+    ec2: Ec2Inventory,
     annex_ids: Iterable[str],
     *,
     reason: EndReason,
@@ -106,7 +106,7 @@ def end_annexes(
 
 def _terminate_annexes(
     store: AnnexStore,
-    ec2: Ec2,
+    ec2: Ec2Inventory,
     annexes: Sequence[Annex],
     *,
     reason: EndReason,
@@ -168,7 +168,7 @@ class InstanceTarget:
 
 def reap_instances(
     store: AnnexStore,
-    ec2: Ec2,
+    ec2: Ec2Inventory,
     targets: Sequence[InstanceTarget],
     *,
     actor: str,
@@ -244,7 +244,7 @@ def _record(
 
 
 def _end_if_empty(
-    store: AnnexStore, ec2: Ec2, annex_id: str, *, actor: str, now: datetime, retention: timedelta
+    store: AnnexStore, ec2: Ec2Inventory, annex_id: str, *, actor: str, now: datetime, retention: timedelta
 ) -> bool:
     """A running annex with no live instance left has nothing to do: end it (all-instances-gone).
 

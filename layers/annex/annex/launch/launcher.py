@@ -15,29 +15,12 @@ Instances are recorded (with their reap time) batch by batch as they launch, bef
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
-
-from annex.aws.ec2 import (
-    MAX_LAUNCH_BATCH,
-    NEVER_HERE_CODES,
-    TAG_ID,
-    TAG_NAME,
-    TAG_OWNER,
-    TAG_STACK,
-    Ec2,
-    Ec2Launch,
-    InstanceSpec,
-    Launched,
-    Refusal,
-    Slot,
-)
+from annex.aws.inventory import TAG_ID, TAG_STACK, Ec2Inventory
 from annex.core.config import LaunchSettings
 from annex.core.errors import AnnexNotFound, CapacityUnavailable, LaunchRejected
 from annex.core.models import (
@@ -49,117 +32,28 @@ from annex.core.models import (
     InstanceState,
     Market,
 )
-from annex.failsafe.lease_tag import keep_lease_tag, lease_tags
-from annex.failsafe.termination import end_annexes
+from annex.failsafe.lease_tag import keep_lease_tag
+from annex.failsafe.termination import Termination, end_annexes
+from annex.launch.capacity import (
+    NEVER_HERE_CODES,
+    Ec2Capacity,
+    InstanceSpec,
+    Launched,
+    Refusal,
+    Slot,
+)
+from annex.launch.plan import (
+    LaunchOutcome,
+    annex_tags,
+    batch_sizes,
+    client_token,
+    launch_note,
+    ordered_subnets,
+)
 from annex.launch.userdata import NodeConfig, render_user_data
 from annex.store import AnnexStore
 
 ACTOR = "launch"
-MAX_NOTE = 1000  # characters of launch_note kept on the record
-
-Result = Literal["running", "partial", "failed", "stopped", "ended", "duplicate", "not-found"]
-
-
-class LaunchTrigger(BaseModel):
-    """The stream record that asks for capacity: an annex META item inserted in state `requested`.
-    The template's FilterCriteria let only these through; the handler checks again."""
-
-    event_name: Literal["INSERT"]
-    pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
-    sk: Literal["META"]
-    state: Literal["requested"]
-
-    @property
-    def annex_id(self) -> str:
-        return self.pk.removeprefix("ANNEX#")
-
-    @classmethod
-    def parse(
-        cls, event_name: object, keys: dict[str, object], new_image: dict[str, object]
-    ) -> LaunchTrigger | None:
-        try:
-            return cls.model_validate(
-                {
-                    "event_name": event_name,
-                    "pk": keys.get("pk"),
-                    "sk": keys.get("sk"),
-                    "state": new_image.get("state"),
-                }
-            )
-        except ValidationError:
-            return None
-
-
-@dataclass(frozen=True)
-class LaunchOutcome:
-    annex_id: str
-    result: Result
-    requested: int = 0
-    launched: int = 0  # instances the annex has after this run
-    launched_now: int = 0  # of which this run launched
-    terminated: int = 0
-    config_errors: int = 0  # refusals the administrator must act on (image, subnet, permissions...)
-    note: str = ""
-
-
-# --- pure helpers -------------------------------------------------------------------------------
-
-
-def batch_sizes(count: int, limit: int = MAX_LAUNCH_BATCH) -> list[int]:
-    """`count` instances in calls of at most `limit`: ceil(count / limit) calls."""
-    full, rest = divmod(max(count, 0), limit)
-    return [limit] * full + ([rest] if rest else [])
-
-
-def client_token(annex_id: str, *parts: object) -> str:
-    """A deterministic EC2 ClientToken (at most 64 characters) for one call of one annex's launch."""
-    digest = hashlib.sha256("|".join([annex_id, *map(str, parts)]).encode()).hexdigest()
-    return f"{annex_id}-{digest[: 63 - len(annex_id)]}"
-
-
-def ordered_subnets(annex_id: str, subnet_ids: Sequence[str]) -> list[str]:
-    """The subnets rotated by the annex id: annexes spread over the zones, and one annex always tries
-    them in the same order (so its client tokens repeat on a retry)."""
-    if not subnet_ids:
-        return []
-    start = int(annex_id.removeprefix("ax-"), 16) % len(subnet_ids)
-    return [*subnet_ids[start:], *subnet_ids[:start]]
-
-
-def annex_tags(annex: Annex, stack_name: str) -> dict[str, str]:
-    """The tags every instance (and volume) of the annex carries from its first second."""
-    tags = {"Name": f"annex-{annex.name}", **annex.tags}
-    tags.update(
-        {
-            TAG_ID: annex.id,
-            TAG_NAME: annex.name,
-            TAG_OWNER: annex.owner[:256],
-            TAG_STACK: stack_name,
-            **lease_tags(annex),
-        }
-    )
-    return tags
-
-
-def launch_note(requested: int, launched: int, refusals: Iterable[Refusal]) -> str:
-    """`7 of 10 launched: InsufficientInstanceCapacity for c7i.xlarge in us-east-1a, us-east-1b`."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for refusal in refusals:
-        label = refusal.ec2_code
-        if not refusal.capacity and refusal.message:
-            label = f"{refusal.ec2_code} ({refusal.message.removeprefix(refusal.ec2_code + ': ')[:160]})"
-        zones = groups.setdefault((label, refusal.instance_type or "any type"), [])
-        if refusal.zone and refusal.zone not in zones:
-            zones.append(refusal.zone)
-    head = f"{launched} of {requested} launched"
-    if not groups:
-        return head
-    reasons = "; ".join(
-        f"{label} for {itype}" + (f" in {', '.join(zones)}" if zones else "")
-        for (label, itype), zones in groups.items()
-    )
-    sep = ": " if launched < requested else " after "
-    return f"{head}{sep}{reasons}"[:MAX_NOTE]
 
 
 @dataclass
@@ -175,7 +69,9 @@ class _Run:
 
 
 class Launcher:
-    def __init__(self, store: AnnexStore, ec2: Ec2, capacity: Ec2Launch, settings: LaunchSettings) -> None:
+    def __init__(
+        self, store: AnnexStore, ec2: Ec2Inventory, capacity: Ec2Capacity, settings: LaunchSettings
+    ) -> None:
         self.store = store
         self.ec2 = ec2
         self.capacity = capacity
@@ -221,17 +117,8 @@ class Launcher:
             )
             return self._fail(annex, now, note, config_errors=1)
         if annex.lease_expires_at <= now:
-            result = end_annexes(
-                self.store,
-                self.ec2,
-                [annex.id],
-                reason=EndReason.LEASE_EXPIRED,
-                actor=ACTOR,
-                now=now,
-                retention=self.settings.retention,
-                detail="the lease ended before the annex could launch",
-            ).raise_failures()
-            terminated = len(result.instance_ids)
+            detail = "the lease ended before the annex could launch"
+            terminated = len(self._end(annex.id, EndReason.LEASE_EXPIRED, now, detail).instance_ids)
             return LaunchOutcome(annex.id, "ended", requested=annex.count, terminated=terminated)
 
         have = self._adopt(annex, now)
@@ -438,17 +325,7 @@ class Launcher:
 
     def _fail(self, annex: Annex, now: datetime, note: str, *, config_errors: int) -> LaunchOutcome:
         """No capacity: the annex ends FAILED with the reason, its quota returns, nothing runs."""
-        result = end_annexes(
-            self.store,
-            self.ec2,
-            [annex.id],
-            reason=EndReason.LAUNCH_FAILED,
-            actor=ACTOR,
-            now=now,
-            retention=self.settings.retention,
-            detail=note,
-            final_state=AnnexState.FAILED,
-        ).raise_failures()
+        result = self._end(annex.id, EndReason.LAUNCH_FAILED, now, note, final_state=AnnexState.FAILED)
         return LaunchOutcome(
             annex.id,
             "failed",
@@ -460,16 +337,29 @@ class Launcher:
 
     def _terminate_all(self, annex: Annex, now: datetime) -> int:
         """Terminate what may be left of an annex that has ended (the record is left as it is)."""
-        result = end_annexes(
+        return len(self._end(annex.id, annex.end_reason or EndReason.STOPPED, now).instance_ids)
+
+    def _end(
+        self,
+        annex_id: str,
+        reason: EndReason,
+        now: datetime,
+        detail: str = "",
+        *,
+        final_state: AnnexState = AnnexState.ENDED,
+    ) -> Termination:
+        """The annex ends (if still live) and every instance it may have is terminated."""
+        return end_annexes(
             self.store,
             self.ec2,
-            [annex.id],
-            reason=annex.end_reason or EndReason.STOPPED,
+            [annex_id],
+            reason=reason,
             actor=ACTOR,
             now=now,
             retention=self.settings.retention,
+            detail=detail,
+            final_state=final_state,
         ).raise_failures()
-        return len(result.instance_ids)
 
     def _retag_if_extended(self, launched_with: Annex, instance_ids: Sequence[str]) -> None:
         """The lease tag was written from the record read at the start; an extension that landed during

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from annex.aws.ec2 import Ec2
+from annex.aws.inventory import Ec2Inventory
 from annex.core.clock import to_epoch
 from annex.core.config import MoneySettings
 from annex.core.models import EndReason
@@ -48,7 +48,7 @@ class MoneyCheck:
 
 def run_money_check(
     store: AnnexStore,
-    ec2: Ec2,
+    ec2: Ec2Inventory,
     notifier: Notifier,
     settings: MoneySettings,
     *,
@@ -112,7 +112,7 @@ def fleet_rate(store: AnnexStore, book: PriceBook, *, now: datetime) -> tuple[in
 
 def _check_budget(
     store: AnnexStore,
-    ec2: Ec2,
+    ec2: Ec2Inventory,
     notifier: Notifier,
     money: MoneyService,
     annex_id: str,

@@ -1,133 +1,24 @@
-"""EC2: launch, find, tag and terminate the instances this stack launched. ClientError codes become domain
-exceptions here. Throttling is retried by botocore's standard retry mode (see clients.py), except for
-launches, which retry by themselves (Ec2Launch)."""
+"""EC2 capacity, for the launcher: RunInstances, CreateFleet (instant) and the launch templates fleets
+need. ClientError codes become domain exceptions here; throttling, 5xx and lost connections are retried
+with backoff through the injected `sleep` (the client, clients.ec2_launch, makes one attempt per call)."""
 
 from __future__ import annotations
 
 import base64
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from time import sleep
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from annex.core.clock import parse_time, to_iso
 from annex.core.errors import CapacityUnavailable, ConcurrentUpdate, LaunchRejected, Throttled
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
-
-TAG_ID = "annex:id"
-TAG_NAME = "annex:name"
-TAG_OWNER = "annex:owner"
-TAG_STACK = "annex:stack"
-TAG_LEASE = "annex:lease-expires"
-FILTER_VALUES_MAX = 200  # values per DescribeInstances filter (the API's limit)
-LIVE_EC2_STATES = ("pending", "running", "stopping", "stopped")
-TERMINATE_BATCH = 500
-_jitter = random.Random()  # backoff jitter, not cryptography  # noqa: S311
-
-
-def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-@dataclass(frozen=True)
-class TaggedInstance:
-    instance_id: str
-    state: str
-    annex_id: str | None
-    lease_expires_at: datetime | None
-    launch_time: datetime | None
-    instance_type: str | None = None
-    zone: str | None = None
-
-
-class Ec2:
-    def __init__(self, client: EC2Client, stack_name: str) -> None:
-        self._ec2 = client
-        self.stack_name = stack_name
-        self.calls = 0  # EC2 API calls made, for the sweep metrics and benchmarks
-
-    def live_instances_of(self, annex_ids: Iterable[str]) -> Iterator[TaggedInstance]:
-        """The not-terminated instances of these annexes: one paginated DescribeInstances per
-        FILTER_VALUES_MAX annexes, however many annexes there are (the sweeps batch their work)."""
-        for batch in chunks(sorted(set(annex_ids)), FILTER_VALUES_MAX):
-            yield from self.live_instances(annex_ids=batch)
-
-    def live_instances(
-        self, annex_id: str | None = None, *, annex_ids: Sequence[str] = ()
-    ) -> Iterator[TaggedInstance]:
-        """Every not-terminated instance tagged by this stack (optionally: of one annex, or of up to
-        FILTER_VALUES_MAX annexes). Paginated."""
-        filters: list[Any] = [
-            {"Name": f"tag:{TAG_STACK}", "Values": [self.stack_name]},
-            {"Name": "instance-state-name", "Values": list(LIVE_EC2_STATES)},
-        ]
-        ids = [annex_id] if annex_id else list(annex_ids)
-        if ids:
-            filters.append({"Name": f"tag:{TAG_ID}", "Values": ids})
-        paginator = self._ec2.get_paginator("describe_instances")
-        for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000}):
-            self.calls += 1
-            for reservation in page.get("Reservations", []):
-                for raw in reservation.get("Instances", []):
-                    tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
-                    lease = tags.get(TAG_LEASE)
-                    try:
-                        lease_at = parse_time(lease) if lease else None
-                    except ValueError:
-                        lease_at = None  # a mangled tag counts as no lease: the sweep treats it as expired
-                    yield TaggedInstance(
-                        instance_id=raw["InstanceId"],
-                        state=raw.get("State", {}).get("Name", "unknown"),
-                        annex_id=tags.get(TAG_ID),
-                        lease_expires_at=lease_at,
-                        launch_time=raw.get("LaunchTime"),
-                        instance_type=raw.get("InstanceType"),
-                        zone=raw.get("Placement", {}).get("AvailabilityZone"),
-                    )
-
-    def terminate(self, instance_ids: Iterable[str]) -> list[str]:
-        """TerminateInstances in batches. Ids EC2 no longer knows are skipped, not fatal.
-        Returns the ids EC2 accepted."""
-        ids = sorted(set(instance_ids))
-        accepted: list[str] = []
-        for batch in chunks(ids, TERMINATE_BATCH):
-            accepted.extend(self._terminate_batch(list(batch)))
-        return accepted
-
-    def _terminate_batch(self, ids: list[str]) -> list[str]:
-        while ids:
-            try:
-                self.calls += 1
-                resp = self._ec2.terminate_instances(InstanceIds=ids)
-                return [i["InstanceId"] for i in resp.get("TerminatingInstances", [])]
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] != "InvalidInstanceID.NotFound":
-                    raise
-                message = exc.response["Error"].get("Message", "")
-                missing = [i for i in ids if i in message]
-                if not missing:
-                    raise
-                ids = [i for i in ids if i not in missing]
-        return []
-
-    def tag_lease(self, instance_ids: Sequence[str], expires_at: datetime) -> None:
-        """Move the lease tag, the last line of defence the orphan sweep reads."""
-        for batch in chunks(list(instance_ids), TERMINATE_BATCH):
-            self.calls += 1
-            self._ec2.create_tags(
-                Resources=list(batch), Tags=[{"Key": TAG_LEASE, "Value": to_iso(expires_at)}]
-            )
-
-
-# --- launching (the launch function) --------------------------------------------------------------
 
 MAX_LAUNCH_BATCH = 100  # instances per RunInstances / CreateFleet call
 # EC2 has no room (or no quota) for this request here: another subnet or type, or fewer instances, may fit.
@@ -232,7 +123,7 @@ class FleetResult:
     refusals: list[Refusal]
 
 
-class Ec2Launch:
+class Ec2Capacity:
     """RunInstances, CreateFleet (instant) and the launch templates fleets need.
 
     Each call is made with the caller's deterministic client token, so repeating it after a timeout or a
@@ -242,9 +133,19 @@ class Ec2Launch:
     moves on), and anything else raises LaunchRejected (the administrator must act)."""
 
     def __init__(
-        self, client: EC2Client, *, attempts: int = 6, base_delay: float = 1.0, max_delay: float = 20.0
+        self,
+        client: EC2Client,
+        *,
+        attempts: int = 6,
+        base_delay: float = 1.0,
+        max_delay: float = 20.0,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[float, float], float] | None = None,
     ) -> None:
         self._ec2 = client
+        self._sleep = sleep
+        # backoff jitter, not cryptography
+        self._jitter = jitter or random.Random().uniform  # noqa: S311
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -275,11 +176,11 @@ class Ec2Launch:
             except (BotoConnectionError, HTTPClientError) as exc:
                 last = exc  # the call may have gone through: the same client token makes a retry safe
             if attempt < self.attempts:
-                sleep(self._delay(attempt))
+                self._sleep(self._delay(attempt))
         raise Throttled(f"EC2 {name} still failing after {self.attempts} attempts: {last}") from last
 
     def _delay(self, attempt: int) -> float:
-        return _jitter.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        return self._jitter(0, min(self.max_delay, self.base_delay * 2**attempt))
 
     def subnet_zones(self, subnet_ids: Sequence[str]) -> dict[str, str]:
         """Subnet id -> availability zone. LaunchRejected names an unknown subnet."""

@@ -1,0 +1,40 @@
+"""The table's stream, as the launch function receives it: which records ask for capacity. The stream
+carries the table's keys, so reading them is the store's business."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from annex.store._table import annex_id_of
+
+
+class LaunchTrigger(BaseModel):
+    """The stream record that asks for capacity: an annex META item inserted in state `requested`.
+    The template's FilterCriteria let only these through; the handler checks again."""
+
+    event_name: Literal["INSERT"]
+    pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
+    sk: Literal["META"]
+    state: Literal["requested"]
+
+    @property
+    def annex_id(self) -> str:
+        return annex_id_of(self.pk)
+
+    @classmethod
+    def parse(
+        cls, event_name: object, keys: dict[str, object], new_image: dict[str, object]
+    ) -> LaunchTrigger | None:
+        try:
+            return cls.model_validate(
+                {
+                    "event_name": event_name,
+                    "pk": keys.get("pk"),
+                    "sk": keys.get("sk"),
+                    "state": new_image.get("state"),
+                }
+            )
+        except ValidationError:
+            return None
