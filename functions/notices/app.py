@@ -12,8 +12,9 @@ from annex.aws import clients
 from annex.core.clock import utcnow
 from annex.core.config import NoticesSettings
 from annex.money.checks import notify_ended
-from annex.money.notices import EndedTrigger, Notifier
+from annex.money.notices import Notifier
 from annex.store import AnnexStore
+from annex.store.notices import EndedTrigger
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from annex.core.clock import format_duration, to_iso
 from annex.core.errors import AnnexError
@@ -128,38 +128,6 @@ def budget_warning(annex: Annex, cost: AnnexCost, *, reached_at: datetime | None
         f"spent{when}. "
         f"The lease ends {to_iso(annex.lease_expires_at)} ({command} extends the lease, not the budget).",
     )
-
-
-class EndedTrigger(BaseModel):
-    """The stream record of an annex that has just ended (or failed): its META item modified from a
-    live state. The template's FilterCriteria let only these through; the handler checks again."""
-
-    event_name: Literal["MODIFY"]
-    pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
-    sk: Literal["META"]
-    new_state: Literal["ended", "failed"]
-    old_state: Literal["requested", "launching", "running"]
-
-    @property
-    def annex_id(self) -> str:
-        return self.pk.removeprefix("ANNEX#")
-
-    @classmethod
-    def parse(
-        cls, event_name: object, keys: dict[str, Any], new_image: dict[str, Any], old_image: dict[str, Any]
-    ) -> EndedTrigger | None:
-        try:
-            return cls.model_validate(
-                {
-                    "event_name": event_name,
-                    "pk": keys.get("pk"),
-                    "sk": keys.get("sk"),
-                    "new_state": new_image.get("state"),
-                    "old_state": old_image.get("state"),
-                }
-            )
-        except ValidationError:
-            return None
 
 
 class Notifier:
