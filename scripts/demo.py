@@ -1,6 +1,6 @@
 """`make demo`: a full annex lifecycle on the offline local stack, narrated, with the real annex-client.
 
-It starts `annex-local up --fast` (5 s sweeps and heartbeats, short grace periods), then, as the
+It starts `annex-local up --fast --detach` (5 s sweeps and heartbeats, short grace periods), then, as the
 researcher alice:
   1. checks the setup (the fail-safe sweeps are running);
   2. requests three instances with a short lease and idle timeout; the third simulated node goes idle;
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ class Demo:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.started = time.monotonic()
-        self.proc: subprocess.Popen[str] | None = None
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ANNEX_"))}
         self.env: dict[str, str] = {}
 
     # --- narration --------------------------------------------------------------------------------
@@ -83,35 +82,33 @@ class Demo:
 
     # --- the stack --------------------------------------------------------------------------------
 
+    def local(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "annex-local"), *args, "--state-dir", str(self.state_dir)],
+            env=self.base_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=150,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
     def start(self) -> None:
         self.say("Starting the local stack: embedded AWS (moto), SigV4 gateway, the real Lambda handlers.")
-        log = (self.state_dir.parent / "annex-local.log").open("w")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ANNEX_"))}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "annex_local.cli", "up", "--fast", "--state-dir", str(self.state_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=ROOT,
+        print(f"$ annex-local up --fast --detach --state-dir {self.state_dir.name}", flush=True)
+        up = self.local("up", "--fast", "--detach")  # returns once the stack is ready
+        if up.returncode != 0:
+            raise DemoFailed(f"annex-local did not start: {up.stderr.strip()}")
+        values = dict(
+            line.split("=", 1) for line in (self.state_dir / "env").read_text().splitlines() if "=" in line
         )
-        env_file = self.state_dir / "env"
-        deadline = time.monotonic() + 90
-        while not env_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise DemoFailed("annex-local did not start; see " + log.name)
-            time.sleep(0.2)
-        values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
-        self.env = {**env, **values}
+        self.env = {**self.base_env, **values}
         print(f"  API {values['ANNEX_ENDPOINT']}   embedded AWS {values['AWS_ENDPOINT_URL']}", flush=True)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if (self.state_dir / "lock").exists():
+            self.local("down")
 
     def running_instances(self) -> list[str]:
         ec2 = boto3.client(
@@ -160,7 +157,7 @@ class Demo:
         self.say(
             "Alice needs more time: she extends the lease by 2 minutes (from its current end, not from now)."
         )
-        if self.run("extend", "genome", "--by", "2m").returncode != 0:
+        if self.run("extend", "genome", "--by", "2m", "--yes").returncode != 0:
             raise DemoFailed("extend failed")
 
         self.say(
@@ -206,7 +203,7 @@ def main() -> int:
             demo.lifecycle()
         except (DemoFailed, subprocess.TimeoutExpired) as exc:
             print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
-            log = Path(tmp) / "annex-local.log"
+            log = Path(tmp) / "state" / "annex-local.log"
             if log.exists():
                 sys.stderr.write(log.read_text()[-4000:])
             return 1

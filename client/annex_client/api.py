@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 from typing import Any
 from urllib.parse import quote
 
-from annex_client.errors import Refused
+from annex_client.errors import ConfigError, Refused
 from annex_client.transport import Transport
 
 ANNEX_ID = re.compile(r"^ax-[0-9a-f]{16}$")
@@ -72,6 +73,16 @@ class AnnexApi:
         query = {"month": month} if month else None
         return dict(self.transport.call("GET", "/admin/spend", query=query).body)
 
+    def _others_named(self, name: str) -> builtins.list[dict[str, Any]]:
+        """Other owners' annexes with this name, live first, if the caller may see them (administrators);
+        [] for anyone else (the API refuses scope=all to them, and says nothing about others' names)."""
+        try:
+            everyone = self.list(everyone=True)
+        except (Refused, ConfigError):
+            return []
+        found = [a for a in everyone if a.get("name") == name]
+        return sorted(found, key=lambda a: a.get("state") not in LIVE_STATES)
+
     def resolve(self, name_or_id: str) -> str:
         """An id as given; a name becomes the id of your live annex with that name, else your newest."""
         if ANNEX_ID.match(name_or_id):
@@ -79,6 +90,14 @@ class AnnexApi:
         matches = [a for a in self.list() if a.get("name") == name_or_id]
         if not matches:
             message = f"you have no annex named '{name_or_id}'; 'annex-client list' shows yours"
+            others = self._others_named(name_or_id)
+            if others:
+                # Names are per owner; an administrator acts on another owner's annex by its id.
+                ids = ", ".join(f"{a.get('id')} (owner {a.get('owner')})" for a in others[:3])
+                message = (
+                    f"you have no annex named '{name_or_id}', but other owners do: {ids}; names belong to "
+                    f"their owner, so use the id, such as 'annex-client status {others[0].get('id')}'"
+                )
             raise Refused(message, status=404, code="AnnexNotFound")
         live = [a for a in matches if a.get("state") in LIVE_STATES]
         return str((live or matches)[0]["id"])

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from annex_client import __version__
@@ -89,6 +89,24 @@ def _tag(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _money_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """notify (researchers), budget and spend (administrators)."""
+    p = command(
+        "notify",
+        "e-mail me the notices of my annexes",
+        "Subscribes an e-mail address to the notices of your annexes (and no one else's): a lease about to "
+        "end,\nan annex that ended, a budget 80% spent. AWS sends a confirmation e-mail first.",
+    )
+    p.add_argument("--email", required=True, help="where to send them")
+
+    p = command("budget", "set an owner's monthly budget (administrators)")
+    p.add_argument("owner", metavar="OWNER_ARN", help="the researcher's IAM ARN, as annexes show it")
+    p.add_argument("--monthly", type=_usd, required=True, metavar="USD", help="US dollars per month")
+
+    p = command("spend", "spend per owner for a month (administrators)")
+    p.add_argument("--month", metavar="YYYY-MM", help="default: this month (UTC)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Shared options are accepted before or after the command (`--json list` and `list --json`);
     # SUPPRESS keeps a subcommand from overwriting what was given before it.
@@ -121,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         "request",
         "request an annex (asks before spending money)",
         "Request COUNT instances for your pool for the length of a lease. Shows what it will cost and "
-        "asks first;\nwithout a terminal it refuses unless --yes is given.",
+        "asks first;\nwithout a terminal it refuses unless --yes is given.\n\n"
+        "The annex runs the jobs of one HTCondor user (--condor-user, your login name by default) that\n"
+        "are sent to it; add these lines to a submit file (the name or the annex id ax-...):\n"
+        '  +AnnexTarget = "NAME"\n'
+        "  allowed_execute_duration = 3600   # optional: seconds the job needs; it only starts where\n"
+        "                                    # it can finish before the lease ends\n"
+        "--all-my-jobs runs every idle job of that user instead; --share-with lets others send jobs.",
     )
     p.add_argument("name", metavar="NAME", help="a name for the annex, unique among your live ones")
     p.add_argument("--count", type=_count, required=True, help="how many instances")
@@ -130,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=_duration, required=True, help="how long it may run, such as 4h")
     p.add_argument("--idle", type=_duration, help="stop an instance idle this long (default: the pool's)")
     p.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    p.add_argument(
+        "--condor-user",
+        metavar="USER",
+        help="the HTCondor user whose jobs run on it (default: your login name)",
+    )
+    p.add_argument(
+        "--share-with", action="append", default=[], metavar="USER", help="another HTCondor user (repeatable)"
+    )
+    p.add_argument(
+        "--all-my-jobs", action="store_true", help="run every idle job of the user, not only those sent"
+    )
     p.add_argument("--wait", action="store_true", help="follow it until its instances report to the pool")
     p.add_argument("--timeout", type=_duration, default=timedelta(minutes=15), help="for --wait (15m)")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
@@ -145,11 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeat a request safely: the same token never creates a second annex",
     )
 
-    p = command("extend", "extend an annex's lease")
+    p = command(
+        "extend",
+        "extend an annex's lease (asks before spending money)",
+        "Move the end of an annex's lease later. Shows what the added time may cost and asks first;\n"
+        "without a terminal it refuses unless --yes is given.",
+    )
     p.add_argument("name", metavar="NAME", help="annex name or id (ax-...)")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--by", type=_duration, help="add this to the current expiry, such as 2h")
     how.add_argument("--until", type=_time, metavar="TIME", help="move the expiry to this time")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
     p = command("stop", "stop an annex now (asks first)", "Terminate the annex's instances now.")
     p.add_argument("name", metavar="NAME", help="annex name or id (ax-...)")
@@ -159,24 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", "one annex in detail (without NAME: like list)")
     p.add_argument("name", metavar="NAME", nargs="?", help="annex name or id (ax-...)")
     p.add_argument("--all", action="store_true", help="without NAME: every owner's (administrators)")
+    p.add_argument(
+        "--watch", action="store_true", help="show it again every --every until it ends (Ctrl-C stops)"
+    )
+    p.add_argument("--every", type=_duration, default=timedelta(seconds=10), help="for --watch (10s)")
 
     p = command("list", "your annexes, newest first")
     p.add_argument("--all", action="store_true", help="every owner's annexes (administrators)")
 
-    p = command(
-        "notify",
-        "e-mail me the notices of my annexes",
-        "Subscribes an e-mail address to the notices of your annexes (and no one else's): a lease about to "
-        "end,\nan annex that ended, a budget 80% spent. AWS sends a confirmation e-mail first.",
-    )
-    p.add_argument("--email", required=True, help="where to send them")
-
-    p = command("budget", "set an owner's monthly budget (administrators)")
-    p.add_argument("owner", metavar="OWNER_ARN", help="the researcher's IAM ARN, as annexes show it")
-    p.add_argument("--monthly", type=_usd, required=True, metavar="USD", help="US dollars per month")
-
-    p = command("spend", "spend per owner for a month (administrators)")
-    p.add_argument("--month", metavar="YYYY-MM", help="default: this month (UTC)")
+    _money_commands(command)
 
     command(
         "check-setup",
@@ -191,10 +223,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value is a duration: argparse takes `--by -2h` for two options ("expected one argument");
+# joined as `--by=-2h`, the value reaches the duration parser, which says what is wrong with it.
+_DURATION_OPTIONS = frozenset({"--lease", "--idle", "--timeout", "--by", "--every"})
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        following = args[i + 1] if i + 1 < len(args) else ""
+        if arg in _DURATION_OPTIONS and following[:1] == "-" and following[1:2] in tuple("0123456789Pp"):
+            out.append(f"{arg}={following}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help, --version, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else USAGE
     for name in ("endpoint", "profile", "region"):

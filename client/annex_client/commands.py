@@ -4,8 +4,10 @@ exit code; expected failures are raised as ClientFailure and reported by `cli.ma
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -14,7 +16,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, TextIO
 
 from annex_client import render
-from annex_client.api import LIVE_STATES, AnnexApi
+from annex_client.api import ANNEX_ID, LIVE_STATES, AnnexApi
 from annex_client.errors import (
     OK,
     CheckFailed,
@@ -22,7 +24,9 @@ from annex_client.errors import (
     Declined,
     Interrupted,
     Refused,
+    ServiceFailed,
     TimedOut,
+    Unreachable,
     UsageError,
 )
 from annex_client.pricing import estimate, month_text
@@ -128,6 +132,86 @@ class Ctx:
             raise Declined("nothing done: not confirmed")
 
 
+# --- checks before the plan and the prompt ---------------------------------------------------------
+
+NAME_MAX = 63
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def check_name(name: str) -> None:
+    """The API's name rule, said plainly; and no name an id could be mistaken for."""
+    problem = None
+    bad = sorted(set(_NAME_CHARS.findall(name)))
+    if not name:
+        problem = "it is empty"
+    elif bad:
+        shown = ", ".join("a space" if c == " " else f"'{c}'" for c in bad)
+        problem = f"it contains {shown}"
+    elif not name[0].isalnum():
+        problem = f"it starts with '{name[0]}'"
+    elif len(name) > NAME_MAX:
+        problem = f"it is {len(name)} characters long"
+    elif ANNEX_ID.match(name.lower()):
+        raise UsageError(
+            f"'{name}' looks like an annex id (ax- and 16 hex digits): commands would take it for one, "
+            "so the annex could not be reached by name; choose another name"
+        )
+    if problem:
+        raise UsageError(
+            f"'{name}' cannot name an annex: {problem}. Use letters, digits, '.', '_' and '-', starting "
+            f"with a letter or digit, at most {NAME_MAX} characters (such as bio-run-7)"
+        )
+
+
+def check_against_limits(args: argparse.Namespace, limits: Mapping[str, Any]) -> None:
+    """What the API would refuse, found before the plan and the prompt, in the API's own words."""
+
+    def d(key: str) -> timedelta:
+        return timedelta(seconds=int(limits[key]))
+
+    problems: list[tuple[str, str]] = []
+    allowed = [str(t) for t in limits.get("allowed_instance_types") or []]
+    if args.type and args.type not in allowed:
+        problems.append(
+            (
+                "instance_type",
+                f"instance type '{args.type}' is not allowed here; choose one of: {', '.join(allowed)}",
+            )
+        )
+    per_annex = int(limits["max_instances_per_annex"])
+    if args.count > per_annex:
+        problems.append(
+            (
+                "count",
+                f"at most {per_annex} instances per annex; ask for fewer or split the work across annexes",
+            )
+        )
+    lease = args.lease
+    if lease < d("min_lease_seconds"):
+        problems.append(("lease", f"the lease must be at least {duration_text(d('min_lease_seconds'))}"))
+    elif lease > d("max_lease_seconds"):
+        problems.append(
+            (
+                "lease",
+                f"the lease may be at most {duration_text(d('max_lease_seconds'))}; request less and extend "
+                "it later with 'annex-client extend'",
+            )
+        )
+    idle = args.idle or d("default_idle_timeout_seconds")
+    if idle < d("min_idle_timeout_seconds"):
+        least = duration_text(d("min_idle_timeout_seconds"))
+        problems.append(("idle_timeout", f"the idle timeout must be at least {least}"))
+    elif idle > lease:
+        problems.append(("idle_timeout", "the idle timeout must not be longer than the lease"))
+    if problems:
+        raise Refused(
+            "this pool's limits refuse the request",
+            status=422,
+            code="PolicyViolation",
+            fields=[{"field": f, "reason": r} for f, r in problems],
+        )
+
+
 # --- request ----------------------------------------------------------------------------------------
 
 
@@ -152,11 +236,17 @@ def _request_summary(
     lines = [
         ("instances", what),
         ("lease", f"{duration_text(args.lease)} (until {clock_text(now + args.lease, tz)})"),
-        ("usage", f"up to {cost.instance_hours:g} instance-hours"),
+        ("usage", f"up to {round(cost.instance_hours, 2):g} instance-hours"),
         ("cost", cost.text()),
         *budget_lines(args, quote),
         ("idle stop", f"an instance with no claimed slot for {duration_text(idle)} is stopped"),
     ]
+    jobs = f"{condor_user(args)}'s jobs " + (
+        "(every idle one)" if args.all_my_jobs else f'sent to it (+AnnexTarget = "{args.name}")'
+    )
+    if args.share_with:
+        jobs += f", and those {', '.join(args.share_with)} send to it"
+    lines.append(("jobs", jobs))
     if args.tag:
         lines.append(("tags", ", ".join(f"{k}={v}" for k, v in args.tag)))
     width = max(len(k) for k, _ in lines)
@@ -175,15 +265,30 @@ def budget_lines(args: argparse.Namespace, quote: Mapping[str, Any]) -> list[tup
     return lines
 
 
+def condor_user(args: Any) -> str:
+    """--condor-user, or the local login name: a job's Owner on this access point."""
+    if args.condor_user:
+        return str(args.condor_user)
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError) as exc:
+        raise UsageError("cannot tell your login name; give --condor-user") from exc
+
+
 def cmd_request(ctx: Ctx) -> int:
     args = ctx.args
+    check_name(args.name)
     limits = ctx.api.health()["limits"]
+    check_against_limits(args, limits)
     body: dict[str, Any] = {
         "name": args.name,
         "count": args.count,
         "market": "spot" if args.spot else "on-demand",
         "lease": duration_text(args.lease),
         "tags": dict(args.tag),
+        "condor_user": condor_user(args),
+        "share_with": list(args.share_with),
+        "all_my_jobs": args.all_my_jobs,
     }
     if args.type:
         body["instance_type"] = args.type
@@ -211,7 +316,7 @@ def cmd_request(ctx: Ctx) -> int:
         if ctx.json:
             ctx.emit(annex)
         return OK
-    detail = wait_until_ready(ctx, annex_id, name, args.timeout)
+    detail = wait_until_ready(ctx, annex_id, name, args.timeout, first=annex)
     if ctx.json:
         ctx.emit(detail)
     return OK
@@ -220,79 +325,204 @@ def cmd_request(ctx: Ctx) -> int:
 # --- wait ---------------------------------------------------------------------------------------------
 
 
+def slots_text(instances: list[Mapping[str, Any]]) -> str:
+    """`busy`, `idle`, or `2 busy, 1 idle` for instances that report."""
+    busy = sum(1 for i in instances if (i.get("claimed_slots") or 0) > 0)
+    idle = len(instances) - busy
+    if not idle:
+        return "busy"
+    if not busy:
+        return "idle"
+    return f"{busy} busy, {idle} idle"
+
+
 def progress(detail: Mapping[str, Any]) -> tuple[str, str]:
-    """(phase, text): requested -> launching -> running -> heartbeating, or ended/failed."""
+    """(phase, text): requested -> launching -> running -> joined, or ended/failed."""
     state = str(detail.get("state", ""))
     if state != "running":
         return state, render.state_line(detail)
     live = [i for i in detail.get("instances") or [] if i.get("state") in render.LIVE_INSTANCE_STATES]
     beating = [i for i in live if i.get("last_heartbeat_at")]
-    launched = f"{detail.get('launched_count', 0)} of {detail.get('count', 0)} instances launched"
+    asked = int(detail.get("count") or len(live))
     if live and len(beating) == len(live):
-        return "heartbeating", f"heartbeating: {len(beating)} of {len(live)} instances report to the pool"
-    return "running", f"running: {launched}, {len(beating)} heartbeating"
+        return "joined", f"{len(beating)} of {asked} instances joined the pool, {slots_text(beating)}"
+    launched = f"{detail.get('launched_count', 0)} of {asked} instances launched"
+    return "running", f"running: {launched}, {len(beating)} joined the pool"
 
 
-def wait_until_ready(ctx: Ctx, annex_id: str, name: str, timeout: timedelta) -> dict[str, Any]:
-    stream = ctx.err if ctx.json else ctx.out
-    live_line = stream.isatty()
+SILENT_HINT = render.SILENT_CAUSES
+# How long --wait keeps polling through network errors and 5xx answers before it gives up.
+TRANSIENT_GRACE = timedelta(minutes=2)
+
+
+def _lease_note(detail: Mapping[str, Any] | None, name: str, tz: tzinfo | None) -> str:
+    expires = parse_api_time((detail or {}).get("lease_expires_at"))
+    until = f"until {clock_text(expires, tz)}" if expires else "until its lease ends"
+    return (
+        f"{name} keeps its lease {until}: 'annex-client status {name} --watch' follows it, "
+        f"'annex-client stop {name}' stops it"
+    )
+
+
+def _silent(detail: Mapping[str, Any]) -> bool:
+    return any(i.get("end_reason") == "silent" for i in detail.get("instances") or [])
+
+
+class _ProgressLine:
+    """--wait's progress: on a terminal one line rewritten in place (a new line when the text changes),
+    elsewhere one line per change."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.start = _monotonic()
+        self.shown: str | None = None
+        self.width = 0
+
+    def elapsed(self) -> float:
+        return _monotonic() - self.start
+
+    def show(self, text: str) -> None:
+        line = f"  [{duration_text(timedelta(seconds=self.elapsed())):>6}] {text}"
+        if self.live:
+            if self.shown is not None and text != self.shown:
+                self.stream.write("\n")
+                self.width = 0
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+            self.stream.flush()
+        elif text != self.shown:
+            self.stream.write(line + "\n")
+        self.shown = text
+
+    def end(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+
+
+def wait_until_ready(
+    ctx: Ctx, annex_id: str, name: str, timeout: timedelta, first: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     ctx.say(f"Waiting for {name} (up to {duration_text(timeout)}; Ctrl-C stops waiting, not the annex):")
-    start = _monotonic()
-    shown: str | None = None
-    width = 0
+    line = _ProgressLine(ctx.err if ctx.json else ctx.out)
+    limit = timeout.total_seconds()
+    last: Mapping[str, Any] | None = first
+    failing_since: float | None = None
     try:
         while True:
-            detail = ctx.api.get(annex_id)
+            elapsed = line.elapsed()
+            try:
+                detail = ctx.api.get(annex_id)
+            except (Unreachable, ServiceFailed) as exc:
+                # A network blip or a 5xx must not end the wait: keep asking for a while.
+                failing_since = elapsed if failing_since is None else failing_since
+                if elapsed - failing_since >= TRANSIENT_GRACE.total_seconds() or elapsed >= limit:
+                    line.end()
+                    raise type(exc)(f"{exc.message}. {_lease_note(last, name, ctx.tz)}") from None
+                line.show(f"no answer from the API ({exc.line()}); still trying")
+                _sleep(min(POLL_SECONDS, max(0.0, limit - elapsed)))
+                continue
+            failing_since, last = None, detail
             phase, text = progress(detail)
-            elapsed = _monotonic() - start
-            line = f"  [{duration_text(timedelta(seconds=elapsed)):>6}] {text}"
-            if live_line:  # one line rewritten in place; a new line when the phase changes
-                if shown is not None and text != shown:
-                    stream.write("\n")
-                    width = 0
-                stream.write("\r" + line.ljust(width))
-                width = len(line)
-                stream.flush()
-            elif text != shown:
-                stream.write(line + "\n")
-            shown = text
-            if phase == "heartbeating":
-                if live_line:
-                    stream.write("\n")
+            line.show(text)
+            if phase == "joined":
+                line.end()
                 expires = parse_api_time(detail.get("lease_expires_at"))
                 until = f"; the lease ends {clock_text(expires, ctx.tz)}" if expires else ""
-                ctx.say(f"Ready: {name} is running jobs{until}.")
+                ctx.say(f'Ready: {text}{until}. Send jobs to it with: +AnnexTarget = "{name}"')
                 return detail
             if phase in ("ended", "failed"):
-                if live_line:
-                    stream.write("\n")
+                line.end()
+                hint = f" (instances that never join usually mean {SILENT_HINT})" if _silent(detail) else ""
                 raise Refused(
-                    f"{name} {render.state_line(detail)} before it was ready; "
+                    f"{name} {render.state_line(detail)} before it was ready{hint}; "
                     f"'annex-client status {name}' shows its history",
                     status=409,
                     code="AnnexEnded",
                 )
-            if elapsed >= timeout.total_seconds():
-                if live_line:
-                    stream.write("\n")
+            if elapsed >= limit:
+                line.end()
+                hint = f" Instances that never join usually mean {SILENT_HINT}." if phase == "running" else ""
                 raise TimedOut(
-                    f"gave up waiting after {duration_text(timeout)}: {name} is {text}. It keeps its lease: "
-                    f"'annex-client status {name}' shows it, 'annex-client stop {name}' stops it"
+                    f"gave up waiting after {duration_text(timeout)}: {name} is {text}. "
+                    f"{_lease_note(detail, name, ctx.tz)}.{hint}"
                 )
-            _sleep(min(POLL_SECONDS, max(0.0, timeout.total_seconds() - elapsed)))
+            _sleep(min(POLL_SECONDS, max(0.0, limit - elapsed)))
     except KeyboardInterrupt:
-        raise Interrupted(
-            f"stopped waiting; {name} keeps running until its lease ends "
-            f"('annex-client stop {name}' stops it now)"
-        ) from None
+        raise Interrupted(f"stopped waiting; {_lease_note(last, name, ctx.tz)}") from None
 
 
 # --- extend, stop -------------------------------------------------------------------------------------
 
 
+def _extend_plan(
+    detail: Mapping[str, Any],
+    limits: Mapping[str, Any],
+    target: datetime,
+    now: datetime,
+    tz: tzinfo | None,
+    *,
+    quote: Mapping[str, Any],
+) -> tuple[str, datetime]:
+    """What extending to `target` adds (capped as the API caps it: MaxLease ahead of now), and its cost."""
+    current = parse_api_time(detail.get("lease_expires_at")) or now
+    cap = now + timedelta(seconds=int(limits["max_lease_seconds"]))
+    new = min(target, cap)
+    added = max(timedelta(0), new - current)
+    if detail.get("state") in ("requested", "launching"):
+        count = int(detail.get("count") or 0)
+    else:
+        live = [i for i in detail.get("instances") or [] if i.get("state") in render.LIVE_INSTANCE_STATES]
+        count = len(live)
+    types = list(detail.get("instance_types") or [])
+    spot = detail.get("market") == "spot"
+    cost = estimate(quote, count, added.total_seconds() / 3600, spot=spot, several=len(types) > 1)
+    lease = f"until {clock_text(current, tz)} -> {clock_text(new, tz)} (+{duration_text(added, units=2)})"
+    if new < target:
+        lease += f"; capped: a lease reaches at most {duration_text(cap - now, units=2)} ahead of now"
+    lines = [
+        ("lease", lease),
+        ("usage", f"up to {round(cost.instance_hours, 2):g} more instance-hours ({count} live instances)"),
+        ("cost", cost.text().replace(" = ", " more = ", 1) if cost.usd is not None else cost.text()),
+    ]
+    month = month_text(quote)
+    if month:
+        lines.append(("this month", month))
+    width = max(len(k) for k, _ in lines)
+    body = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in lines)
+    return f"Extend annex {detail.get('name')}:\n{body}", new
+
+
 def cmd_extend(ctx: Ctx) -> int:
     args = ctx.args
     annex_id = ctx.api.resolve(args.name)
+    detail = ctx.api.get(annex_id)
+    name = str(detail.get("name"))
+    if detail.get("state") not in LIVE_STATES:
+        raise Refused(
+            f"{name} ({annex_id}) has {render.state_line(detail)}; an ended annex cannot be extended "
+            f"(request a new one)",
+            status=409,
+            code="LeaseConflict",
+        )
+    now = _now()
+    current = parse_api_time(detail.get("lease_expires_at")) or now
+    target = current + args.by if args.by is not None else args.until
+    if target <= max(current, now):
+        raise Refused(
+            f"{clock_text(target, ctx.tz)} is not later than the lease's current end "
+            f"({clock_text(current, ctx.tz)}); extend moves the end later",
+            status=422,
+            code="ValidationError",
+        )
+    limits = ctx.api.health()["limits"]
+    how = {"by": duration_text(args.by)} if args.by is not None else {"until": iso_z(args.until)}
+    quote = ctx.api.estimate({"extend": {"annex_id": annex_id, **how}})
+    plan, _new = _extend_plan(detail, limits, target, now, ctx.tz, quote=quote)
+    ctx.err.write(plan + "\n")
+    if quote.get("allowed") is False:
+        raise Refused(str(quote.get("refusal")), status=409, code="BudgetExceeded")
+    ctx.confirm("Extend it?", yes=args.yes, refusal="this extension would keep paid instances running longer")
     if args.by is not None:
         result = ctx.api.extend(annex_id, by=duration_text(args.by))
     else:
@@ -370,13 +600,45 @@ def cmd_list(ctx: Ctx) -> int:
 
 def cmd_status(ctx: Ctx) -> int:
     if not ctx.args.name:
+        if getattr(ctx.args, "watch", False):
+            raise UsageError("--watch follows one annex: give its NAME")
         return cmd_list(ctx)
-    detail = ctx.api.get(ctx.api.resolve(ctx.args.name))
-    if ctx.json:
-        ctx.emit(detail)
-    else:
-        ctx.say(render.status_text(detail, _now(), ctx.tz))
-    return OK
+    annex_id = ctx.api.resolve(ctx.args.name)
+    if not getattr(ctx.args, "watch", False):
+        detail = ctx.api.get(annex_id)
+        if ctx.json:
+            ctx.emit(detail)
+        else:
+            ctx.say(render.status_text(detail, _now(), ctx.tz))
+        return OK
+    return _watch(ctx, annex_id)
+
+
+def _watch(ctx: Ctx, annex_id: str) -> int:
+    """Show the annex again every --every until it has ended (then once more, and exit 0)."""
+    every = ctx.args.every.total_seconds()
+    clear = ctx.out.isatty() and not ctx.json
+    name = ctx.args.name
+    try:
+        while True:
+            detail = ctx.api.get(annex_id)
+            name = str(detail.get("name", name))
+            if ctx.json:
+                ctx.out.write(json.dumps(detail) + "\n")  # one JSON document per line
+            else:
+                if clear:
+                    ctx.out.write("\x1b[H\x1b[2J")
+                ctx.say(render.status_text(detail, _now(), ctx.tz))
+                if detail.get("state") in LIVE_STATES:
+                    ctx.say(
+                        f"\n(every {duration_text(ctx.args.every)}; Ctrl-C stops watching, not the annex)\n"
+                    )
+            ctx.out.flush()
+            if detail.get("state") not in LIVE_STATES:
+                return OK
+            _sleep(every)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped watching; {name} is unchanged by it") from None
 
 
 # --- check-setup, configure ---------------------------------------------------------------------------
@@ -392,10 +654,9 @@ def _limits_lines(limits: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("instance types", ", ".join(types)),
         ("per annex", f"at most {limits['max_instances_per_annex']} instances"),
         ("per owner", f"at most {limits['max_live_instances_per_owner']} live instances"),
-        (
-            "lease",
-            f"{d('default_lease_seconds')} by default, {d('min_lease_seconds')} to {d('max_lease_seconds')}",
-        ),
+        # `request` asks for --lease every time (no silent default spends money); the API's own default
+        # applies only to callers that send none.
+        ("lease", f"{d('min_lease_seconds')} to {d('max_lease_seconds')}, given with request --lease"),
         (
             "idle stop",
             f"{d('default_idle_timeout_seconds')} by default, at least {d('min_idle_timeout_seconds')}",

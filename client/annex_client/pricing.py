@@ -59,7 +59,13 @@ class Estimate:
 
 
 def _hours(hours: float) -> str:
-    return f"{hours:g}h" if hours >= 1 else f"{hours * 60:g}m"
+    """`4h`, `1.5h`, `30m`; an uneven length to the minute (`3h22m`), not `3.37667h`."""
+    minutes = round(hours * 3600) // 60  # whole minutes, as the lease lengths beside it are printed
+    if minutes < 60:
+        return f"{hours * 60:g}m"
+    if minutes % 60 == 0 or minutes % 30 == 0:
+        return f"{minutes / 60:g}h"
+    return f"{minutes // 60}h{minutes % 60}m"
 
 
 def estimate(

@@ -12,6 +12,12 @@ from annex_client.timefmt import clock_text, duration_text, parse_api_time, rela
 
 LIVE_STATES = ("requested", "launching", "running")
 LIVE_INSTANCE_STATES = ("pending", "running")
+# The usual causes of instances that never report to the pool (the agent's heartbeat is how they join).
+SILENT_CAUSES = (
+    "the image lacks HTCondor or the agent, the subnet cannot reach the central manager or the API, the "
+    "pool token is wrong, or the collector refuses them; your pool administrator can read each "
+    "instance's console output"
+)
 _ARN = re.compile(r"^arn:aws[\w-]*:(?:iam|sts)::\d{12}:(user|role|assumed-role)/(.+)$")
 
 
@@ -170,6 +176,18 @@ def state_line(annex: Mapping[str, Any]) -> str:
     return f"{text}; {note}" if note and not complete else text
 
 
+def jobs_of(detail: Mapping[str, Any]) -> str:
+    """Whose jobs the annex runs, in HTCondor terms (a job's Owner)."""
+    user = str(detail.get("condor_user") or "?")
+    text = (
+        f"{user} (every idle job)"
+        if detail.get("all_my_jobs")
+        else f'{user} (+AnnexTarget = "{detail.get("name")}")'
+    )
+    shared = detail.get("share_with") or []
+    return text + (f"; shared with {', '.join(shared)}" if shared else "")
+
+
 def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str:
     expires = parse_api_time(detail.get("lease_expires_at"))
     created = parse_api_time(detail.get("created_at"))
@@ -178,10 +196,16 @@ def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> s
     lines = [
         ("state", state_line(detail)),
         ("owner", str(detail.get("owner", ""))),
+        ("jobs of", jobs_of(detail)),
         ("type", f"{', '.join(detail.get('instance_types') or [])}, {detail.get('market', '')}"),
     ]
     if expires is not None:
-        when = relative(expires, now) if detail.get("state") in LIVE_STATES else "over"
+        if detail.get("state") in LIVE_STATES:
+            when = relative(expires, now)
+        elif ended is not None and expires - ended >= timedelta(seconds=1):
+            when = f"ended early: {duration_text(expires - ended, units=2)} of it unused"
+        else:
+            when = "ran to its end"
         lines.append(("lease", f"until {clock_text(expires, tz)} ({when})"))
     lines.append(("idle stop", f"after {duration_text(idle, units=2)} with no claimed slot"))
     if created is not None:
@@ -203,6 +227,12 @@ def status_text(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str
         parts.append(instance_table(detail, now))
     else:
         parts.append("No instances yet.")
+    silent = [i for i in detail.get("instances") or [] if i.get("end_reason") == "silent"]
+    if silent:
+        parts.append(
+            f"{len(silent)} instance(s) ended silent: they never reported to the pool, or stopped reporting. "
+            f"The usual causes: {SILENT_CAUSES}."
+        )
     if detail.get("history"):
         parts.append(history_table(detail, tz))
     return "\n\n".join(parts)

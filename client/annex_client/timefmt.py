@@ -24,7 +24,16 @@ def parse_duration(text: str) -> timedelta:
     """`90m`, `4h`, `1d`, `1h30m`, `2w`, `PT4H`. Raises ValueError saying what would be accepted."""
     compact = text.strip().lower().replace(" ", "")
     if compact.isdigit():
+        number = int(compact)
+        if number >= 60:  # a count of seconds or minutes, most likely: say what it would be
+            as_seconds = duration_text(timedelta(seconds=number))
+            raise ValueError(
+                f"'{text}' needs a unit: {number}s is {as_seconds}, {number}m is "
+                f"{duration_text(timedelta(minutes=number))}; write the one you mean, such as {as_seconds}"
+            )
         raise ValueError(f"'{text}' needs a unit: {compact}h, {compact}m or {compact}d")
+    if compact.startswith("-"):
+        raise ValueError(f"'{text}' is negative; durations are positive, such as {compact[1:] or '2h'}")
     seconds = 0
     if _HUMAN.match(compact):
         seconds = sum(int(n) * _SECONDS_BY_UNIT[u] for n, u in _HUMAN_PART.findall(compact))

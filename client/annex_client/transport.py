@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
 import time
@@ -37,12 +38,15 @@ RETRY_IDEMPOTENT = frozenset({502, 503, 504})
 
 
 class NetworkError(Exception):
-    """No HTTP answer. `sent` is False when the request certainly never reached the server."""
+    """No HTTP answer. `sent` is False when the request certainly never reached the server; `transient`
+    is False when trying again a second later cannot help (nothing listens, the name does not resolve,
+    the certificate is not trusted)."""
 
-    def __init__(self, reason: str, *, sent: bool) -> None:
+    def __init__(self, reason: str, *, sent: bool, transient: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
         self.sent = sent
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -66,19 +70,19 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener: urllib.request.OpenerDirector | None = None
 
 
-def _describe_reason(reason: object) -> tuple[str, bool]:
-    """(a short description, whether the request may have been sent)."""
+def _describe_reason(reason: object) -> tuple[str, bool, bool]:
+    """(a short description, whether the request may have been sent, whether retrying may help)."""
     if isinstance(reason, ConnectionRefusedError):
-        return "connection refused", False
+        return "connection refused (nothing listens there)", False, False
     if isinstance(reason, socket.gaierror):
-        return "the host name does not resolve", False
+        return "the host name does not resolve", False, False
     if isinstance(reason, ssl.SSLCertVerificationError):
-        return f"its TLS certificate is not trusted ({reason.verify_message})", False
+        return f"its TLS certificate is not trusted ({reason.verify_message})", False, False
     if isinstance(reason, ssl.SSLError):
-        return f"TLS failed ({reason})", False
+        return f"TLS failed ({reason})", False, True
     if isinstance(reason, (TimeoutError, socket.timeout)):
-        return "no answer in time", True
-    return str(reason) or type(reason).__name__, True
+        return "no answer in time", True, True
+    return str(reason) or type(reason).__name__, True, True
 
 
 def send(
@@ -97,8 +101,8 @@ def send(
         with err:
             return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
     except urllib.error.URLError as err:
-        reason, sent = _describe_reason(err.reason)
-        raise NetworkError(reason, sent=sent) from None
+        reason, sent, transient = _describe_reason(err.reason)
+        raise NetworkError(reason, sent=sent, transient=transient) from None
     except (TimeoutError, socket.timeout):
         raise NetworkError("no answer in time", sent=True) from None
     except (http.client.HTTPException, OSError) as err:
@@ -126,9 +130,13 @@ class Signer:
         try:
             self._session = botocore.session.Session(profile=self.profile)
             credentials = self._session.get_credentials()
-        except bx.ProfileNotFound:
+        except bx.ProfileNotFound as exc:
+            # The profile may come from --profile, the config file, or AWS_PROFILE (read by botocore
+            # itself, so self.profile is None then): name the one botocore looked for.
+            name = self.profile or getattr(exc, "kwargs", {}).get("profile") or os.environ.get("AWS_PROFILE")
+            source = "" if self.profile else " (from AWS_PROFILE)"
             raise ConfigError(
-                f"the AWS profile '{self.profile}' is not in your AWS config or credentials file; "
+                f"the AWS profile '{name}'{source} is not in your AWS config or credentials file; "
                 "list yours with 'aws configure list-profiles' and pass --profile NAME",
                 code="ProfileNotFound",
             ) from None
@@ -332,7 +340,7 @@ class Transport:
             try:
                 status, reply_headers, raw = send(method, url, headers, payload, self.timeout)
             except NetworkError as exc:
-                if attempt < self.attempts and (idempotent or not exc.sent):
+                if exc.transient and attempt < self.attempts and (idempotent or not exc.sent):
                     self.sleep(0.5 * 2 ** (attempt - 1))
                     continue
                 raise self._unreachable(exc, idempotent) from None

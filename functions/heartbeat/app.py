@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Any
 
-from annex.api.http import ERROR_RESPONSES, install_error_handlers, json_only
+from annex.api.http import ERROR_RESPONSES, install_error_handlers, strict_input
 from annex.aws import clients
 from annex.core.clock import utcnow
 from annex.core.config import HeartbeatSettings
@@ -63,6 +63,6 @@ def heartbeat(request: Annotated[HeartbeatRequest, Body()]) -> HeartbeatResponse
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@json_only
+@strict_input(app)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -6,8 +6,9 @@ from functools import cache
 from http import HTTPStatus
 from typing import Annotated, Any
 
+from annex.api import pagetoken
 from annex.api.http import ERROR_RESPONSES as ERRORS
-from annex.api.http import install_error_handlers, json_only, json_response
+from annex.api.http import install_error_handlers, json_response, strict_input
 from annex.api.service import AnnexService
 from annex.aws import clients
 from annex.aws.inventory import Ec2Inventory
@@ -70,7 +71,7 @@ def service() -> AnnexService:
 
 def caller() -> Caller:
     identity = app.current_event.request_context.identity
-    return caller_from_arn(identity.user_arn, settings().admin_principals)
+    return caller_from_arn(identity.user_arn, settings().identity)
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -97,7 +98,12 @@ def list_annexes(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     next_token: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> AnnexListView:
-    return service().list(caller(), everyone=scope == "all", limit=limit, page_token=next_token, now=utcnow())
+    who = caller()
+    binding = f"{who.arn}\n{scope}"  # a token works only for the caller and the scope it was issued for
+    inner = pagetoken.unseal(next_token, binding=binding, key=pagetoken.page_token_key())
+    listing = service().list(who, everyone=scope == "all", limit=limit, page_token=inner, now=utcnow())
+    sealed = pagetoken.seal(listing.next_token, binding=binding, key=pagetoken.page_token_key())
+    return listing.model_copy(update={"next_token": sealed})
 
 
 @app.get("/annexes/<annex_id>", summary="One annex with its instances and history", responses=ERRORS)
@@ -160,6 +166,6 @@ def health() -> Health:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@json_only
+@strict_input(app)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

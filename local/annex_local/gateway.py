@@ -144,6 +144,22 @@ def _title(name: str) -> str:
     return "-".join(part.capitalize() for part in name.split("-"))
 
 
+def _repeated_values(event: dict[str, Any], query: str, headers: list[tuple[str, str]]) -> None:
+    """As API Gateway's REST proxy event: a repeated query parameter or header keeps its last value in
+    `queryStringParameters`/`headers` and every value in the `multiValue...` twins."""
+    params: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        params.setdefault(name, []).append(value)
+    event["queryStringParameters"] = {k: v[-1] for k, v in params.items()} or None
+    event["multiValueQueryStringParameters"] = params or None
+    multi: dict[str, list[str]] = {}
+    for name, value in headers:
+        multi.setdefault(_title(name), []).append(value)
+    for name, value in event["headers"].items():
+        multi.setdefault(name, [value])
+    event["multiValueHeaders"] = multi
+
+
 class Gateway:
     """`Gateway(identities).start()` serves http://127.0.0.1:<port>/<stage>; `stop()` (or a with-block)
     shuts it down. `handlers` maps a function's logical id to a callable, overriding the import of its
@@ -227,6 +243,7 @@ class Gateway:
             stage=self.stage,
         )
         event["requestContext"]["identity"]["accessKey"] = who.access_key
+        _repeated_values(event, split.query, headers)
         request_id = str(event["requestContext"]["requestId"])
         output = io.StringIO()
         try:

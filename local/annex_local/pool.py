@@ -16,6 +16,7 @@ from annex.store import AnnexStore
 
 CENTRAL_MANAGER = "cm.pool.example.org:9618"
 API_ID = "a1b2c3d4e5"
+HEARTBEAT_API_ID = "h1b2c3d4e5"  # the heartbeat API (HeartbeatApi), separate from the user API
 POOL_TOKEN = "eyJhbGciOiJIUzI1NiJ9.annex-test-pool-token.c2lnbmF0dXJl"  # a fake IDTOKEN: never in user data
 
 
@@ -41,6 +42,7 @@ class Pool:
             "PoolTokenSecret": self.pool_token_secret_arn,
             "AnnexInstanceProfile.Arn": self.instance_profile_arn,
             "AnnexApi": API_ID,
+            "HeartbeatApi": HEARTBEAT_API_ID,
         }
 
 

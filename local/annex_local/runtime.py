@@ -62,16 +62,27 @@ class LocalRuntime:
         self.invocations: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self._handlers: dict[str, Callable[..., Any]] = {}
+        # Imports happen under their own lock: two threads importing the handler modules at once can
+        # each see the other's partially initialised module (`cannot import name 'Metrics' from
+        # partially initialized module`). `preload()` imports them all before any thread starts.
+        self._import_lock = threading.Lock()
         self.on_invoke: list[Callable[[str, float], None]] = []
 
     def configure(self, environment: dict[str, str]) -> None:
         os.environ.update(environment)
 
     def handler(self, logical_id: str) -> Callable[..., Any]:
-        if logical_id not in self._handlers:
-            module, attribute = handler_path(logical_id)
-            self._handlers[logical_id] = getattr(importlib.import_module(module), attribute)
-        return self._handlers[logical_id]
+        with self._import_lock:
+            if logical_id not in self._handlers:
+                module, attribute = handler_path(logical_id)
+                self._handlers[logical_id] = getattr(importlib.import_module(module), attribute)
+            return self._handlers[logical_id]
+
+    def preload(self) -> None:
+        """Import every function's handler module once, in this thread (call after `configure`: the
+        handlers' Logger and Metrics read the environment when their module is imported)."""
+        for logical_id in functions():
+            self.handler(logical_id)
 
     def invoke(self, logical_id: str, event: Any) -> Any:
         fn = self.handler(logical_id)

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import re
 import secrets
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,19 @@ from annex_local.runtime import LocalRuntime, install_code_paths, stack_environm
 from annex_local.scheduler import Scheduler, schedules_from_template
 from annex_local.sigv4 import Identity
 from annex_local.streams import StreamMapping, StreamPoller
-from annex_local.template import events_of_type, load_template, parameter_defaults
+from annex_local.template import (
+    events_of_type,
+    function_environment,
+    functions,
+    handler_path,
+    load_template,
+    parameter_defaults,
+    resource_policy_denies,
+    rest_apis,
+)
 
 log = logging.getLogger("annex_local")
+gateway_log = logging.getLogger("annex_local.gateway")
 
 USERS = {
     "alice": f"arn:aws:iam::{ACCOUNT}:user/alice",
@@ -74,6 +87,55 @@ class Options:
         )
 
 
+class SettingsRejected(ValueError):
+    """The functions would refuse these parameters at cold start; the message names them and why."""
+
+
+def _gateway_log(line: str) -> None:
+    """The gateway's log sink: a handler that failed is an error, every other line is a request."""
+    if " -> 502: " in line:
+        gateway_log.error("%s", line)
+    else:
+        gateway_log.info("%s", line)
+
+
+def parameter_of_variable() -> dict[str, str]:
+    """Environment variable -> the template parameter it comes from (`!Ref P` or `!Join [",", !Ref P]`)."""
+    declared = load_template().get("Parameters", {})
+    out: dict[str, str] = {}
+    for logical_id in functions():
+        for var, value in function_environment(logical_id).items():
+            ref = value["Fn::Join"][1] if isinstance(value, dict) and "Fn::Join" in value else value
+            if isinstance(ref, dict) and ref.get("Ref") in declared:
+                out[var] = str(ref["Ref"])
+    return out
+
+
+def describe_settings_errors(errors: Sequence[Mapping[str, Any]], values: dict[str, str]) -> list[str]:
+    """pydantic's errors on a settings model, in the words of `--param`: each line names the template
+    parameter (not the environment variable the function reads), its value, and the reason."""
+    names = parameter_of_variable()
+
+    def words(text: str) -> str:
+        text = re.sub(r"^Value error, ", "", text)
+        return re.sub(r"\b[A-Z][A-Z0-9_]+\b", lambda m: names.get(m.group(0), m.group(0)), text)
+
+    lines = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        message = words(str(error.get("msg", "invalid")))
+        if loc:
+            param = names.get(loc[0], loc[0])
+            lines.append(f"{param}={values.get(param, '')!s}: {message}")
+        else:
+            mentioned = [
+                p for p in dict.fromkeys(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", message)) if p in values
+            ]
+            given = ", ".join(f"{p}={values[p]}" for p in mentioned)
+            lines.append(f"{message}" + (f" (here {given})" if given else ""))
+    return lines
+
+
 class LocalStack:
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -83,7 +145,8 @@ class LocalStack:
         self.users: dict[str, tuple[str, str]] = {}
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.gateway: Gateway | None = None
+        self.gateway: Gateway | None = None  # the researchers' API (AnnexApi)
+        self.gateways: dict[str, Gateway] = {}  # every API of the template, by logical id
         self.provisioned: Provisioned | None = None
         self.pollers: list[StreamPoller] = []
         self.scheduler: Scheduler | None = None
@@ -96,6 +159,13 @@ class LocalStack:
         if unknown:
             raise ValueError(f"unknown template parameter(s): {', '.join(sorted(unknown))}")
         self.aws.start()
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> LocalStack:
         self.provisioned = prov = self.aws.provision()
         for name, arn in USERS.items():
             key = "AKIA" + secrets.token_hex(8).upper()
@@ -103,11 +173,26 @@ class LocalStack:
             self.identities[key] = Identity(secret, arn)
             self.users[name] = (key, secret)
         handlers = {fn: self.runtime.as_gateway_handler(fn) for fn, _, _ in events_of_type("Api")}
-        self.gateway = Gateway(
-            self.identities, region=REGION, host=self.options.host, port=self.options.port, handlers=handlers
-        ).start()
+        # One gateway per API, as deployed: AnnexApi on the requested port, the others (HeartbeatApi) on
+        # any free one, each refusing whom its resource policy denies.
+        for api in rest_apis():
+            self.gateways[api] = Gateway(
+                self.identities,
+                region=REGION,
+                host=self.options.host,
+                port=self.options.port if api == "AnnexApi" else 0,
+                api=api,
+                handlers=handlers,
+                authorize=self._resource_policy(api, prov.refs),
+                log=_gateway_log,
+            ).start()
+        self.gateway = self.gateways["AnnexApi"]
         self._configure_functions(prov)
         self._load_prices(prov)
+        # Every handler module is imported here, once, before any thread that invokes them starts; then
+        # every function's settings are validated as at a cold start, so bad parameters stop `up`.
+        self.runtime.preload()
+        self.validate_settings()
         self._start_pollers(prov)
         self._start_scheduler()
         self._start_nodes(prov)
@@ -119,8 +204,8 @@ class LocalStack:
         self.stop_event.set()
         for thread in self.threads:
             thread.join(timeout=10)
-        if self.gateway is not None:
-            self.gateway.stop()
+        for gateway in self.gateways.values():
+            gateway.stop()
         self.aws.stop()
         env_file = self.options.state_dir / "env"
         if env_file.exists():
@@ -139,12 +224,25 @@ class LocalStack:
         assert self.gateway is not None
         return self.gateway.url
 
+    @property
+    def heartbeat_url(self) -> str:
+        """The template's HeartbeatUrl output: the heartbeat route on its own API."""
+        return f"{self.gateways['HeartbeatApi'].url}/heartbeat"
+
+    @staticmethod
+    def _resource_policy(api: str, refs: dict[str, str]) -> Any:
+        def authorize(who: Any, _method: str, _path: str) -> bool:
+            return not resource_policy_denies(api, who.arn, refs)
+
+        return authorize
+
     def _configure_functions(self, prov: Provisioned) -> None:
         overrides = {
             **prov.refs,
             **self.options.effective_params(),
             **self.network_parameters(prov),
             "AnnexApi": "local",
+            "HeartbeatApi": "local-heartbeat",
         }
         env = stack_environment(
             table_name=prov.table_name,
@@ -166,6 +264,27 @@ class LocalStack:
             os.environ.pop(var, None)
         self.runtime.configure(env)
 
+    def validate_settings(self) -> None:
+        """Each function's settings model, read from the environment as its cold start would. A value
+        the functions would refuse raises SettingsRejected naming the parameter and the reason."""
+        from pydantic import ValidationError  # noqa: PLC0415 - the functions' own dependency
+
+        values = {**parameter_defaults(), **self.options.effective_params()}
+        problems: list[str] = []
+        for logical_id in functions():
+            module = importlib.import_module(handler_path(logical_id)[0])
+            settings = getattr(module, "settings", None)
+            if settings is None:
+                continue
+            try:
+                settings()
+            except ValidationError as exc:
+                for line in describe_settings_errors(exc.errors(), values):
+                    if line not in problems:
+                        problems.append(line)
+        if problems:
+            raise SettingsRejected("the functions would refuse these parameters: " + "; ".join(problems))
+
     def network_parameters(self, prov: Provisioned) -> dict[str, str]:
         """What an administrator supplies at deploy time (subnets, security group, image, central
         manager), pointed at the embedded EC2."""
@@ -184,8 +303,7 @@ class LocalStack:
         return supplied
 
     def url_overrides(self) -> dict[str, str]:
-        assert self.gateway is not None
-        return {"HEARTBEAT_URL": f"{self.gateway.url}/heartbeat"}
+        return {"HEARTBEAT_URL": self.heartbeat_url}
 
     def _thread(self, target: Any, *args: Any, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -256,7 +374,7 @@ class LocalStack:
         period = self.options.effective_heartbeat_period()
         self.nodes = SimulatedNodes(
             ec2=self.aws.client("ec2"),
-            heartbeat_url=f"{self.gateway.url}/heartbeat",
+            heartbeat_url=self.heartbeat_url,
             identities=self.identities,
             role_name=prov.instance_role_name,
             stack_name=self.options.stack_name,
@@ -285,6 +403,7 @@ class LocalStack:
         config.write_text("".join(f"[profile {name}]\nregion = {REGION}\n\n" for name in self.users))
         env = {
             "ANNEX_ENDPOINT": self.api_url,
+            "ANNEX_HEARTBEAT_URL": self.heartbeat_url,
             "AWS_ENDPOINT_URL": self.aws.endpoint,
             "AWS_CONFIG_FILE": str(config),
             "AWS_SHARED_CREDENTIALS_FILE": str(credentials),

@@ -50,7 +50,40 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
 
 
 def resources(type_: str, path: Path = TEMPLATE) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in load_template(path)["Resources"].items() if v.get("Type") == type_}
+    """The resources of a type that a deploy with the parameter defaults creates (a resource whose
+    Condition is false there, such as the optional seed node's, does not exist locally)."""
+    return {
+        k: v
+        for k, v in load_template(path)["Resources"].items()
+        if v.get("Type") == type_ and ("Condition" not in v or condition_holds(v["Condition"], path=path))
+    }
+
+
+def condition_holds(name: str, params: dict[str, str] | None = None, path: Path = TEMPLATE) -> bool:
+    """A template Condition over parameter values (the defaults, then `params`)."""
+    values = {**parameter_defaults(path), **(params or {})}
+    conditions = load_template(path).get("Conditions", {})
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict) and "Ref" in v:
+            return values[v["Ref"]]
+        return str(v)
+
+    def holds(c: Any) -> bool:
+        if "Condition" in c or "Fn::Condition" in c:  # the loader reads the short form as Fn::Condition
+            return holds(conditions[c.get("Condition") or c["Fn::Condition"]])
+        if "Fn::Equals" in c:
+            left, right = c["Fn::Equals"]
+            return value(left) == value(right)
+        if "Fn::Not" in c:
+            return not holds(c["Fn::Not"][0])
+        if "Fn::And" in c:
+            return all(holds(x) for x in c["Fn::And"])
+        if "Fn::Or" in c:
+            return any(holds(x) for x in c["Fn::Or"])
+        raise KeyError(f"cannot evaluate condition {c!r} locally")
+
+    return holds(conditions[name])
 
 
 def parameter_defaults(path: Path = TEMPLATE) -> dict[str, str]:
@@ -162,8 +195,44 @@ def resolve_environment(
                 return str(overrides[key])
         if isinstance(v, dict) and isinstance(v.get("Fn::Sub"), str):
             return _SUB_VARIABLE.sub(lambda m: ref(m.group(1)), v["Fn::Sub"])
+        if isinstance(v, dict) and "Fn::If" in v:
+            name, when_true, when_false = v["Fn::If"]
+            return value(when_true if condition_holds(name, overrides, path) else when_false)
         raise KeyError(f"cannot resolve {v!r} locally; pass it in overrides")
 
     for key, raw in function_environment(logical_id, path).items():
         resolved[key] = overrides[key] if key in overrides else value(raw)
     return resolved
+
+
+def rest_apis(path: Path = TEMPLATE) -> list[str]:
+    """The logical ids of the template's REST APIs (each served by its own local gateway)."""
+    return list(resources("AWS::Serverless::Api", path))
+
+
+def principal_arn(caller_arn: str) -> str:
+    """`aws:PrincipalArn` as IAM sets it: a role session's is its role's ARN, anything else its own."""
+    match = re.match(r"^arn:([\w-]+):sts::(\d{12}):assumed-role/([^/]+)/.+$", caller_arn)
+    return f"arn:{match.group(1)}:iam::{match.group(2)}:role/{match.group(3)}" if match else caller_arn
+
+
+def resource_policy_denies(api: str, caller_arn: str, refs: dict[str, str], path: Path = TEMPLATE) -> bool:
+    """Whether the API's resource policy (SAM `Auth.ResourcePolicy.CustomStatements`) denies
+    execute-api:Invoke to this caller. Deny statements on the whole API with an ArnEquals/ArnNotEquals
+    condition on aws:PrincipalArn are evaluated; `refs` resolves `!GetAtt X.Arn` ("X.Arn" -> ARN). Any
+    other statement shape raises, so the template cannot grow a policy the local stack silently ignores."""
+    auth = load_template(path)["Resources"][api]["Properties"].get("Auth", {})
+    statements = (auth.get("ResourcePolicy") or {}).get("CustomStatements") or []
+    who = principal_arn(caller_arn)
+    for st in statements:
+        if st.get("Effect") != "Deny" or st.get("Action") != "execute-api:Invoke":
+            raise ValueError(f"{api}: the local gateway evaluates only Deny execute-api:Invoke statements")
+        (operator, keys), *rest = (st.get("Condition") or {}).items()
+        if rest or operator not in ("ArnEquals", "ArnNotEquals") or list(keys) != ["aws:PrincipalArn"]:
+            raise ValueError(f"{api}: the local gateway evaluates only an aws:PrincipalArn condition")
+        raw = keys["aws:PrincipalArn"]
+        values = raw if isinstance(raw, list) else [raw]
+        arns = {refs[".".join(v["Fn::GetAtt"])] if isinstance(v, dict) else str(v) for v in values}
+        if (who in arns) == (operator == "ArnEquals"):
+            return True
+    return False

@@ -51,8 +51,20 @@ class RunningStack:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
+    @property
+    def heartbeat_api(self) -> str:
+        """The heartbeat API's base URL (its own API, as deployed: HeartbeatUrl without /heartbeat)."""
+        return self.env["ANNEX_HEARTBEAT_URL"].removesuffix("/heartbeat")
+
     def awscurl(
-        self, method: str, path: str, *, profile: str = "alice", body: Any = None, secret: str | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        profile: str = "alice",
+        body: Any = None,
+        secret: str | None = None,
+        api: str | None = None,
     ) -> tuple[int, Any]:
         """Sign and send with awscurl's own SigV4 code (a third-party signer, not botocore's).
         Returns (status, parsed body)."""
@@ -65,7 +77,7 @@ class RunningStack:
             method,
             "execute-api",
             "us-east-1",
-            f"{self.api}{path}",
+            f"{api or self.api}{path}",
             headers,
             data,
             creds["aws_access_key_id"],

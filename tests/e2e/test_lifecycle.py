@@ -52,7 +52,7 @@ def test_a_full_lifecycle(stack, annexes):
     assert {i["claimed_slots"] for i in detail["instances"]} == {4}
     assert set(stack.instances(life["id"]).values()) == {"running"}
     # extend: from the current expiry
-    extended = stack.client_json("extend", "life", "--by", "30m")
+    extended = stack.client_json("extend", "life", "--by", "30m", "--yes")
     assert extended["annex"]["lease_expires_at"] > life["lease_expires_at"]
     # stop: TerminateInstances before the answer
     stopped = stack.client("stop", "life", "--yes")
@@ -125,6 +125,7 @@ def test_an_instance_cannot_report_as_another(stack, annexes):
     status_code, answer = stack.awscurl(
         "POST",
         "/heartbeat",
+        api=stack.heartbeat_api,
         profile=mine,
         body={"instance_id": mine, "annex_id": life_idle["id"], "claimed_slots": 1, "total_slots": 4},
     )
@@ -135,20 +136,27 @@ def test_an_instance_cannot_report_as_another(stack, annexes):
     status_code, answer = stack.awscurl(
         "POST",
         "/heartbeat",
+        api=stack.heartbeat_api,
         profile=mine,
         body={"instance_id": others[0], "annex_id": other_annex["id"], "claimed_slots": 0, "total_slots": 4},
     )
     assert status_code == 403, answer
     after = status(stack, other_annex)["instances"]
     assert [i.get("claimed_slots") for i in after] == [i.get("claimed_slots") for i in before]
-    # a researcher is not an instance
-    status_code, _ = stack.awscurl(
+    # a researcher is not an instance: the heartbeat API's resource policy refuses her before any function
+    status_code, answer = stack.awscurl(
         "POST",
         "/heartbeat",
+        api=stack.heartbeat_api,
         profile="alice",
         body={"instance_id": mine, "annex_id": life_idle["id"], "claimed_slots": 0, "total_slots": 4},
     )
     assert status_code == 403
+    assert "not authorized to perform: execute-api:Invoke" in str(answer)
+    # and an instance reaches nothing on the researchers' API
+    status_code, answer = stack.awscurl("GET", "/annexes", profile=mine)
+    assert status_code == 403
+    assert "not authorized to perform: execute-api:Invoke" in str(answer)
 
 
 def _has_profile(stack: RunningStack, name: str) -> bool:

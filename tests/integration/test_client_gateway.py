@@ -101,12 +101,12 @@ def test_request_list_status_extend_stop(capsys, ddb, ec2):
     assert "alice  requested" in out
 
     before = parse_time(item["lease_expires_at"]["S"])
-    code, out, _ = run(capsys, "extend", "bio", "--by", "2h", "--json")
+    code, out, _ = run(capsys, "extend", "bio", "--by", "2h", "--json", "--yes")
     assert code == 0
     assert parse_time(json.loads(out)["annex"]["lease_expires_at"]) == before + timedelta(hours=2)
 
     until = before + timedelta(hours=3)
-    code, out, _ = run(capsys, "extend", annex_id, "--until", to_iso(until))
+    code, out, _ = run(capsys, "extend", annex_id, "--until", to_iso(until), "--yes")
     assert code == 0
     assert out.startswith("The lease of bio now ends ")
     (item,) = meta_items(ddb)
@@ -135,7 +135,7 @@ def test_json_forms_print_the_apis_json(capsys):
         "list": ["list", "--json"],
         "status": ["--json", "status", created["id"]],
         "status without NAME": ["status", "--json"],
-        "extend": ["extend", "bio", "--by", "1h", "--json"],
+        "extend": ["extend", "bio", "--by", "1h", "--json", "--yes"],
         "stop": ["stop", "bio", "--yes", "--json"],
     }.items():
         code, out, err = run(capsys, *argv)
@@ -234,7 +234,8 @@ def test_an_unreachable_endpoint_says_so_with_exit_4(capsys):
     assert code == 4
     assert error_line(err) == (
         f"annex-client: error: cannot reach the Annex endpoint http://127.0.0.1:{port}/v1: "
-        "connection refused; check the URL ('annex-client configure'), your network or VPN"
+        "connection refused (nothing listens there); check the URL ('annex-client configure'), "
+        "your network or VPN"
     )
 
 
@@ -312,11 +313,11 @@ def test_wait_follows_the_annex_until_its_instances_heartbeat(capsys, ddb, monke
     assert progress == [
         "requested",
         "launching",
-        "running: 2 of 2 instances launched, 0 heartbeating",
-        "running: 2 of 2 instances launched, 1 heartbeating",
-        "heartbeating: 2 of 2 instances report to the pool",
+        "running: 2 of 2 instances launched, 0 joined the pool",
+        "running: 2 of 2 instances launched, 1 joined the pool",
+        "2 of 2 instances joined the pool, idle",  # no slot claimed: not "running jobs"
     ]
-    assert out.splitlines()[-1].startswith("Ready: bio is running jobs; the lease ends ")
+    assert out.splitlines()[-1].startswith("Ready: 2 of 2 instances joined the pool, idle; the lease ends ")
 
 
 def test_wait_times_out_with_exit_5(capsys, monkeypatch):

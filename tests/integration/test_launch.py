@@ -19,6 +19,7 @@ from annex.core.clock import parse_time, to_epoch, utcnow
 from annex.core.models import AnnexState
 from annex.launch.launcher import Launcher
 from annex.launch.plan import ordered_subnets
+from annex.launch.userdata import unpack_user_data
 from annex.store import AnnexStore
 from annex_local.pool import put_requested_annex
 from annex_local.streams import filter_patterns, passes
@@ -202,13 +203,13 @@ def test_user_data_joins_the_pool_and_holds_no_secret(api, launch, ec2, ddb, poo
 
     (instance,) = instances_of(ec2, annex["id"])
     attribute = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
-    user_data = base64.b64decode(attribute["UserData"]["Value"]).decode()
+    user_data = unpack_user_data(base64.b64decode(attribute["UserData"]["Value"]).decode())
     assert user_data.startswith("#!/bin/bash")
     assert f"ANNEX_ID={annex['id']}" in user_data
-    assert "CENTRAL_MANAGER=cm.pool.example.org:9618" in user_data
+    assert "COLLECTOR_HOST=cm.pool.example.org:9618" in user_data
     assert f"POOL_TOKEN_SECRET_ARN={pool.pool_token_secret_arn}" in user_data
     assert f"LEASE_EXPIRES_EPOCH={to_epoch(parse_time(annex['lease_expires_at']))}" in user_data
-    assert "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/v1/heartbeat" in user_data
+    assert "https://h1b2c3d4e5.execute-api.us-east-1.amazonaws.com/v1/heartbeat" in user_data
     # The token itself is nowhere: not in user data, not in the records, not in the logs.
     assert pool.pool_token not in user_data
     assert pool.pool_token not in json.dumps(table_items(ddb))
@@ -246,7 +247,7 @@ def test_spot_annex_uses_a_capacity_optimized_instant_fleet_across_the_allowed_t
     assert data["IamInstanceProfile"] == {"Arn": pool.instance_profile_arn}
     assert data["SecurityGroupIds"] == [pool.security_group_id]
     assert data["ImageId"] == pool.image_id
-    assert annex["id"] in base64.b64decode(data["UserData"]).decode()
+    assert annex["id"] in unpack_user_data(base64.b64decode(data["UserData"]).decode())
     launch_tags = {s["ResourceType"]: tags_of(s) for s in data["TagSpecifications"]}
     for resource in ("instance", "volume"):
         assert launch_tags[resource]["annex:id"] == annex["id"]

@@ -42,7 +42,7 @@ def test_a_bare_number_is_refused_with_the_forms_that_would_work():
         parse_duration("4")
 
 
-@pytest.mark.parametrize("text", ["", "abc", "4 hours", "h4", "1.5h", "-4h", "P", "PT"])
+@pytest.mark.parametrize("text", ["", "abc", "4 hours", "h4", "1.5h", "P", "PT"])
 def test_a_non_duration_is_refused_naming_the_accepted_forms(text):
     with pytest.raises(ValueError, match="90m, 4h, 1d"):
         parse_duration(text)

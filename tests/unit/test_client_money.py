@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from annex_client import render
+from annex_client import commands, render
 from annex_client.cli import main
 
 from tests.unit.client_fakes import ALICE, HEALTH, Wire, annex, quote_for
@@ -78,8 +78,13 @@ def test_extend_says_what_it_adds_against_the_month(capsys, monkeypatch):
             "remaining_usd": "79",
         },
     }
-    Wire.install(monkeypatch).on("POST", "/annexes/ax-0123456789abcdef/extend", (200, result))
-    code, out, _ = run(capsys, "extend", "ax-0123456789abcdef", "--by", "2h")
+    wire = Wire.install(monkeypatch).on("POST", "/annexes/ax-0123456789abcdef/extend", (200, result))
+    wire.on("GET", "/annexes/ax-0123456789abcdef", (200, annex(state="running")))
+    wire.on("GET", "/health", (200, HEALTH))
+    wire.on("POST", "/estimates", (200, {**result["quote"], "price": None, "allowed": True}))
+    monkeypatch.setattr(commands, "_now", lambda: datetime(2026, 11, 22, 16, 0, tzinfo=UTC))
+    code, out, err = run(capsys, "extend", "ax-0123456789abcdef", "--by", "2h", "--yes")
+    assert "this month  $21.00 of your $100.00 budget" in err  # in the plan, before asking
     assert code == 0
     assert (
         "It adds about $0.71; $21.00 of your $100.00 budget for 2026-11 spent or committed; $79.00 left."

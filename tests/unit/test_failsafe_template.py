@@ -146,7 +146,9 @@ def test_sweeps_may_terminate_only_this_stacks_instances(resources, logical_id):
     terminate = [s for s in statements(resources[logical_id]) if "ec2:TerminateInstances" in actions(s)]
     assert len(terminate) == 1
     assert terminate[0]["Condition"] == {
-        "StringEquals": {"aws:ResourceTag/annex:stack": {"Ref": "AWS::StackName"}}
+        "StringEquals": {"aws:ResourceTag/annex:stack": {"Ref": "AWS::StackName"}},
+        # The tag alone can be written by anyone with ec2:CreateTags: the profile cannot be.
+        "ArnEquals": {"ec2:InstanceProfile": {"Fn::GetAtt": ["AnnexInstanceProfile", "Arn"]}},
     }
     for statement in statements(resources[logical_id]):
         assert not any(a.endswith("*") for a in actions(statement))
@@ -178,4 +180,4 @@ def test_the_instance_role_may_invoke_only_the_heartbeat_route(resources):
     ]
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Action"] == "execute-api:Invoke"
-    assert statement["Resource"]["Fn::Sub"].endswith("${AnnexApi}/v1/POST/heartbeat")
+    assert statement["Resource"]["Fn::Sub"].endswith("${HeartbeatApi}/v1/POST/heartbeat")

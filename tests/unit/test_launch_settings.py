@@ -25,6 +25,8 @@ ENV = {
     "HEARTBEAT_URL": "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/v1/heartbeat",
     "DEADMAN_MARGIN": "10m",
     "CONFIG_TIMEOUT": "10m",
+    "DRAIN_LEAD": "5m",
+    "USE_CCB": "true",
 }
 
 

@@ -9,6 +9,7 @@ from annex_local.streams import filter_patterns, matches
 from annex_local.template import load_template
 
 STACK = {"Ref": "AWS::StackName"}
+PROFILE = {"ArnEquals": {"ec2:InstanceProfile": {"Fn::GetAtt": ["AnnexInstanceProfile", "Arn"]}}}
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +123,21 @@ def test_every_statement_names_exact_actions(statements):
 
 
 def test_instances_start_only_tagged_for_this_stack(statements):
-    started = statements["StartOnlyInstancesTaggedForThisStack"]
+    instances = statements["StartOnlyAllowedTypesWithImdsV2TaggedForThisStack"]
+    volumes = statements["StartOnlyVolumesAndFleetsTaggedForThisStack"]
+    started = {instances["Sid"], volumes["Sid"]}
 
-    assert set(as_list(started["Action"])) == {"ec2:RunInstances", "ec2:CreateFleet"}
-    assert started["Condition"] == {"StringEquals": {"aws:RequestTag/annex:stack": STACK}}
-    assert any(":instance/*" in json.dumps(r) for r in started["Resource"])
-    assert any(":volume/*" in json.dumps(r) for r in started["Resource"])
+    for statement in (instances, volumes):
+        assert set(as_list(statement["Action"])) == {"ec2:RunInstances", "ec2:CreateFleet"}
+        assert statement["Condition"]["StringEquals"]["aws:RequestTag/annex:stack"] == STACK
+    assert ":instance/*" in json.dumps(instances["Resource"])
+    assert instances["Condition"]["StringEquals"]["ec2:InstanceType"] == {"Ref": "AllowedInstanceTypes"}
+    assert instances["Condition"]["StringEquals"]["ec2:MetadataHttpTokens"] == "required"
+    assert any(":volume/*" in json.dumps(r) for r in volumes["Resource"])
+    assert ":instance/" not in json.dumps(volumes["Resource"])
     # No other statement lets RunInstances create an instance or volume without that condition.
     for sid, statement in statements.items():
-        if sid != started["Sid"] and "ec2:RunInstances" in as_list(statement["Action"]):
+        if sid not in started and "ec2:RunInstances" in as_list(statement["Action"]):
             created = [r for r in as_list(statement["Resource"]) if ":instance/" in json.dumps(r)]
             assert not created, f"{sid} starts instances without the tag condition"
             assert ":volume/" not in json.dumps(statement["Resource"]), sid
@@ -146,6 +153,7 @@ def test_tags_are_written_only_at_launch_or_to_move_the_lease(statements):
     lease = taggers["MoveOnlyTheLeaseTag"]["Condition"]
     assert lease["ForAllValues:StringEquals"] == {"aws:TagKeys": ["annex:lease-expires"]}
     assert lease["StringEquals"] == {"aws:ResourceTag/annex:stack": STACK}
+    assert lease["ArnEquals"] == PROFILE["ArnEquals"]
 
 
 def test_only_the_annex_instance_role_may_be_passed_and_only_to_ec2(statements):
@@ -178,8 +186,12 @@ def test_table_access_is_exact(statements):
 
 
 def test_termination_and_template_deletion_need_the_stack_tag(statements):
-    for sid in ("StopOnlyThisStacksInstances", "DeleteOnlyAnnexTemplates", "LaunchOnlyFromAnnexTemplates"):
+    for sid in ("DeleteOnlyAnnexTemplates", "LaunchOnlyFromAnnexTemplates"):
         assert statements[sid]["Condition"] == {"StringEquals": {"aws:ResourceTag/annex:stack": STACK}}, sid
+    assert statements["StopOnlyThisStacksInstances"]["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/annex:stack": STACK},
+        **PROFILE,
+    }
 
 
 def test_launch_parameters_deploy_empty_and_the_function_gets_them(resources):
@@ -193,8 +205,10 @@ def test_launch_parameters_deploy_empty_and_the_function_gets_them(resources):
         "CentralManager": "CENTRAL_MANAGER",
     }.items():
         assert params[name]["Default"] == ""
-        assert env[var] == {"Ref": name}
+        # CENTRAL_MANAGER is the seed node's address when SeedNode=on (tests/unit/test_seed_template.py).
+        value = env[var]["Fn::If"][2] if name == "CentralManager" else env[var]
+        assert value == {"Ref": name}
     assert env["HEARTBEAT_URL"] == {
-        "Fn::Sub": "https://${AnnexApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/v1/heartbeat"
+        "Fn::Sub": "https://${HeartbeatApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/v1/heartbeat"
     }
     assert env["POOL_TOKEN_SECRET_ARN"] == {"Ref": "PoolTokenSecret"}

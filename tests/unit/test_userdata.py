@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from annex.core.clock import to_epoch
 from annex.core.models import HeartbeatAction, HeartbeatRequest, HeartbeatResponse
-from annex.launch.userdata import USER_DATA_LIMIT, NodeConfig, condor_owner, heartbeat_agent, render_user_data
+from annex.launch.userdata import (
+    USER_DATA_LIMIT,
+    NodeConfig,
+    condor_owner,
+    heartbeat_agent,
+    render_user_data,
+    unpack_user_data,
+)
 
 SHELLCHECK = Path(sys.executable).with_name("shellcheck")
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:annex-pool-AbCdEf"
@@ -26,7 +33,7 @@ def node_config(**changes) -> NodeConfig:
     fields = {
         "annex_id": "ax-0123456789abcdef",
         "annex_name": "bio-run",
-        "condor_owner": "alice",
+        "condor_user": "alice",
         "central_manager": "cm.pool.example.org:9618",
         "pool_token_secret_arn": SECRET_ARN,
         "secrets_endpoint": "https://secretsmanager.us-east-1.amazonaws.com",
@@ -35,6 +42,7 @@ def node_config(**changes) -> NodeConfig:
         "idle_timeout": timedelta(minutes=20),
         "deadman_margin": timedelta(minutes=10),
         "config_timeout": timedelta(minutes=10),
+        "drain_lead": timedelta(minutes=5),
     }
     return NodeConfig(**{**fields, **changes})
 
@@ -52,12 +60,14 @@ def shellcheck(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_rendered_user_data_passes_shellcheck(tmp_path):
-    script = tmp_path / "user-data.sh"
-    script.write_text(render_user_data(node_config()))
+    user_data = render_user_data(node_config())
+    for name, text in (("user-data.sh", user_data), ("annex-boot.sh", unpack_user_data(user_data))):
+        script = tmp_path / name
+        script.write_text(text)
 
-    result = shellcheck(script)
+        result = shellcheck(script)
 
-    assert result.returncode == 0, result.stdout
+        assert result.returncode == 0, result.stdout
 
 
 def test_heartbeat_agent_passes_shellcheck(tmp_path):
@@ -70,7 +80,7 @@ def test_heartbeat_agent_passes_shellcheck(tmp_path):
 
 
 def test_user_data_names_the_secret_but_never_holds_a_token():
-    script = render_user_data(node_config())
+    script = unpack_user_data(render_user_data(node_config()))
 
     assert f"POOL_TOKEN_SECRET_ARN={SECRET_ARN}" in script
     assert "secretsmanager.GetSecretValue" in script
@@ -81,25 +91,25 @@ def test_user_data_names_the_secret_but_never_holds_a_token():
 
 
 def test_user_data_configures_htcondor_for_this_annex():
-    script = render_user_data(node_config(idle_timeout=timedelta(minutes=25)))
+    user_data = render_user_data(node_config(idle_timeout=timedelta(minutes=25)))
+    script = unpack_user_data(user_data)
 
-    assert "CONDOR_HOST = ${CENTRAL_MANAGER}" in script
-    assert "CENTRAL_MANAGER=cm.pool.example.org:9618" in script
-    assert "STARTD_ATTRS = \\$(STARTD_ATTRS) AnnexName AnnexId AnnexOwner EC2InstanceID" in script
-    assert "(TARGET.Owner =?= MY.AnnexOwner) || (TARGET.TargetAnnexName =?= MY.AnnexName)" in script
+    # The HTCondor configuration itself is checked with HTCondor's parser in test_htcondor_config.py.
+    assert "CONDOR_HOST=cm.pool.example.org" in script.splitlines()
+    assert "COLLECTOR_HOST=cm.pool.example.org:9618" in script.splitlines()
     assert "STARTD_NOCLAIM_SHUTDOWN = ${IDLE_TIMEOUT_SECONDS}" in script
     assert "IDLE_TIMEOUT_SECONDS=1500" in script
-    assert "DEFAULT_MASTER_SHUTDOWN_SCRIPT = /usr/local/sbin/annex-poweroff" in script
+    assert "DEFAULT_MASTER_SHUTDOWN_SCRIPT = ${SBIN}/annex-poweroff" in script
     assert f"LEASE_EXPIRES_EPOCH={to_epoch(LEASE)}" in script
     assert "OnUnitActiveSec=60" in script  # the heartbeat timer, every minute
     assert heartbeat_agent().strip() in script  # the agent ships inside, verbatim
-    assert len(script.encode()) <= USER_DATA_LIMIT
+    assert len(user_data.encode()) <= USER_DATA_LIMIT
 
 
 def test_values_are_shell_quoted():
-    script = render_user_data(node_config(condor_owner="", annex_name="run.1_a-b"))
+    script = unpack_user_data(render_user_data(node_config(share_with=(), annex_name="run.1_a-b")))
 
-    assert "CONDOR_OWNER=''" in script
+    assert "SHARE_WITH=''" in script
     assert "ANNEX_NAME=run.1_a-b" in script
     assert "@@" not in script
 
@@ -109,12 +119,13 @@ def test_values_are_shell_quoted():
     [
         ("arn:aws:iam::123456789012:user/alice", "alice"),
         ("arn:aws:iam::123456789012:user/division/bob", "bob"),
-        ("arn:aws:sts::123456789012:assumed-role/Researchers/carol@example.org", "carol@example.org"),
+        ("arn:aws:sts::123456789012:assumed-role/Researchers/carol", "carol"),
+        ("arn:aws:sts::123456789012:assumed-role/Researchers/carol@example.org", ""),
         ("arn:aws:iam::123456789012:root", ""),
         ("arn:aws:sts::123456789012:assumed-role/R/$(reboot)", ""),
     ],
 )
-def test_the_annex_runs_jobs_of_the_htcondor_user_named_by_the_owner_arn(arn, user):
+def test_records_without_condor_user_fall_back_to_the_login_in_the_owner_arn(arn, user):
     assert condor_owner(arn) == user
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 
 from annex.core.clock import format_duration, to_iso
 from annex.core.config import Policy
 from annex.core.errors import PolicyViolation
-from annex.core.models import CreateAnnexRequest, Market
+from annex.core.models import CONDOR_USER_PATTERN, CreateAnnexRequest, Market
+
+_CONDOR_USER = re.compile(CONDOR_USER_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,46 @@ class AnnexSpec:
     lease: timedelta
     idle_timeout: timedelta
     tags: dict[str, str]
+    share_with: tuple[str, ...] = ()
+    all_my_jobs: bool = False
+
+
+def condor_user_from_arn(owner_arn: str) -> str | None:
+    """The caller's IAM user or session name when it is a plausible login name (user/alice,
+    assumed-role/Researchers/alice -> alice); None for e-mail session names (SSO) and anything else."""
+    name = owner_arn.rsplit("/", 1)[-1] if "/" in owner_arn else ""
+    return name if _CONDOR_USER.match(name) else None
+
+
+def resolve_condor_user(owner_arn: str, requested: str | None, policy: Policy) -> str:
+    """The HTCondor user whose jobs the annex runs: the administrator's mapping wins (a request may
+    repeat it, not change it); else the request's condor_user; else the IAM name when it is a login."""
+    for entry in policy.condor_user_map:
+        pattern, _, mapped = entry.rpartition("=")
+        if fnmatchcase(owner_arn, pattern):
+            if requested is not None and requested != mapped:
+                raise PolicyViolation(
+                    f"the pool administrator maps you to the HTCondor user '{mapped}'; "
+                    f"omit condor_user or give '{mapped}'",
+                    field="condor_user",
+                )
+            return mapped
+    user = requested or condor_user_from_arn(owner_arn)
+    if user is None:
+        raise PolicyViolation(
+            "say which HTCondor user's jobs this annex runs: your login name on the access point "
+            "(annex-client sends it; --condor-user to change it)",
+            field="condor_user",
+        )
+    return user
+
+
+def resolve_owner(spec: AnnexSpec, owner_arn: str, requested: str | None, policy: Policy) -> str:
+    """resolve_condor_user, and the users the annex is shared with must be others."""
+    user = resolve_condor_user(owner_arn, requested, policy)
+    if user in spec.share_with:
+        raise PolicyViolation(f"share_with lists the annex's own HTCondor user '{user}'", field="share_with")
+    return user
 
 
 def resolve_create(request: CreateAnnexRequest, policy: Policy) -> AnnexSpec:
@@ -69,6 +113,8 @@ def resolve_create(request: CreateAnnexRequest, policy: Policy) -> AnnexSpec:
         lease=lease,
         idle_timeout=idle,
         tags=dict(request.tags),
+        share_with=tuple(request.share_with),
+        all_my_jobs=request.all_my_jobs,
     )
 
 

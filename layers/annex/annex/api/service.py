@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from annex.api.policy import AnnexSpec, resolve_create, resolve_extension
+from annex.api.policy import AnnexSpec, resolve_create, resolve_extension, resolve_owner
 from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller
 from annex.core.clock import to_iso
@@ -48,7 +48,7 @@ from annex.store import AnnexStore, TokenTaken
 SWEEPS = (LEASE_CHECK, IDLE_REAP)
 
 
-def fingerprint(spec: AnnexSpec, budget: Decimal | None = None) -> str:
+def fingerprint(spec: AnnexSpec, condor_user: str, budget: Decimal | None = None) -> str:
     fields: dict[str, object] = {
         "name": spec.name,
         "count": spec.count,
@@ -57,6 +57,9 @@ def fingerprint(spec: AnnexSpec, budget: Decimal | None = None) -> str:
         "lease": int(spec.lease.total_seconds()),
         "idle": int(spec.idle_timeout.total_seconds()),
         "tags": spec.tags,
+        "condor_user": condor_user,
+        "share_with": list(spec.share_with),
+        "all_my_jobs": spec.all_my_jobs,
     }
     if budget is not None:  # only when set, so the fingerprints of requests without one are unchanged
         fields["budget"] = format(budget, "f")
@@ -79,7 +82,8 @@ class AnnexService:
     def create(self, caller: Caller, request: CreateAnnexRequest, *, now: datetime) -> tuple[Annex, bool]:
         """Returns (annex, created). A retry with the same client token returns the first annex."""
         spec = resolve_create(request, self.settings)
-        fp = fingerprint(spec, request.budget)
+        condor_user = resolve_owner(spec, caller.arn, request.condor_user, self.settings)
+        fp = fingerprint(spec, condor_user, request.budget)
         token = request.client_token
         if token:
             existing = self._by_token(caller, token, fp)
@@ -87,7 +91,7 @@ class AnnexService:
                 return existing, False
         # Admission control: refused (409, with the figures) if it would pass the owner's month budget.
         self.money.quote_create(
-            caller.arn,
+            caller.owner,
             count=spec.count,
             instance_types=spec.instance_types,
             market=spec.market,
@@ -99,7 +103,10 @@ class AnnexService:
         annex = Annex(
             id=self.store.new_annex_id(),
             name=spec.name,
-            owner=caller.arn,
+            owner=caller.owner,
+            condor_user=condor_user,
+            share_with=list(spec.share_with),
+            all_my_jobs=spec.all_my_jobs,
             state=AnnexState.REQUESTED,
             count=spec.count,
             instance_types=list(spec.instance_types),
@@ -131,7 +138,7 @@ class AnnexService:
         return annex, True
 
     def _by_token(self, caller: Caller, token: str, fp: str) -> Annex | None:
-        record = self.store.find_token(caller.arn, token)
+        record = self.store.find_token(caller.owner, token)
         if record is None:
             return None
         if record.fingerprint != fp:
@@ -160,7 +167,7 @@ class AnnexService:
     ) -> AnnexListView:
         if everyone and not caller.is_admin:
             raise Forbidden("only pool administrators may list every owner's annexes; drop scope=all")
-        owner = None if everyone else caller.arn
+        owner = None if everyone else caller.owner
         annexes, next_token = self.store.list_annexes(owner=owner, limit=limit, page_token=page_token)
         book = self.money.book()
         return AnnexListView(
@@ -206,7 +213,7 @@ class AnnexService:
         if body.request is not None:
             spec = resolve_create(body.request, self.settings)
             return self.money.quote_create(
-                caller.arn,
+                caller.owner,
                 count=spec.count,
                 instance_types=spec.instance_types,
                 market=spec.market,
@@ -246,7 +253,7 @@ class AnnexService:
         return self.money.report(is_admin=caller.is_admin, month=month, now=now)
 
     def subscribe(self, caller: Caller, body: NotificationRequest) -> NotificationSubscription:
-        return subscribe_owner(self.sns, self.settings.notice_topic_arn, owner=caller.arn, email=body.email)
+        return subscribe_owner(self.sns, self.settings.notice_topic_arn, owner=caller.owner, email=body.email)
 
     def stop(self, caller: Caller, annex_id: str, *, now: datetime, reason: str | None) -> AnnexView:
         """End the annex and send TerminateInstances now, not at the next sweep."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from annex.core.auth import IDENTITY_CENTER_ROLES, IdentityPolicy
 from annex.core.clock import parse_duration
 from annex.money.units import parse_budget
 
@@ -34,6 +35,26 @@ def _optional_budget(value: object) -> Decimal | None:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 CsvList = Annotated[tuple[str, ...], BeforeValidator(_split_csv)]
+# An IAM role name with fnmatch wildcards; never an ARN (a role's sessions are what the lists describe).
+_ROLE_PATTERN = re.compile(r"^[\w+=,.@*?\[\]-]{1,64}$")
+
+
+def _role_patterns(variable: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    def check(value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in value if not _ROLE_PATTERN.match(p) or p.strip("*?") == ""]
+        if bad:
+            raise ValueError(
+                f"{variable} takes role-name patterns such as Researcher or HeadNode*, not {', '.join(bad)}"
+            )
+        sso = [p for p in value if p.startswith(IDENTITY_CENTER_ROLES.rstrip("*"))]
+        if sso:
+            raise ValueError(
+                f"{variable} must not list IAM Identity Center roles ({', '.join(sso)}): "
+                "annex recognises them by itself"
+            )
+        return value
+
+    return check
 
 
 class _EnvModel(BaseModel):
@@ -42,6 +63,17 @@ class _EnvModel(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         return cls.model_validate(dict(os.environ if environ is None else environ))
+
+
+_CONDOR_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]{0,31}$")
+
+
+def _condor_user_map(value: tuple[str, ...]) -> tuple[str, ...]:
+    for entry in value:
+        pattern, _, user = entry.rpartition("=")
+        if not pattern or not _CONDOR_USER.match(user):
+            raise ValueError(f"CONDOR_USER_MAP entries are ARN-pattern=htcondor-user, not '{entry[:80]}'")
+    return value
 
 
 class CommonSettings(_EnvModel):
@@ -64,7 +96,18 @@ class Policy(_EnvModel):
     min_lease: Duration = Field(alias="MIN_LEASE")
     default_idle_timeout: Duration = Field(alias="DEFAULT_IDLE_TIMEOUT")
     min_idle_timeout: Duration = Field(alias="MIN_IDLE_TIMEOUT")
+    max_live_instances: int = Field(alias="MAX_LIVE_INSTANCES", ge=1)
     admin_principals: CsvList = Field(alias="ADMIN_PRINCIPALS", default=())
+    # "ARN-pattern=htcondor-user" entries: the administrator's word on whose jobs an owner's annexes run.
+    condor_user_map: Annotated[CsvList, AfterValidator(_condor_user_map)] = Field(
+        alias="CONDOR_USER_MAP", default=()
+    )
+    session_bound_roles: Annotated[CsvList, AfterValidator(_role_patterns("SESSION_BOUND_ROLES"))] = Field(
+        alias="SESSION_BOUND_ROLES", default=()
+    )
+    shared_instance_roles: Annotated[CsvList, AfterValidator(_role_patterns("SHARED_INSTANCE_ROLES"))] = (
+        Field(alias="SHARED_INSTANCE_ROLES", default=())
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -76,7 +119,23 @@ class Policy(_EnvModel):
             raise ValueError("DEFAULT_IDLE_TIMEOUT must be at least MIN_IDLE_TIMEOUT")
         if self.max_instances_per_annex > self.max_live_instances_per_owner:
             raise ValueError("MAX_INSTANCES_PER_ANNEX must not exceed MAX_LIVE_INSTANCES_PER_OWNER")
+        if self.max_live_instances_per_owner > self.max_live_instances:
+            raise ValueError("MAX_LIVE_INSTANCES_PER_OWNER must not exceed MAX_LIVE_INSTANCES")
+        both = set(self.session_bound_roles) & set(self.shared_instance_roles)
+        if both:
+            raise ValueError(
+                f"{', '.join(sorted(both))} is in both SESSION_BOUND_ROLES and SHARED_INSTANCE_ROLES: "
+                "a role's sessions are either one person each or one shared owner"
+            )
         return self
+
+    @property
+    def identity(self) -> IdentityPolicy:
+        return IdentityPolicy(
+            admin_principals=self.admin_principals,
+            session_bound_roles=self.session_bound_roles,
+            shared_instance_roles=self.shared_instance_roles,
+        )
 
 
 class MoneySettings(_EnvModel):
@@ -148,6 +207,8 @@ class LaunchSettings(CommonSettings, ReapTiming):
     heartbeat_url: str = Field(alias="HEARTBEAT_URL", pattern=r"^https?://[A-Za-z0-9.:-]+/[A-Za-z0-9._/-]*$")
     deadman_margin: Duration = Field(alias="DEADMAN_MARGIN")
     config_timeout: Duration = Field(alias="CONFIG_TIMEOUT")
+    drain_lead: Duration = Field(alias="DRAIN_LEAD")
+    use_ccb: bool = Field(alias="USE_CCB")
 
     @model_validator(mode="after")
     def _config_before_reap(self) -> Self:

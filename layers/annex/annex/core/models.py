@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -25,9 +25,22 @@ ANNEX_ID_PATTERN = r"^ax-[0-9a-f]{16}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8,17}$"
 TOKEN_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
-TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9 _.:/=+\-@]{1,128}$")
+# EC2 tag rules (the set every AWS service accepts): keys 1-128 and values 0-256 Unicode characters of
+# letters, digits, spaces and + - = . _ : / @; neither may start with aws: (any case). Values may also hold
+# commas (EC2 allows them; the local stack's annex-sim tag lists behaviours). Our own reservations on
+# keys: annex: (the stack's own tags: the fail-safe, IAM conditions and inventory key on them) and Name
+# (what the console and every tool shows as the instance's name), in any case.
+TAG_SYMBOLS = frozenset(" _.:/=+-@")
+TAG_VALUE_SYMBOLS = TAG_SYMBOLS | {","}
+MAX_TAG_KEY, MAX_TAG_VALUE = 128, 256
+AWS_TAG_PREFIX = "aws:"
+# An HTCondor user as a job's Owner names it: the Unix login on the access point (not an e-mail).
+CONDOR_USER_PATTERN = r"^[A-Za-z_][A-Za-z0-9._-]{0,31}$"
+MAX_SHARE_WITH = 20
 RESERVED_TAG_PREFIXES = ("aws:", "annex:")
+RESERVED_TAG_KEYS = frozenset({"name"})
 MAX_USER_TAGS = 20
+MAX_DURATION_TEXT = 64
 
 
 class Market(StrEnum):
@@ -74,16 +87,44 @@ Time = Annotated[
     PlainSerializer(to_iso, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-22T18:00:00Z"]}),
 ]
+
+
+def _duration_text(value: object) -> timedelta:
+    """A duration is a string (JSON numbers are refused: the schema says string)."""
+    if not isinstance(value, str):
+        raise ValueError('give the duration as a string such as "4h" or "600" (seconds), not a JSON number')
+    if len(value) > MAX_DURATION_TEXT or not value.isascii():
+        raise ValueError("not a duration; use forms like 90m, 4h, 1d or 1h30m")
+    return parse_duration(value)
+
+
+def _time_text(value: object) -> datetime:
+    if not isinstance(value, str) or len(value) > MAX_DURATION_TEXT or not value.isascii():
+        raise ValueError("expected an ISO 8601 time such as 2026-11-22T18:00:00Z")
+    try:
+        return parse_time(value)
+    except OverflowError:  # a time whose UTC equivalent is outside years 1-9999
+        raise ValueError(f"'{value}' is out of range") from None
+
+
 DurationIn = Annotated[
     timedelta,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_duration_text),
     WithJsonSchema(
         {
             "type": "string",
-            "description": "A duration: 90m, 4h, 1d, 1h30m, ISO 8601 (PT4H) or a number of seconds.",
+            "maxLength": MAX_DURATION_TEXT,
+            "description": "A duration, as a string: 90m, 4h, 1d, 1h30m, ISO 8601 (PT4H), or a whole number "
+            'of seconds ("600"). A JSON number is refused.',
             "examples": ["4h"],
         }
     ),
+]
+TimeIn = Annotated[
+    datetime,
+    BeforeValidator(_time_text),
+    PlainSerializer(to_iso, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-22T18:00:00Z"]}),
 ]
 AnnexId = Annotated[str, Field(pattern=ANNEX_ID_PATTERN, examples=["ax-0123456789abcdef"])]
 AnnexName = Annotated[
@@ -96,24 +137,59 @@ AnnexName = Annotated[
 ]
 
 
+def _tag_characters_ok(text: str, symbols: frozenset[str]) -> bool:
+    return all(c in symbols or unicodedata.category(c)[0] in "LN" for c in text)
+
+
 def _check_tags(tags: dict[str, str]) -> dict[str, str]:
     if len(tags) > MAX_USER_TAGS:
         raise ValueError(f"at most {MAX_USER_TAGS} tags are allowed")
     for key, value in tags.items():
-        if not TAG_KEY_PATTERN.match(key):
-            raise ValueError(f"tag key '{key[:40]}' must be 1-128 letters, digits, spaces or _.:/=+-@")
-        if key.lower().startswith(RESERVED_TAG_PREFIXES):
-            raise ValueError(f"tag key '{key[:40]}' uses a reserved prefix (aws: or annex:)")
-        if len(value) > 256:
-            raise ValueError(f"tag '{key[:40]}' has a value longer than 256 characters")
+        shown = repr(key[:40])
+        if not 1 <= len(key) <= MAX_TAG_KEY or not _tag_characters_ok(key, TAG_SYMBOLS):
+            raise ValueError(
+                f"tag key {shown} must be 1-{MAX_TAG_KEY} letters, digits, spaces or + - = . _ : / @"
+            )
+        if key.lower().startswith(RESERVED_TAG_PREFIXES) or key.lower() in RESERVED_TAG_KEYS:
+            raise ValueError(f"tag key {shown} is reserved (aws:, annex: and Name are set by the stack)")
+        if len(value) > MAX_TAG_VALUE or not _tag_characters_ok(value, TAG_VALUE_SYMBOLS):
+            raise ValueError(
+                f"the value of tag {shown} must be at most {MAX_TAG_VALUE} letters, digits, spaces "
+                "or + - = . _ : / @ ,"
+            )
+        if value.lower().startswith(AWS_TAG_PREFIX):
+            raise ValueError(f"the value of tag {shown} must not start with aws: (reserved by AWS)")
     return tags
 
 
+def _printable(text: str | None) -> str | None:
+    if text is not None and not text.isprintable():
+        raise ValueError("must be printable text (no control or format characters)")
+    return text
+
+
 UserTags = Annotated[dict[str, str], AfterValidator(_check_tags)]
+CondorUser = Annotated[
+    str,
+    Field(
+        pattern=CONDOR_USER_PATTERN,
+        description="An HTCondor user (a job's Owner): the Unix login on the access point, 1-32 characters.",
+        examples=["alice"],
+    ),
+]
+
+
+def _distinct(users: list[str]) -> list[str]:
+    if len(set(users)) != len(users):
+        raise ValueError("lists a user twice")
+    return users
+
+
+ShareWith = Annotated[list[CondorUser], Field(max_length=MAX_SHARE_WITH), AfterValidator(_distinct)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 # --- API inputs -----------------------------------------------------------------------------------
@@ -123,7 +199,7 @@ class CreateAnnexRequest(_Strict):
     """Body of POST /annexes. Omitted fields take the administrator's defaults."""
 
     name: AnnexName
-    count: int = Field(ge=1, description="How many instances to launch.")
+    count: int = Field(ge=1, strict=True, description="How many instances to launch (a JSON integer).")
     instance_type: str | None = Field(
         default=None, min_length=1, max_length=64, description="An EC2 instance type the pool allows."
     )
@@ -133,6 +209,18 @@ class CreateAnnexRequest(_Strict):
         default=None, description="An instance with no claimed slot for this long is terminated."
     )
     tags: UserTags = Field(default_factory=dict)
+    condor_user: CondorUser | None = Field(
+        default=None,
+        description="The HTCondor user whose jobs run on the annex (annex-client sends the local login). "
+        "Omitted: the administrator's mapping, or the caller's IAM user name when it is a login name.",
+    )
+    share_with: ShareWith = Field(
+        default_factory=list, description="Other HTCondor users whose jobs sent to this annex may run on it."
+    )
+    all_my_jobs: bool = Field(
+        default=False,
+        description="Run every idle job of condor_user, not only the jobs sent to this annex (+AnnexTarget).",
+    )
     client_token: str | None = Field(
         default=None,
         pattern=TOKEN_PATTERN,
@@ -147,7 +235,7 @@ class ExtendRequest(_Strict):
     """Body of POST /annexes/{id}/extend: exactly one of `by` or `until`."""
 
     by: DurationIn | None = Field(default=None, description="Add this to the current lease expiry.")
-    until: Time | None = Field(default=None, description="Move the lease expiry to this time.")
+    until: TimeIn | None = Field(default=None, description="Move the lease expiry to this time.")
 
     @model_validator(mode="before")
     @classmethod
@@ -160,7 +248,7 @@ class ExtendRequest(_Strict):
 class StopRequest(_Strict):
     """Body of POST /annexes/{id}/stop (optional)."""
 
-    reason: str | None = Field(default=None, max_length=200)
+    reason: Annotated[str | None, AfterValidator(_printable)] = Field(default=None, max_length=200)
 
 
 # --- records --------------------------------------------------------------------------------------
@@ -174,6 +262,11 @@ class Annex(BaseModel):
     id: AnnexId
     name: AnnexName
     owner: str = Field(description="The IAM ARN of the caller that requested the annex.")
+    condor_user: CondorUser | None = Field(
+        default=None, description="The HTCondor user (job Owner) whose jobs run on the annex."
+    )
+    share_with: list[CondorUser] = Field(default_factory=list)
+    all_my_jobs: bool = False
     state: AnnexState
     count: int
     instance_types: list[str]
@@ -293,8 +386,8 @@ class HeartbeatRequest(_Strict):
 
     instance_id: str = Field(pattern=INSTANCE_ID_PATTERN)
     annex_id: AnnexId
-    claimed_slots: int = Field(ge=0, le=4096)
-    total_slots: int = Field(ge=0, le=4096)
+    claimed_slots: int = Field(ge=0, le=4096, strict=True)
+    total_slots: int = Field(ge=0, le=4096, strict=True)
 
     @model_validator(mode="after")
     def _claimed_within_total(self) -> HeartbeatRequest:

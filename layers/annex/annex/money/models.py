@@ -165,9 +165,9 @@ class OwnerBudgetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     owner: str = Field(
-        pattern=r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:[A-Za-z0-9+=,.@_/-]+$",
+        pattern=r"^(arn:aws[a-z-]*:(iam|sts)::\d{12}:[A-Za-z0-9+=,.@_/-]+|identity-center:\d{12}:[A-Za-z0-9+=,.@_-]+)$",
         max_length=512,
-        description="The IAM ARN of the researcher, as annexes show it.",
+        description="The owner as annexes show it (an IAM ARN, or identity-center:<account>:<user>).",
     )
     monthly_usd: BudgetIn
 

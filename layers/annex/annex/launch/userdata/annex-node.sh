@@ -3,24 +3,39 @@
 # It joins this instance to the HTCondor pool and installs what stops it. It carries no secret: the
 # pool token is read from Secrets Manager at boot with the instance's own role. Any failure powers the
 # instance off (its shutdown behaviour is terminate), and so does running out of time to configure.
+# Before HTCondor starts it checks, and powers off with a reported reason when one fails: jobs cannot
+# reach the instance metadata service; the annex policy is the effective configuration; the pool
+# token authorizes what the node needs. docs/htcondor.md explains the configuration written here.
 set -Eeuo pipefail
 umask 022
 
+# The renderer validated every value below (annex.launch.userdata); they are shell-quoted.
 ANNEX_ID=@@ANNEX_ID@@
 ANNEX_NAME=@@ANNEX_NAME@@
-CONDOR_OWNER=@@CONDOR_OWNER@@
-CENTRAL_MANAGER=@@CENTRAL_MANAGER@@
+CONDOR_USER=@@CONDOR_USER@@
+SHARE_WITH=@@SHARE_WITH@@
+ALL_MY_JOBS=@@ALL_MY_JOBS@@
+CONDOR_HOST=@@CONDOR_HOST@@
+COLLECTOR_HOST=@@COLLECTOR_HOST@@
+USE_CCB=@@USE_CCB@@
 POOL_TOKEN_SECRET_ARN=@@POOL_TOKEN_SECRET_ARN@@
 SECRETS_ENDPOINT=@@SECRETS_ENDPOINT@@
 HEARTBEAT_URL=@@HEARTBEAT_URL@@
 LEASE_EXPIRES_EPOCH=@@LEASE_EXPIRES_EPOCH@@
+DRAIN_LEAD_SECONDS=@@DRAIN_LEAD_SECONDS@@
 IDLE_TIMEOUT_SECONDS=@@IDLE_TIMEOUT_SECONDS@@
 DEADMAN_MARGIN_SECONDS=@@DEADMAN_MARGIN_SECONDS@@
 CONFIG_TIMEOUT_SECONDS=@@CONFIG_TIMEOUT_SECONDS@@
 
-IMDS=http://169.254.169.254/latest
-STATE_DIR=/var/lib/annex
-TOKEN_FILE=/etc/condor/tokens.d/annex-pool
+# ANNEX_ROOT is empty on an instance; the tests run these steps in a sandbox under a temporary root.
+ROOT=${ANNEX_ROOT:-}
+IMDS=${ANNEX_IMDS:-http://169.254.169.254/latest}
+CONDOR_ETC=$ROOT/etc/condor
+ANNEX_CONFIG=$CONDOR_ETC/annex.conf
+TOKEN_DIR=$CONDOR_ETC/tokens.d
+TOKEN_FILE=$TOKEN_DIR/annex-pool
+STATE_DIR=$ROOT/var/lib/annex
+SBIN=$ROOT/usr/local/sbin
 DEADLINE=$(( $(date +%s) + CONFIG_TIMEOUT_SECONDS ))
 
 log() {
@@ -35,8 +50,12 @@ power_off() {
 }
 trap 'power_off "bootstrap failed at line ${LINENO}"' ERR
 
-# Backstop: whatever happens below, the OS powers off when the configuration bound has passed.
-shutdown -P --no-wall "+$(( (CONFIG_TIMEOUT_SECONDS + 59) / 60 ))" || log "could not schedule the boot backstop"
+# A reason the owner can act on: sent to the control plane (annex-client status shows it), then off.
+problem() {
+  log "PROBLEM: $1"
+  "$SBIN/annex-heartbeat" --report-problem "$1" || log "could not report the problem to the control plane"
+  power_off "$1"
+}
 
 # retry STEP: run the function STEP until it succeeds; power off once the configuration bound passes.
 retry() {
@@ -56,9 +75,11 @@ imds_get() {
 
 read_instance_identity() {
   IMDS_TOKEN=$(curl -sf --max-time 5 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 3600" "$IMDS/api/token") &&
-    INSTANCE_ID=$(imds_get instance-id) &&
-    REGION=$(imds_get placement/region) &&
-    [[ $INSTANCE_ID =~ ^i-[0-9a-f]{8,17}$ && $REGION =~ ^[a-z0-9-]+$ ]]
+    INSTANCE_ID=$(imds_get instance-id) && REGION=$(imds_get placement/region) &&
+    ZONE=$(imds_get placement/availability-zone) && VM_TYPE=$(imds_get instance-type) &&
+    IMAGE_ID=$(imds_get ami-id) && LIFE_CYCLE=$(imds_get instance-life-cycle) &&
+    [[ $INSTANCE_ID =~ ^i-[0-9a-f]{8,17}$ && $REGION =~ ^[a-z0-9-]+$ && $ZONE =~ ^[a-z0-9-]+$ ]] &&
+    [[ $VM_TYPE =~ ^[a-z0-9.-]+$ && $IMAGE_ID =~ ^ami-[0-9a-f]{8,17}$ && $LIFE_CYCLE =~ ^(spot|on-demand|scheduled|capacity-block)$ ]]
 }
 
 # A curl config carrying the role's credentials, printed to a pipe (never an argument, never a file).
@@ -73,68 +94,128 @@ print("user = \"%s:%s\"" % (c["AccessKeyId"], c["SecretAccessKey"]))
 print("header = \"x-amz-security-token: %s\"" % c["Token"])'
 }
 
-# The pool token goes from Secrets Manager straight into a root-only file: never echoed, never logged.
+# The pool token goes from Secrets Manager straight into a root-only file (directory 0700, file 0600,
+# whatever the image had): never echoed, never logged. Its identity (not secret) is kept for messages.
 fetch_pool_token() {
   local config
   config=$(signing_config) || return 1
-  mkdir -p "$(dirname "$TOKEN_FILE")"
+  install -d -m 0700 "$TOKEN_DIR" && chmod 0700 "$TOKEN_DIR"
   curl -sS -f --max-time 20 --aws-sigv4 "aws:amz:${REGION}:secretsmanager" \
     --config <(printf '%s\n' "$config") \
     -H "Content-Type: application/x-amz-json-1.1" -H "X-Amz-Target: secretsmanager.GetSecretValue" \
     --data-binary "{\"SecretId\":\"${POOL_TOKEN_SECRET_ARN}\"}" "$SECRETS_ENDPOINT" |
     python3 -c '
-import json, os, sys
+import base64, json, os, re, sys
 token = json.load(sys.stdin).get("SecretString", "").strip()
 if not token or token.startswith("replace-me"):
     sys.exit("annex-boot: the pool token secret holds no token yet (see the deploy guide)")
-fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+fd = os.open(sys.argv[1] + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.fchmod(fd, 0o600)
 with os.fdopen(fd, "w") as out:
-    out.write(token + "\n")' "$TOKEN_FILE"
+    out.write(token + "\n")
+os.replace(sys.argv[1] + ".new", sys.argv[1])
+try:
+    body = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    who = "%s@%s" % (claims["sub"].split("@")[0], claims["iss"])
+except Exception:
+    who = "unknown"
+print(who if re.fullmatch(r"[A-Za-z0-9._@:-]{1,200}", who) else "unknown")' "$TOKEN_FILE" >"$STATE_DIR/token-identity"
 }
 
+# The annex policy (docs/htcondor.md). Each is one literal line, so the boot check can compare it.
+ANNEX_START='(TARGET.Owner =?= MY.AnnexOwner || (isString(TARGET.Owner) && stringListMember(TARGET.Owner, MY.AnnexSharedWith))) && (TARGET.AnnexTarget =?= MY.AnnexName || TARGET.AnnexTarget =?= MY.AnnexId || (MY.AnnexAllMyJobs =?= true && TARGET.Owner =?= MY.AnnexOwner && TARGET.AnnexTarget =?= undefined && TARGET.TargetAnnexName =?= undefined)) && (time() + MY.AnnexDrainLead < MY.AnnexLeaseExpires) && ((TARGET.AllowedExecuteDuration =?= undefined && TARGET.AllowedJobDuration =?= undefined) || (time() + TARGET.AllowedExecuteDuration <= MY.AnnexLeaseExpires) =?= true || (time() + TARGET.AllowedJobDuration <= MY.AnnexLeaseExpires) =?= true)'
+ANNEX_RETIREMENT='ifThenElse(isInteger(MY.JobStart), MY.AnnexLeaseExpires - MY.JobStart, 0)'
+ANNEX_MASTER_SHUTDOWN='(STARTD_StartTime =?= 0) && ((CurrentTime - DaemonStartTime) > 300)'
+ANNEX_STARTD_ATTRS='IsAnnex AnnexName AnnexId AnnexOwner AnnexSharedWith AnnexAllMyJobs AnnexLeaseExpires AnnexDrainLead CloudProvider CloudPlatform CloudInstanceID CloudVMType CloudZone CloudRegion CloudImage CloudInterruptible'
+ANNEX_MASTER_ATTRS='IsAnnex AnnexName AnnexId AnnexOwner CloudInstanceID'
+
 write_condor_config() {
-  mkdir -p /etc/condor/config.d
-  cat >/etc/condor/config.d/90-annex.conf <<CONDOR_EOF
+  local interruptible=false ccb=""
+  [[ $LIFE_CYCLE == spot ]] && interruptible=true
+  [[ $USE_CCB == true ]] && ccb="CCB_ADDRESS = \$(COLLECTOR_HOST)"
+  mkdir -p "$CONDOR_ETC/config.d"
+  # Read after every other local file, condor_config.local included: LOCAL_CONFIG_FILE is processed
+  # after LOCAL_CONFIG_DIR, and this appends the annex file to its end.
+  cat >"$CONDOR_ETC/config.d/99-annex.conf" <<CONDOR_EOF
+# Written at boot by Annex: the annex configuration is read last, from ${ANNEX_CONFIG}.
+LOCAL_CONFIG_FILE = \$(LOCAL_CONFIG_FILE) ${ANNEX_CONFIG}
+CONDOR_EOF
+  cat >"$ANNEX_CONFIG.new" <<CONDOR_EOF
 # Written at boot by Annex for annex ${ANNEX_ID}. Site security settings come from the image.
-CONDOR_HOST = ${CENTRAL_MANAGER}
+CONDOR_HOST = ${CONDOR_HOST}
+COLLECTOR_HOST = ${COLLECTOR_HOST}
+${ccb}
 DAEMON_LIST = MASTER, STARTD
+IsAnnex = true
 AnnexName = "${ANNEX_NAME}"
 AnnexId = "${ANNEX_ID}"
-AnnexOwner = "${CONDOR_OWNER}"
-EC2InstanceID = "${INSTANCE_ID}"
-STARTD_ATTRS = \$(STARTD_ATTRS) AnnexName AnnexId AnnexOwner EC2InstanceID
-# Only the owner's jobs, or jobs that ask for this annex: +TargetAnnexName = "${ANNEX_NAME}"
-START = (\$(START:True)) && ((TARGET.Owner =?= MY.AnnexOwner) || (TARGET.TargetAnnexName =?= MY.AnnexName))
-# Idle: the startd exits after this long unclaimed, then the master, then the machine powers off.
+AnnexOwner = "${CONDOR_USER}"
+AnnexSharedWith = "${SHARE_WITH}"
+AnnexAllMyJobs = ${ALL_MY_JOBS}
+AnnexLeaseExpires = ${LEASE_EXPIRES_EPOCH}
+AnnexDrainLead = ${DRAIN_LEAD_SECONDS}
+CloudProvider = "AWS"
+CloudPlatform = "EC2"
+CloudInstanceID = "${INSTANCE_ID}"
+CloudVMType = "${VM_TYPE}"
+CloudZone = "${ZONE}"
+CloudRegion = "${REGION}"
+CloudImage = "${IMAGE_ID}"
+CloudInterruptible = ${interruptible}
+STARTD_ATTRS = \$(STARTD_ATTRS) ${ANNEX_STARTD_ATTRS}
+MASTER_ATTRS = \$(MASTER_ATTRS) ${ANNEX_MASTER_ATTRS}
+SYSTEM_JOB_MACHINE_ATTRS = \$(SYSTEM_JOB_MACHINE_ATTRS) AnnexName AnnexId CloudInstanceID CloudVMType CloudZone CloudInterruptible
+# The owner's jobs (and those of the users the owner shares with) sent to this annex by name or id
+# (+AnnexTarget), or every idle job of the owner when asked for, that can finish before the lease ends.
+START = ${ANNEX_START}
+STARTD.START = ${ANNEX_START}
+# A drain (or any preemption) lets running jobs finish until the lease ends.
+MAXJOBRETIREMENTTIME = ${ANNEX_RETIREMENT}
+# The lease as the agent last heard it, every minute, without restarting the startd.
+STARTD_CRON_JOBLIST = \$(STARTD_CRON_JOBLIST) ANNEXLEASE
+STARTD_CRON_ANNEXLEASE_EXECUTABLE = ${SBIN}/annex-lease-attr
+STARTD_CRON_ANNEXLEASE_MODE = Periodic
+STARTD_CRON_ANNEXLEASE_PERIOD = 60
+# Idle: no slot claimed for this long, HTCondor shuts down; the master then powers the machine off.
 STARTD_NOCLAIM_SHUTDOWN = ${IDLE_TIMEOUT_SECONDS}
-MASTER.DAEMON_SHUTDOWN = (STARTD_StartTime =?= 0) && ((CurrentTime - DaemonStartTime) > 300)
-DEFAULT_MASTER_SHUTDOWN_SCRIPT = /usr/local/sbin/annex-poweroff
+MASTER.DAEMON_SHUTDOWN = ${ANNEX_MASTER_SHUTDOWN}
+DEFAULT_MASTER_SHUTDOWN_SCRIPT = ${SBIN}/annex-poweroff
 CONDOR_EOF
+  mv "$ANNEX_CONFIG.new" "$ANNEX_CONFIG"
 }
 
 install_agents() {
-  mkdir -p /etc/annex "$STATE_DIR"
+  mkdir -p "$ROOT/etc/annex" "$STATE_DIR" "$SBIN"
   {
     printf 'ANNEX_ID=%q\n' "$ANNEX_ID"
     printf 'INSTANCE_ID=%q\n' "$INSTANCE_ID"
     printf 'REGION=%q\n' "$REGION"
     printf 'HEARTBEAT_URL=%q\n' "$HEARTBEAT_URL"
     printf 'DEADMAN_MARGIN_SECONDS=%q\n' "$DEADMAN_MARGIN_SECONDS"
-  } >/etc/annex/annex.env
+  } >"$ROOT/etc/annex/annex.env"
   printf '%s\n' "$LEASE_EXPIRES_EPOCH" >"$STATE_DIR/lease-expires"
 
-  cat >/usr/local/sbin/annex-poweroff <<'POWEROFF_EOF'
+  cat >"$SBIN/annex-poweroff" <<'POWEROFF_EOF'
 #!/bin/sh
 logger -t annex "condor_master exited; powering off" || true
 exec systemctl poweroff --no-wall
 POWEROFF_EOF
 
-  cat >/usr/local/sbin/annex-heartbeat <<'ANNEX_AGENT_EOF'
+  cat >"$SBIN/annex-lease-attr" <<'LEASE_EOF'
+#!/bin/sh
+lease=$(cat /var/lib/annex/lease-expires 2>/dev/null)
+case $lease in '' | *[!0-9]*) exit 0 ;; esac
+echo "AnnexLeaseExpires = $lease"
+LEASE_EOF
+
+  cat >"$SBIN/annex-heartbeat" <<'ANNEX_AGENT_EOF'
 @@HEARTBEAT_AGENT@@
 ANNEX_AGENT_EOF
-  chmod 0755 /usr/local/sbin/annex-poweroff /usr/local/sbin/annex-heartbeat
+  chmod 0755 "$SBIN/annex-poweroff" "$SBIN/annex-lease-attr" "$SBIN/annex-heartbeat"
 
-  cat >/etc/systemd/system/annex-heartbeat.service <<'UNIT_EOF'
+  mkdir -p "$ROOT/etc/systemd/system"
+  cat >"$ROOT/etc/systemd/system/annex-heartbeat.service" <<'UNIT_EOF'
 [Unit]
 Description=Annex heartbeat: report slots, obey drain/terminate, enforce the lease
 [Service]
@@ -142,7 +223,7 @@ Type=oneshot
 ExecStart=/usr/local/sbin/annex-heartbeat
 TimeoutStartSec=50
 UNIT_EOF
-  cat >/etc/systemd/system/annex-heartbeat.timer <<'UNIT_EOF'
+  cat >"$ROOT/etc/systemd/system/annex-heartbeat.timer" <<'UNIT_EOF'
 [Unit]
 Description=Annex heartbeat every minute
 [Timer]
@@ -154,29 +235,115 @@ WantedBy=timers.target
 UNIT_EOF
 }
 
-# Jobs run on this machine too: only root may reach the instance metadata (and so the role).
+# Jobs run on this machine too: only root may reach the instance metadata (and so the role). Fails
+# closed: iptables, else nftables, then an unprivileged user must fail to connect, or the node stops.
 lock_metadata() {
-  if command -v iptables >/dev/null 2>&1; then
-    iptables -C OUTPUT -d 169.254.169.254 -m owner ! --uid-owner 0 -j REJECT 2>/dev/null ||
-      iptables -A OUTPUT -d 169.254.169.254 -m owner ! --uid-owner 0 -j REJECT ||
-      log "could not restrict the instance metadata service to root"
+  local rule=(OUTPUT -d 169.254.169.254 -m owner ! --uid-owner 0 -j REJECT)
+  if command -v iptables >/dev/null 2>&1 && { iptables -C "${rule[@]}" 2>/dev/null || iptables -A "${rule[@]}"; }; then
+    log "instance metadata restricted to root (iptables)"
+  elif command -v nft >/dev/null 2>&1 && { nft list table inet annex >/dev/null 2>&1 ||
+    nft -f - <<'NFT_EOF'
+table inet annex {
+  chain output {
+    type filter hook output priority 0; policy accept;
+    ip daddr 169.254.169.254 meta skuid != 0 reject
+    ip6 daddr fd00:ec2::254 meta skuid != 0 reject
+  }
+}
+NFT_EOF
+  }; then
+    log "instance metadata restricted to root (nftables)"
   else
-    log "iptables is missing: jobs on this instance can reach the instance metadata service"
+    problem "could not restrict the instance metadata service to root (neither iptables nor nftables worked)"
   fi
+  local rc=0
+  runuser -u nobody -- curl -s -o /dev/null --max-time 3 -X PUT \
+    -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$IMDS/api/token" || rc=$?
+  case $rc in
+    7 | 28) log "verified: an unprivileged user cannot reach the instance metadata service" ;;
+    0 | 22) problem "an unprivileged user can still reach the instance metadata service after the lock" ;;
+    *) problem "could not verify the instance metadata lock (runuser/curl exit ${rc})" ;;
+  esac
 }
 
-retry read_instance_identity
-log "annex ${ANNEX_ID} (${ANNEX_NAME}): instance ${INSTANCE_ID} in ${REGION}"
-systemctl stop condor 2>/dev/null || true
-retry fetch_pool_token
-write_condor_config
-install_agents
-lock_metadata
-systemctl daemon-reload
-systemctl enable --now annex-heartbeat.timer
-systemctl enable condor
-systemctl restart condor
-# Configured: the lease (plus the margin) replaces the configuration bound as the OS backstop.
-/usr/local/sbin/annex-heartbeat arm
-trap - ERR
-log "joined the pool at ${CENTRAL_MANAGER}; the lease ends at ${LEASE_EXPIRES_EPOCH} (epoch)"
+# condor_config_val as the daemon that uses the value: a later file or a SUBSYS.-prefixed knob counts.
+effective() {
+  condor_config_val -subsystem "$1" "$2" 2>/dev/null || echo "<undefined>"
+}
+
+expect_value() {
+  local got
+  got=$(effective "$1" "$2")
+  [[ $got == "$3" ]] || problem "the effective $2 is not the annex's (a later HTCondor configuration file overrides ${ANNEX_CONFIG}); fix the image, see docs/htcondor.md"
+}
+
+expect_attrs() {
+  local list attr
+  list=" $(effective "$1" "$2" | tr ',' ' ') "
+  for attr in $3; do
+    [[ $list == *" $attr "* ]] || problem "the effective $2 lacks ${attr} (a later HTCondor configuration file overrides ${ANNEX_CONFIG}); fix the image, see docs/htcondor.md"
+  done
+}
+
+verify_effective_config() {
+  expect_value startd START "$ANNEX_START"
+  expect_value startd MAXJOBRETIREMENTTIME "$ANNEX_RETIREMENT"
+  expect_value startd STARTD_NOCLAIM_SHUTDOWN "$IDLE_TIMEOUT_SECONDS"
+  expect_value master DAEMON_SHUTDOWN "$ANNEX_MASTER_SHUTDOWN"
+  expect_value master DEFAULT_MASTER_SHUTDOWN_SCRIPT "$SBIN/annex-poweroff"
+  expect_value startd AnnexOwner "\"${CONDOR_USER}\""
+  expect_value startd AnnexName "\"${ANNEX_NAME}\""
+  expect_value startd AnnexId "\"${ANNEX_ID}\""
+  expect_value startd COLLECTOR_HOST "$COLLECTOR_HOST"
+  expect_attrs startd STARTD_ATTRS "$ANNEX_STARTD_ATTRS"
+  expect_attrs master MASTER_ATTRS "$ANNEX_MASTER_ATTRS"
+  log "verified: the effective HTCondor configuration holds the annex policy"
+}
+
+# The token must let this node advertise itself and read the pool: ask the collector, level by level.
+ping_collector() {
+  condor_ping -type collector -quiet "$1" >/dev/null 2>&1
+}
+
+verify_authorization() {
+  local level delay identity
+  identity=$(cat "$STATE_DIR/token-identity" 2>/dev/null || echo "the annex identity")
+  for level in READ ADVERTISE_STARTD ADVERTISE_MASTER; do
+    delay=2
+    until ping_collector "$level"; do
+      if (( $(date +%s) + delay > DEADLINE )); then
+        if [[ $level == READ ]]; then
+          problem "the collector at ${COLLECTOR_HOST} refused READ for ${identity} or could not be reached — see the deploy guide"
+        fi
+        problem "the collector at ${COLLECTOR_HOST} refused ${level} for ${identity} — see the deploy guide (pool/annex-central-manager.conf)"
+      fi
+      sleep "$delay"
+      delay=$(( delay < 30 ? delay * 2 : 30 ))
+    done
+  done
+  log "verified: the collector authorizes READ, ADVERTISE_STARTD and ADVERTISE_MASTER for ${identity}"
+}
+
+annex_boot() {
+  # Backstop: whatever happens below, the OS powers off when the configuration bound has passed.
+  shutdown -P --no-wall "+$(( (CONFIG_TIMEOUT_SECONDS + 59) / 60 ))" || log "could not schedule the boot backstop"
+  retry read_instance_identity
+  log "annex ${ANNEX_ID} (${ANNEX_NAME}) for ${CONDOR_USER}: instance ${INSTANCE_ID} (${VM_TYPE}, ${ZONE}, ${LIFE_CYCLE})"
+  systemctl stop condor 2>/dev/null || true
+  install_agents
+  lock_metadata
+  retry fetch_pool_token
+  write_condor_config
+  verify_effective_config
+  verify_authorization
+  systemctl daemon-reload
+  systemctl enable --now annex-heartbeat.timer
+  systemctl enable condor
+  systemctl restart condor
+  # Configured: the lease (plus the margin) replaces the configuration bound as the OS backstop.
+  "$SBIN/annex-heartbeat" arm
+  trap - ERR
+  log "joined the pool at ${COLLECTOR_HOST}; the lease ends at ${LEASE_EXPIRES_EPOCH} (epoch)"
+}
+
+annex_boot

@@ -1,0 +1,78 @@
+"""Page tokens bound to who asked: the store's `next_token` is sealed with an HMAC at the API edge before
+it leaves, and unsealed (verified) before it goes back to the store. A token someone crafted, changed, or
+got from another caller's or another scope's listing is refused with 422 and never reaches DynamoDB.
+
+The key is `PAGE_TOKEN_KEY` (at least 32 characters) when the environment sets it, so tokens stay valid
+across Lambda containers. Without it each container draws a random key at cold start: tokens are then
+valid only in the container that issued them, and a token from another answers 422 ("list again"). Both
+fail closed; neither accepts a token the API did not issue.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+from functools import cache
+
+from annex.core.errors import PolicyViolation
+
+KEY_VARIABLE = "PAGE_TOKEN_KEY"
+MIN_KEY_CHARS = 32
+_MAC_BYTES = 16
+
+
+@cache
+def page_token_key() -> bytes:
+    configured = os.environ.get(KEY_VARIABLE)
+    if configured is None:
+        return secrets.token_bytes(32)
+    if len(configured) < MIN_KEY_CHARS:
+        raise ValueError(f"{KEY_VARIABLE} must be at least {MIN_KEY_CHARS} characters")
+    return configured.encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(key: bytes, binding: str, inner: bytes) -> bytes:
+    return hmac.new(key, binding.encode() + b"\n" + inner, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def seal(inner: str | None, *, binding: str, key: bytes) -> str | None:
+    """The token handed to the caller for the store's own token `inner` (None: no further page)."""
+    if inner is None:
+        return None
+    data = inner.encode()
+    return f"{_b64(data)}.{_b64(_mac(key, binding, data))}"
+
+
+def unseal(token: str | None, *, binding: str, key: bytes) -> str | None:
+    """The store's token inside `token`, if this API issued it for this `binding`; else PolicyViolation."""
+    if token is None:
+        return None
+    refused = PolicyViolation(
+        "next_token is not a token this API returned for this listing; list again from the start",
+        field="next_token",
+    )
+    body, dot, mac = token.partition(".")
+    if not dot or not body or not mac or not token.isascii():
+        raise refused
+    try:
+        data, given = _unb64(body), _unb64(mac)
+    except (binascii.Error, ValueError):
+        raise refused from None
+    if not hmac.compare_digest(given, _mac(key, binding, data)):
+        raise refused
+    try:
+        return data.decode()
+    except UnicodeDecodeError:  # pragma: no cover - the MAC proves we encoded it
+        raise refused from None
