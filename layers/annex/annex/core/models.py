@@ -381,6 +381,9 @@ class HeartbeatAction(StrEnum):
     TERMINATE = "terminate"  # power off now
 
 
+HEARTBEAT_PROBLEM_MAX = 300
+
+
 class HeartbeatRequest(_Strict):
     """Body of POST /heartbeat, sent every minute by the agent on each instance."""
 
@@ -388,6 +391,18 @@ class HeartbeatRequest(_Strict):
     annex_id: AnnexId
     claimed_slots: int = Field(ge=0, le=4096, strict=True)
     total_slots: int = Field(ge=0, le=4096, strict=True)
+    problem: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=HEARTBEAT_PROBLEM_MAX,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        strict=True,
+        description="A boot problem the instance reports before powering off: one line, for the owner.",
+    )
+    spot_notice: Literal["interruption", "rebalance"] | None = Field(
+        default=None,
+        description="A spot interruption notice (its jobs are being vacated) or a rebalance recommendation.",
+    )
 
     @model_validator(mode="after")
     def _claimed_within_total(self) -> HeartbeatRequest:
