@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from annex.core.clock import parse_duration, parse_time, to_iso
+from annex.money.units import BudgetIn
 
 ANNEX_ID_PATTERN = r"^ax-[0-9a-f]{16}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -66,6 +67,7 @@ class EndReason(StrEnum):
     SILENT = "silent"
     ORPHAN = "orphan"
     ALL_INSTANCES_GONE = "all-instances-gone"
+    BUDGET_REACHED = "budget-reached"
 
 
 class InstanceState(StrEnum):
@@ -224,6 +226,9 @@ class CreateAnnexRequest(_Strict):
         pattern=TOKEN_PATTERN,
         description="Retrying with the same token returns the same annex instead of creating another.",
     )
+    budget: BudgetIn | None = Field(
+        default=None, description="USD: the annex ends (budget-reached) before its cost passes this."
+    )
 
 
 class ExtendRequest(_Strict):
@@ -277,6 +282,7 @@ class Annex(BaseModel):
     launch_note: str | None = None
     end_reason: EndReason | None = None
     ended_at: Time | None = None
+    budget_usd: BudgetIn | None = None
 
     @property
     def live(self) -> bool:
