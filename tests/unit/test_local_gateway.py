@@ -23,6 +23,8 @@ def test_routes_are_the_templates_api_events():
         "/annexes",
         "/annexes/{annex_id}",
         "/annexes/{annex_id}/extend",
+        "/annexes/{annex_id}/shorten",
+        "/annexes/{annex_id}/idle-timeout",
         "/annexes/{annex_id}/stop",
         "/health",
     ]
@@ -31,6 +33,8 @@ def test_routes_are_the_templates_api_events():
         ("GET", "/annexes"),
         ("GET", "/annexes/{annex_id}"),
         ("POST", "/annexes/{annex_id}/extend"),
+        ("POST", "/annexes/{annex_id}/shorten"),
+        ("POST", "/annexes/{annex_id}/idle-timeout"),
         ("POST", "/annexes/{annex_id}/stop"),
         ("GET", "/health"),
         ("ANY", "/{proxy+}"),
