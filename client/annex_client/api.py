@@ -70,6 +70,24 @@ class AnnexApi:
         reply = self.transport.call("POST", f"/annexes/{quote(annex_id, safe='')}/stop", body=body)
         return dict(reply.body)
 
+    def estimate(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What a request ({"request": ...}) or an extension ({"extend": ...}) would cost, and whether
+        the month's budget allows it. Changes nothing."""
+        return dict(self.transport.call("POST", "/estimates", body=body, idempotent=True).body)
+
+    def notify(self, email: str) -> dict[str, Any]:
+        return dict(
+            self.transport.call("POST", "/notifications", body={"email": email}, idempotent=True).body
+        )
+
+    def set_budget(self, owner: str, monthly_usd: str) -> dict[str, Any]:
+        body = {"owner": owner, "monthly_usd": monthly_usd}
+        return dict(self.transport.call("PUT", "/admin/budgets", body=body, idempotent=True).body)
+
+    def spend(self, month: str | None = None) -> dict[str, Any]:
+        query = {"month": month} if month else None
+        return dict(self.transport.call("GET", "/admin/spend", query=query).body)
+
     def _others_named(self, name: str) -> builtins.list[dict[str, Any]]:
         """Other owners' annexes with this name, live first, if the caller may see them (administrators);
         [] for anyone else (the API refuses scope=all to them, and says nothing about others' names)."""

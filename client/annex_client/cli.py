@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -67,6 +68,20 @@ def _count(text: str) -> int:
     return int(text)
 
 
+_USD = re.compile(r"^[0-9]{1,7}(\.[0-9]{1,2})?$")
+
+
+def _usd(text: str) -> str:
+    """A budget in US dollars, as the API takes it: digits with at most two decimals."""
+    if not _USD.match(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not an amount in US dollars; write it like 50 or 12.50 (no $ or USD)"
+        )
+    if float(text) <= 0:
+        raise argparse.ArgumentTypeError("a budget must be more than zero")
+    return text.strip()
+
+
 def _tag(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -95,6 +110,24 @@ def _change_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument("name", metavar="NAME", help="annex name or id (ax-...)")
     p.add_argument("idle_timeout", metavar="DURATION", type=_duration, help="such as 30m")
+
+
+def _money_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """notify (researchers), budget and spend (administrators)."""
+    p = command(
+        "notify",
+        "e-mail me the notices of my annexes",
+        "Subscribes an e-mail address to the notices of your annexes (and no one else's): a lease about to "
+        "end,\nan annex that ended, a budget 80% spent. AWS sends a confirmation e-mail first.",
+    )
+    p.add_argument("--email", required=True, help="where to send them")
+
+    p = command("budget", "set an owner's monthly budget (administrators)")
+    p.add_argument("owner", metavar="OWNER_ARN", help="the researcher's IAM ARN, as annexes show it")
+    p.add_argument("--monthly", type=_usd, required=True, metavar="USD", help="US dollars per month")
+
+    p = command("spend", "spend per owner for a month (administrators)")
+    p.add_argument("--month", metavar="YYYY-MM", help="default: this month (UTC)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_duration, default=timedelta(minutes=15), help="for --wait (15m)")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument(
+        "--budget",
+        type=_usd,
+        metavar="USD",
+        help="end the annex (budget-reached) before it costs more than this many US dollars",
+    )
+    p.add_argument(
         "--client-token",
         metavar="TOKEN",
         help="repeat a request safely: the same token never creates a second annex",
@@ -193,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("list", "your annexes, newest first")
     p.add_argument("--all", action="store_true", help="every owner's annexes (administrators)")
+
+    _money_commands(command)
 
     command(
         "check-setup",

@@ -29,7 +29,7 @@ from annex_client.errors import (
     Unreachable,
     UsageError,
 )
-from annex_client.pricing import estimate
+from annex_client.pricing import estimate, month_text
 from annex_client.settings import (
     ENDPOINT_ENV,
     Settings,
@@ -216,7 +216,11 @@ def check_against_limits(args: argparse.Namespace, limits: Mapping[str, Any]) ->
 
 
 def _request_summary(
-    args: argparse.Namespace, limits: Mapping[str, Any], now: datetime, tz: tzinfo | None
+    args: argparse.Namespace,
+    limits: Mapping[str, Any],
+    now: datetime,
+    tz: tzinfo | None,
+    quote: Mapping[str, Any],
 ) -> str:
     chosen = args.type or str(limits["default_instance_type"])
     types = [chosen]
@@ -225,7 +229,7 @@ def _request_summary(
     market = "spot" if args.spot else "on-demand"
     idle = args.idle or timedelta(seconds=int(limits["default_idle_timeout_seconds"]))
     hours = args.lease.total_seconds() / 3600
-    cost = estimate(args.count, types, hours, spot=args.spot)
+    cost = estimate(quote, args.count, hours, spot=args.spot, several=len(types) > 1)
     what = f"{args.count} x {types[0]}, {market}"
     if len(types) > 1:
         what = f"{args.count} x {market}, any of {', '.join(types)}"
@@ -234,6 +238,7 @@ def _request_summary(
         ("lease", f"{duration_text(args.lease)} (until {clock_text(now + args.lease, tz)})"),
         ("usage", f"up to {round(cost.instance_hours, 2):g} instance-hours"),
         ("cost", cost.text()),
+        *budget_lines(args, quote),
         ("idle stop", f"an instance with no claimed slot for {duration_text(idle)} is stopped"),
     ]
     jobs = f"{condor_user(args)}'s jobs " + (
@@ -247,6 +252,17 @@ def _request_summary(
     width = max(len(k) for k, _ in lines)
     body = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in lines)
     return f"Request annex {args.name}:\n{body}"
+
+
+def budget_lines(args: argparse.Namespace, quote: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The annex's own budget (if given) and the owner's month, from the API's quote."""
+    lines = []
+    if getattr(args, "budget", None):
+        lines.append(("budget", f"${args.budget}: the annex ends (budget-reached) before it costs more"))
+    month = month_text(quote)
+    if month:
+        lines.append(("this month", month))
+    return lines
 
 
 def condor_user(args: Any) -> str:
@@ -264,18 +280,12 @@ def cmd_request(ctx: Ctx) -> int:
     check_name(args.name)
     limits = ctx.api.health()["limits"]
     check_against_limits(args, limits)
-    ctx.err.write(_request_summary(args, limits, _now(), ctx.tz) + "\n")
-    ctx.confirm("Request it?", yes=args.yes, refusal="this request would start paid instances")
-    # One token per invocation: the transport's retries after a network error repeat it, so a lost
-    # answer never becomes a second annex. --client-token extends that across invocations.
-    token = args.client_token or f"annex-client-{uuid.uuid4().hex}"
     body: dict[str, Any] = {
         "name": args.name,
         "count": args.count,
         "market": "spot" if args.spot else "on-demand",
         "lease": duration_text(args.lease),
         "tags": dict(args.tag),
-        "client_token": token,
         "condor_user": condor_user(args),
         "share_with": list(args.share_with),
         "all_my_jobs": args.all_my_jobs,
@@ -284,6 +294,17 @@ def cmd_request(ctx: Ctx) -> int:
         body["instance_type"] = args.type
     if args.idle:
         body["idle_timeout"] = duration_text(args.idle)
+    if getattr(args, "budget", None):
+        body["budget"] = args.budget
+    quote = ctx.api.estimate({"request": body})
+    ctx.err.write(_request_summary(args, limits, _now(), ctx.tz, quote) + "\n")
+    if quote.get("allowed") is False:
+        raise Refused(str(quote.get("refusal")), status=409, code="BudgetExceeded")
+    ctx.confirm("Request it?", yes=args.yes, refusal="this request would start paid instances")
+    # One token per invocation: the transport's retries after a network error repeat it, so a lost
+    # answer never becomes a second annex. --client-token extends that across invocations.
+    body["client_token"] = args.client_token or f"annex-client-{uuid.uuid4().hex}"
+    token = body["client_token"]
     annex, created = ctx.api.create(body)
     name, annex_id = annex["name"], annex["id"]
     if created:
@@ -435,7 +456,13 @@ def wait_until_ready(
 
 
 def _extend_plan(
-    detail: Mapping[str, Any], limits: Mapping[str, Any], target: datetime, now: datetime, tz: tzinfo | None
+    detail: Mapping[str, Any],
+    limits: Mapping[str, Any],
+    target: datetime,
+    now: datetime,
+    tz: tzinfo | None,
+    *,
+    quote: Mapping[str, Any],
 ) -> tuple[str, datetime]:
     """What extending to `target` adds (capped as the API caps it: MaxLease ahead of now), and its cost."""
     current = parse_api_time(detail.get("lease_expires_at")) or now
@@ -449,7 +476,7 @@ def _extend_plan(
         count = len(live)
     types = list(detail.get("instance_types") or [])
     spot = detail.get("market") == "spot"
-    cost = estimate(count, types, added.total_seconds() / 3600, spot=spot)
+    cost = estimate(quote, count, added.total_seconds() / 3600, spot=spot, several=len(types) > 1)
     lease = f"until {clock_text(current, tz)} -> {clock_text(new, tz)} (+{duration_text(added, units=2)})"
     if new < target:
         lease += f"; capped: a lease reaches at most {duration_text(cap - now, units=2)} ahead of now"
@@ -458,6 +485,9 @@ def _extend_plan(
         ("usage", f"up to {round(cost.instance_hours, 2):g} more instance-hours ({count} live instances)"),
         ("cost", cost.text().replace(" = ", " more = ", 1) if cost.usd is not None else cost.text()),
     ]
+    month = month_text(quote)
+    if month:
+        lines.append(("this month", month))
     width = max(len(k) for k, _ in lines)
     body = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in lines)
     return f"Extend annex {detail.get('name')}:\n{body}", new
@@ -486,8 +516,12 @@ def cmd_extend(ctx: Ctx) -> int:
             code="ValidationError",
         )
     limits = ctx.api.health()["limits"]
-    plan, _new = _extend_plan(detail, limits, target, now, ctx.tz)
+    how = {"by": duration_text(args.by)} if args.by is not None else {"until": iso_z(args.until)}
+    quote = ctx.api.estimate({"extend": {"annex_id": annex_id, **how}})
+    plan, _new = _extend_plan(detail, limits, target, now, ctx.tz, quote=quote)
     ctx.err.write(plan + "\n")
+    if quote.get("allowed") is False:
+        raise Refused(str(quote.get("refusal")), status=409, code="BudgetExceeded")
     ctx.confirm("Extend it?", yes=args.yes, refusal="this extension would keep paid instances running longer")
     if args.by is not None:
         result = ctx.api.extend(annex_id, by=duration_text(args.by))
@@ -504,6 +538,10 @@ def cmd_extend(ctx: Ctx) -> int:
     )
     if result.get("capped"):
         ctx.say(f"Capped: {result.get('message')}")
+    quote = result.get("quote") or {}
+    if quote.get("adds_usd") is not None:
+        month = month_text(quote)
+        ctx.say(f"It adds about ${float(quote['adds_usd']):,.2f}" + (f"; {month}." if month else "."))
     return OK
 
 
@@ -601,6 +639,8 @@ def cmd_list(ctx: Ctx) -> int:
         ctx.say("No annexes. Request one with: annex-client request NAME --count N --lease 4h")
         return OK
     ctx.say(render.annex_table(annexes, _now(), ctx.tz, owners=everyone))
+    if everyone:
+        ctx.say("\n" + render.owner_totals(annexes))
     return OK
 
 
@@ -772,6 +812,39 @@ def cmd_configure(ctx: Ctx) -> int:
     return OK
 
 
+# --- money: notices, budgets, spend ---------------------------------------------------------------
+
+
+def cmd_notify(ctx: Ctx) -> int:
+    result = ctx.api.notify(ctx.args.email)
+    if ctx.json:
+        ctx.emit(result)
+    else:
+        ctx.say(str(result.get("message", "")) + ".")
+    return OK
+
+
+def cmd_budget(ctx: Ctx) -> int:
+    result = ctx.api.set_budget(ctx.args.owner, ctx.args.monthly)
+    if ctx.json:
+        ctx.emit(result)
+    else:
+        ctx.say(
+            f"The monthly budget of {render.who(str(result.get('owner', '')))} is now "
+            f"${float(result['monthly_usd']):,.2f} ({result.get('source')})."
+        )
+    return OK
+
+
+def cmd_spend(ctx: Ctx) -> int:
+    report = ctx.api.spend(ctx.args.month)
+    if ctx.json:
+        ctx.emit(report)
+    else:
+        ctx.say(render.spend_table(report))
+    return OK
+
+
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "request": cmd_request,
     "extend": cmd_extend,
@@ -782,6 +855,9 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "list": cmd_list,
     "check-setup": cmd_check_setup,
     "configure": cmd_configure,
+    "notify": cmd_notify,
+    "budget": cmd_budget,
+    "spend": cmd_spend,
 }
 
 

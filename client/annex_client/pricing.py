@@ -1,23 +1,38 @@
-"""A rough cost estimate shown before `request` spends money. An estimate, not a quote: list prices for
-Linux on-demand instances in one region, for the instance types the template allows by default. Any other
-type is "price unknown"; spot is usually cheaper, so its estimate is an upper bound."""
+"""What the API says a request or an extension costs (POST /estimates), as the client shows it.
+
+The client carries no prices. The API's come from the AWS Price List Query API, EC2's spot price history,
+or the stack's dated price snapshot, and every figure here names its source and date. It is an estimate
+(EC2 bills per second, 60 s minimum), not a bill: Cost Explorer has the bill.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-PRICES_AS_OF = "2024"
-PRICE_REGION = "us-east-1"
-PRICE_SOURCE = f"AWS on-demand list price, Linux, {PRICE_REGION}, {PRICES_AS_OF}"
-ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
-    "c6i.xlarge": 0.17,
-    "c6i.2xlarge": 0.34,
-    "c7i.xlarge": 0.1785,
-    "c7i.2xlarge": 0.357,
-    "m6i.xlarge": 0.192,
-    "m7i.xlarge": 0.2016,
+SOURCES = {
+    "aws-price-list": "AWS Price List API",
+    "ec2-spot-price-history": "EC2 spot price history",
+    "snapshot": "the stack's price snapshot",
 }
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def source_text(price: Mapping[str, Any]) -> str:
+    """`AWS Price List API, as of 2026-11-01`; spot bounded by on-demand says so."""
+    source = SOURCES.get(str(price.get("source", "")), str(price.get("source", "unknown source")))
+    as_of = str(price.get("as_of", ""))[:10]
+    text = f"{source}, as of {as_of}" if as_of else source
+    if str(price.get("source_detail", "")).startswith("no spot price known"):
+        text += "; no spot price known, so the on-demand price bounds it"
+    return text
 
 
 @dataclass(frozen=True)
@@ -26,7 +41,8 @@ class Estimate:
     hours: float
     usd_per_hour: float | None  # per instance; for several possible types, the dearest
     usd: float | None
-    upper_bound: bool  # spot, or several possible types
+    upper_bound: bool  # spot, several possible types, or capped by the annex's budget
+    source: str = ""
 
     @property
     def instance_hours(self) -> float:
@@ -34,11 +50,11 @@ class Estimate:
 
     def text(self) -> str:
         if self.usd is None or self.usd_per_hour is None:
-            return "price unknown (no list price for this instance type in the client's table)"
+            return "price unknown (the API has no price for this instance type here)"
         bound = "at most" if self.upper_bound else "about"
         return (
             f"{bound} ${self.usd:,.2f} = {self.count} x {_hours(self.hours)} x ${self.usd_per_hour:g}/h "
-            f"(an estimate: {PRICE_SOURCE})"
+            f"(an estimate: {self.source})"
         )
 
 
@@ -52,11 +68,27 @@ def _hours(hours: float) -> str:
     return f"{minutes // 60}h{minutes % 60}m"
 
 
-def estimate(count: int, instance_types: Sequence[str], hours: float, *, spot: bool) -> Estimate:
-    """Cost of `count` instances for `hours` (the whole lease: the most it can cost unless extended).
-    With several possible types (spot without --type), the dearest one bounds the cost."""
-    prices = [ON_DEMAND_USD_PER_HOUR.get(t) for t in instance_types]
-    if not prices or any(p is None for p in prices):
-        return Estimate(count, hours, None, None, spot or len(prices) > 1)
-    per_hour = max(p for p in prices if p is not None)
-    return Estimate(count, hours, per_hour, count * hours * per_hour, spot or len(prices) > 1)
+def estimate(
+    quote: Mapping[str, Any], count: int, hours: float, *, spot: bool, several: bool = False
+) -> Estimate:
+    """The API's quote for `count` instances for `hours` (the whole lease)."""
+    price = quote.get("price") or {}
+    per_hour = _float(price.get("usd_per_hour"))
+    usd = _float(quote.get("adds_usd"))
+    capped = per_hour is not None and usd is not None and usd + 0.005 < count * hours * per_hour
+    return Estimate(
+        count, hours, per_hour, usd, spot or several or capped, source_text(price) if price else ""
+    )
+
+
+def month_text(quote: Mapping[str, Any]) -> str | None:
+    """The owner's month against their budget, or None when there is no monthly budget."""
+    budget = _float(quote.get("monthly_budget_usd"))
+    if budget is None:
+        return None
+    committed = _float(quote.get("month_committed_usd")) or 0.0
+    left = _float(quote.get("remaining_usd")) or 0.0
+    return (
+        f"${committed:,.2f} of your ${budget:,.2f} budget for {quote.get('month')} spent or committed; "
+        f"${left:,.2f} left"
+    )

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
+from annex_client.pricing import source_text
 from annex_client.timefmt import clock_text, duration_text, parse_api_time, relative
 
 LIVE_STATES = ("requested", "launching", "running")
@@ -62,8 +63,27 @@ def instances_text(annex: dict[str, Any]) -> str:
     return "-"
 
 
+def usd_text(value: Any) -> str:
+    try:
+        return f"${float(value):,.2f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def cost_cell(annex: Mapping[str, Any]) -> str:
+    """`$1.23` so far, `$1.23/$5.00` against its budget; `?` when a price is unknown."""
+    cost = annex.get("cost") or {}
+    if not cost:
+        return "-"
+    text = usd_text(cost.get("accrued_usd")) + ("" if cost.get("complete", True) else "?")
+    budget = annex.get("budget_usd", cost.get("budget_usd"))
+    if budget is not None:
+        text += "/" + usd_text(budget)
+    return text
+
+
 def annex_table(annexes: Sequence[dict[str, Any]], now: datetime, tz: tzinfo | None, *, owners: bool) -> str:
-    headers = ["NAME", "ID", "STATE", "INSTANCES", "TYPE", "MARKET", "LEASE LEFT", "CREATED"]
+    headers = ["NAME", "ID", "STATE", "INSTANCES", "TYPE", "MARKET", "LEASE LEFT", "COST", "CREATED"]
     if owners:
         headers.insert(1, "OWNER")
     rows = []
@@ -77,6 +97,7 @@ def annex_table(annexes: Sequence[dict[str, Any]], now: datetime, tz: tzinfo | N
             types_text(a.get("instance_types") or []),
             str(a.get("market", "")),
             lease_left(a, now),
+            cost_cell(a),
             clock_text(created, tz) if created else "-",
         ]
         if owners:
@@ -191,6 +212,7 @@ def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> s
         lines.append(("created", f"{clock_text(created, tz)} ({relative(created, now)})"))
     if ended is not None:
         lines.append(("ended", f"{clock_text(ended, tz)} ({relative(ended, now)})"))
+    lines.extend(cost_lines(detail))
     tags = detail.get("tags") or {}
     if tags:
         lines.append(("tags", ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))))
@@ -214,3 +236,78 @@ def status_text(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str
     if detail.get("history"):
         parts.append(history_table(detail, tz))
     return "\n\n".join(parts)
+
+
+def cost_lines(detail: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What it has cost, what it costs per hour, where that leads by the lease end, and the budget."""
+    cost = detail.get("cost") or {}
+    if not cost:
+        return []
+    lines = [
+        ("cost", f"{usd_text(cost.get('accrued_usd'))} so far (an estimate; Cost Explorer has the bill)")
+    ]
+    if detail.get("state") in LIVE_STATES:
+        bound = "at most " if cost.get("upper_bound") else ""
+        lines.append(
+            (
+                "rate",
+                f"{bound}${float(cost.get('usd_per_hour') or 0):g}/h now; "
+                f"{usd_text(cost.get('forecast_usd'))} if it runs to the lease end",
+            )
+        )
+    if cost.get("budget_usd") is not None:
+        text = f"{usd_text(cost.get('budget_usd'))}"
+        reached = parse_api_time(cost.get("budget_reached_at"))
+        if reached is not None:
+            text += f", reached about {reached.strftime('%Y-%m-%d %H:%M UTC')} at this rate (then it ends)"
+        lines.append(("budget", text))
+    if cost.get("unpriced_types"):
+        lines.append(("unpriced", ", ".join(cost["unpriced_types"]) + " (no price known: left out)"))
+    prices = cost.get("prices") or []
+    if prices:
+        lines.append(
+            (
+                "prices",
+                "; ".join(
+                    f"{p.get('instance_type')} {p.get('market')} ${p.get('usd_per_hour')}/h "
+                    f"({source_text(p)})"
+                    for p in prices
+                ),
+            )
+        )
+    return lines
+
+
+def owner_totals(annexes: Sequence[Mapping[str, Any]]) -> str:
+    """Per owner: annexes, live ones, accrued cost and the live cost per hour (administrators)."""
+    totals: dict[str, list[float]] = {}
+    for a in annexes:
+        cost = a.get("cost") or {}
+        t = totals.setdefault(str(a.get("owner", "")), [0, 0, 0.0, 0.0])
+        t[0] += 1
+        live = a.get("state") in LIVE_STATES
+        t[1] += 1 if live else 0
+        t[2] += float(cost.get("accrued_usd") or 0)
+        t[3] += float(cost.get("usd_per_hour") or 0) if live else 0.0
+    rows = [
+        [who(owner), str(int(t[0])), str(int(t[1])), f"${t[2]:,.2f}", f"${t[3]:,.4g}/h"]
+        for owner, t in sorted(totals.items(), key=lambda kv: -kv[1][2])
+    ]
+    return table(["OWNER", "ANNEXES", "LIVE", "COST SO FAR", "LIVE RATE"], rows)
+
+
+def spend_table(report: Mapping[str, Any]) -> str:
+    rows = [
+        [
+            who(str(o.get("owner", ""))),
+            str(o.get("annexes", 0)),
+            usd_text(o.get("spent_usd")),
+            usd_text(o.get("committed_usd")),
+            usd_text(o.get("monthly_budget_usd")) if o.get("monthly_budget_usd") is not None else "none",
+            usd_text(o.get("remaining_usd")) if o.get("remaining_usd") is not None else "-",
+        ]
+        for o in report.get("owners") or []
+    ]
+    total = usd_text(report.get("total_spent_usd"))
+    head = f"Spend in {report.get('month')} (UTC), {total} in all; {report.get('note', '')}"
+    return head + "\n\n" + table(["OWNER", "ANNEXES", "SPENT", "COMMITTED", "BUDGET", "LEFT"], rows)

@@ -3,6 +3,8 @@ Thin: parse into the model, call the heartbeat service, return its answer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from functools import cache
 from typing import Annotated, Any
 
@@ -49,7 +51,7 @@ def heartbeat(request: Annotated[HeartbeatRequest, Body()]) -> HeartbeatResponse
     logger.append_keys(instance_id=request.instance_id)
     caller_arn = app.current_event.request_context.identity.user_arn
     try:
-        answer = service().report(caller_arn, request, now=utcnow())
+        answer = service().report(caller_arn, request, now=app.context["now"])
     except Forbidden:
         metrics.add_metric(name="HeartbeatsRefused", unit=MetricUnit.Count, value=1)
         logger.warning("heartbeat refused", extra={"caller": caller_arn})
@@ -64,5 +66,9 @@ def heartbeat(request: Annotated[HeartbeatRequest, Body()]) -> HeartbeatResponse
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 @strict_input(app)
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def handler(
+    event: dict[str, Any], context: LambdaContext, *, clock: Callable[[], datetime] = utcnow
+) -> dict[str, Any]:
+    # Lambda calls handler(event, context); tests inject the clock the route reads as app.context["now"].
+    app.append_context(now=clock())  # type: ignore[no-untyped-call]
     return app.resolve(event, context)

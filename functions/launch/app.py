@@ -4,8 +4,10 @@ are retried (the template bounds the retries and sends what is left to a dead-le
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
-from functools import cache
+from datetime import datetime
+from functools import cache, partial
 from typing import Any
 
 from annex.aws import clients
@@ -47,7 +49,7 @@ def launcher() -> Launcher:
 
 
 @tracer.capture_method
-def record_handler(record: DynamoDBRecord) -> None:
+def record_handler(record: DynamoDBRecord, *, clock: Callable[[], datetime] = utcnow) -> None:
     change = record.dynamodb
     trigger = LaunchTrigger.parse(
         record.raw_event.get("eventName"),
@@ -60,7 +62,7 @@ def record_handler(record: DynamoDBRecord) -> None:
         )
         return
     logger.append_keys(annex_id=trigger.annex_id)
-    outcome = launcher().launch(trigger.annex_id, now=utcnow())
+    outcome = launcher().launch(trigger.annex_id, now=clock())
     _report(outcome)
 
 
@@ -83,7 +85,10 @@ def _report(outcome: LaunchOutcome) -> None:
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+def handler(
+    event: dict[str, Any], context: LambdaContext, *, clock: Callable[[], datetime] = utcnow
+) -> PartialItemFailureResponse:
+    # Lambda calls handler(event, context); tests inject the clock each record's launch reads.
     return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
+        event=event, record_handler=partial(record_handler, clock=clock), processor=processor, context=context
     )

@@ -6,10 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from functools import cache
 
+from annex.aws import clients
 from annex.core.config import LeaseCheckSettings
 from annex.failsafe.lease_check import run_lease_check
 from annex.failsafe.sweeps import SweepDeps, SweepReport, sweep_handler
+from annex.money.checks import run_money_check
+from annex.money.notices import Notifier
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
 
 logger = Logger()
 tracer = Tracer()
@@ -26,8 +30,24 @@ def deps() -> SweepDeps:
     return SweepDeps.from_settings(settings())
 
 
+@cache
+def notifier() -> Notifier:
+    return Notifier(clients.client("events"), settings().event_bus_name)
+
+
 def run(deps: SweepDeps, cfg: LeaseCheckSettings, now: datetime) -> SweepReport:
-    return run_lease_check(deps.store, deps.ec2, now=now, retention=cfg.retention)
+    report = run_lease_check(deps.store, deps.ec2, now=now, retention=cfg.retention)
+    # Budgets and lease-ending notices, after the leases (their failures fail the run, not the leases).
+    money = run_money_check(deps.store, deps.ec2, notifier(), cfg, now=now, retention=cfg.retention)
+    report.absorb(money.termination)
+    report.details.update(budgets_due=money.budgets_due, notices_sent=money.notices)
+    if money.live_instances is not None and money.usd_per_hour is not None:
+        # The administrators' alarms (LiveInstancesAlarm, SpendRateAlarm) watch these.
+        metrics.add_metric(name="LiveInstances", unit=MetricUnit.Count, value=money.live_instances)
+        metrics.add_metric(name="EstimatedSpendRate", unit=MetricUnit.NoUnit, value=float(money.usd_per_hour))
+    for what, exc in money.failures.items():
+        report.fail(what, exc)
+    return report
 
 
 handler = sweep_handler(settings, deps, run, logger=logger, tracer=tracer, metrics=metrics)

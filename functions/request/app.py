@@ -19,14 +19,26 @@ from annex.core.models import (
     ANNEX_ID_PATTERN,
     Annex,
     AnnexDetail,
-    AnnexList,
     CreateAnnexRequest,
     ExtendRequest,
-    ExtendResult,
     Health,
     IdleTimeoutRequest,
     ShortenRequest,
     StopRequest,
+)
+from annex.money.models import (
+    MONTH_PATTERN,
+    AnnexListView,
+    AnnexView,
+    BudgetRequest,
+    EstimateRequest,
+    ExtendView,
+    NotificationRequest,
+    NotificationSubscription,
+    OwnerBudget,
+    OwnerBudgetRequest,
+    Quote,
+    SpendReport,
 )
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -57,7 +69,7 @@ def settings() -> RequestSettings:
 def service() -> AnnexService:
     cfg = settings()
     store = AnnexStore(clients.dynamodb(), cfg.table_name)
-    return AnnexService(store, Ec2Inventory(clients.ec2(), cfg.stack_name), cfg)
+    return AnnexService(store, Ec2Inventory(clients.ec2(), cfg.stack_name), cfg, sns=clients.client("sns"))
 
 
 def caller() -> Caller:
@@ -88,23 +100,23 @@ def list_annexes(
     scope: Annotated[str, Query(pattern="^(mine|all)$")] = "mine",
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     next_token: Annotated[str | None, Query(max_length=2048)] = None,
-) -> AnnexList:
+) -> AnnexListView:
     who = caller()
     binding = f"{who.arn}\n{scope}"  # a token works only for the caller and the scope it was issued for
     inner = pagetoken.unseal(next_token, binding=binding, key=pagetoken.page_token_key())
-    listing = service().list(who, everyone=scope == "all", limit=limit, page_token=inner)
+    listing = service().list(who, everyone=scope == "all", limit=limit, page_token=inner, now=utcnow())
     sealed = pagetoken.seal(listing.next_token, binding=binding, key=pagetoken.page_token_key())
     return listing.model_copy(update={"next_token": sealed})
 
 
 @app.get("/annexes/<annex_id>", summary="One annex with its instances and history", responses=ERRORS)
-def get_annex(annex_id: AnnexIdParam) -> AnnexDetail:
+def get_annex(annex_id: AnnexIdParam) -> AnnexView:
     logger.set_correlation_id(annex_id)
-    return service().get(caller(), annex_id)
+    return service().get(caller(), annex_id, now=utcnow())
 
 
 @app.post("/annexes/<annex_id>/extend", summary="Extend the lease", responses=ERRORS)
-def extend_annex(annex_id: AnnexIdParam, request: Annotated[ExtendRequest, Body()]) -> ExtendResult:
+def extend_annex(annex_id: AnnexIdParam, request: Annotated[ExtendRequest, Body()]) -> ExtendView:
     logger.set_correlation_id(annex_id)
     result = service().extend(caller(), annex_id, request, now=utcnow())
     metrics.add_metric(name="LeasesExtended", unit=MetricUnit.Count, value=1)
@@ -126,11 +138,41 @@ def set_idle_timeout(annex_id: AnnexIdParam, request: Annotated[IdleTimeoutReque
 
 
 @app.post("/annexes/<annex_id>/stop", summary="Stop the annex now", responses=ERRORS)
-def stop_annex(annex_id: AnnexIdParam, request: Annotated[StopRequest | None, Body()] = None) -> AnnexDetail:
+def stop_annex(annex_id: AnnexIdParam, request: Annotated[StopRequest | None, Body()] = None) -> AnnexView:
     logger.set_correlation_id(annex_id)
     detail = service().stop(caller(), annex_id, now=utcnow(), reason=request.reason if request else None)
     metrics.add_metric(name="AnnexesStopped", unit=MetricUnit.Count, value=1)
     return detail
+
+
+@app.post("/annexes/<annex_id>/budget", summary="Set or change the annex's budget (USD)", responses=ERRORS)
+def set_budget(annex_id: AnnexIdParam, body: Annotated[BudgetRequest, Body()]) -> AnnexView:
+    logger.set_correlation_id(annex_id)
+    return service().set_budget(caller(), annex_id, body, now=utcnow())
+
+
+@app.post(
+    "/estimates",
+    summary="What a request or an extension would cost, against your month's budget",
+    responses=ERRORS,
+)
+def estimate(body: Annotated[EstimateRequest, Body()]) -> Quote:
+    return service().estimate(caller(), body, now=utcnow())
+
+
+@app.post("/notifications", summary="E-mail me the notices of my annexes", responses=ERRORS)
+def subscribe(body: Annotated[NotificationRequest, Body()]) -> NotificationSubscription:
+    return service().subscribe(caller(), body)
+
+
+@app.put("/admin/budgets", summary="Set an owner's monthly budget (administrators)", responses=ERRORS)
+def set_owner_budget(body: Annotated[OwnerBudgetRequest, Body()]) -> OwnerBudget:
+    return service().set_owner_budget(caller(), body, now=utcnow())
+
+
+@app.get("/admin/spend", summary="Spend per owner for a month (administrators)", responses=ERRORS)
+def spend_report(month: Annotated[str | None, Query(pattern=MONTH_PATTERN)] = None) -> SpendReport:
+    return service().spend_report(caller(), month=month, now=utcnow())
 
 
 @app.get("/health", summary="Limits in force and when each fail-safe sweep last succeeded", responses=ERRORS)

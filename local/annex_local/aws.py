@@ -34,6 +34,10 @@ class Provisioned:
     subnet_ids: list[str] = field(default_factory=list)
     security_group_id: str = ""
     image_id: str = ""
+    # EventBridge rules whose targets are SNS topics (moto does not deliver to SNS): each also gets a
+    # local SQS queue, which the notice courier drains and delivers as SNS would (annex_local.notices).
+    notice_queue_url: str = ""
+    notice_topics: list[str] = field(default_factory=list)
 
 
 class EmbeddedAws:
@@ -82,11 +86,20 @@ class EmbeddedAws:
         self._secrets(out)
         self._instance_role(out)
         self._queues_and_topics(out)
+        self._events(out)
         self._network(out)
         return out
 
     def _name(self, logical_id: str) -> str:
         return f"{self.stack_name}-{logical_id}"
+
+    def _sub(self, value: Any, default: str) -> str:
+        """A name the template gives (`!Sub "${AWS::StackName}-events"`), or `default`."""
+        if isinstance(value, dict) and isinstance(value.get("Fn::Sub"), str):
+            value = value["Fn::Sub"]
+        if isinstance(value, str):
+            return value.replace("${AWS::StackName}", self.stack_name).replace("${AWS::Region}", REGION)
+        return default
 
     def _table(self, out: Provisioned) -> None:
         ddb = self.client("dynamodb")
@@ -145,8 +158,34 @@ class EmbeddedAws:
             out.refs[f"{logical_id}.Arn"] = arn
             out.refs[f"{logical_id}.QueueName"] = self._name(logical_id)
         sns = self.client("sns")
-        for logical_id in resources("AWS::SNS::Topic"):
-            out.refs[logical_id] = sns.create_topic(Name=self._name(logical_id))["TopicArn"]
+        for logical_id, spec in resources("AWS::SNS::Topic").items():
+            name = self._sub(spec.get("Properties", {}).get("TopicName"), self._name(logical_id))
+            out.refs[logical_id] = sns.create_topic(Name=name)["TopicArn"]
+
+    def _events(self, out: Provisioned) -> None:
+        events = self.client("events")
+        for logical_id, spec in resources("AWS::Events::EventBus").items():
+            name = self._sub(spec.get("Properties", {}).get("Name"), self._name(logical_id))
+            out.refs[f"{logical_id}.Arn"] = events.create_event_bus(Name=name)["EventBusArn"]
+            out.refs[logical_id] = name
+        sqs = self.client("sqs")
+        for logical_id, spec in resources("AWS::Events::Rule").items():
+            props = spec["Properties"]
+            bus = out.refs[props["EventBusName"]["Ref"]]
+            name = self._name(logical_id)
+            events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(props["EventPattern"]))
+            topics = [
+                out.refs[t["Arn"]["Ref"]] for t in props.get("Targets", []) if "Ref" in t.get("Arn", {})
+            ]
+            if not topics:
+                continue
+            url = sqs.create_queue(QueueName=f"{name}-local-delivery")["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": "local-delivery", "Arn": arn}])
+            out.notice_queue_url = url
+            out.notice_topics = topics
 
     def _network(self, out: Provisioned) -> None:
         ec2 = self.client("ec2")

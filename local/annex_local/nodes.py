@@ -12,9 +12,14 @@ Behaviour is chosen per annex by the user tag `annex-sim` (request with `--tag a
 | `idle` | no slot ever claimed |
 | `silent` | never sends a heartbeat (a node that failed to boot or lost its network) |
 | `busy-then-idle:90s` | busy for that long after boot, then idle |
+| `broken-token` | reports a boot problem (the collector refused its token) in a heartbeat, then powers off |
 
 A comma-separated list gives each instance of the annex its own behaviour, in launch order
 (`busy,busy,idle`).
+
+Each node has one partitionable slot of `CPUS` CPUs, as HTCondor has by default since 23.0; a busy node
+runs one one-CPU job per CPU in dynamic slots. Its heartbeat counts them as the real agent does
+(`count_slots`: the same rule as annex-heartbeat's awk), so a full node reads "busy 4 of 4".
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from annex_local.sigv4 import Identity, sign_headers
 
 log = logging.getLogger("annex_local.nodes")
 SIM_TAG = "annex-sim"
-SLOTS = 4
+CPUS = 4
 DEAD_MAN_MARGIN = timedelta(seconds=30)
 
 
@@ -49,7 +54,27 @@ def parse_behaviour(value: str) -> tuple[str, timedelta]:
             return name, parse_duration(arg or "60s")
         except ValueError:
             return name, timedelta(seconds=60)
-    return (name if name in ("busy", "idle", "silent") else "busy"), timedelta(0)
+    return (name if name in BEHAVIOURS else "busy"), timedelta(0)
+
+
+BEHAVIOURS = ("busy", "idle", "silent", "broken-token")
+BROKEN_TOKEN_PROBLEM = (
+    "the collector at cm.annex.local refused ADVERTISE_STARTD for annex@annex.local — see the deploy guide"
+)
+
+
+def count_slots(ads: list[dict[str, Any]]) -> tuple[int, int]:
+    """(claimed, total) as a user reads "busy 4 of 4", from slot ads, like annex-heartbeat: static and
+    dynamic slots count (claimed when Claimed or Preempting); a partitionable slot does not, its free
+    CPUs do (room for that many one-CPU jobs)."""
+    claimed = total = 0
+    for ad in ads:
+        if ad["SlotType"] == "Partitionable":
+            total += ad["Cpus"]
+            continue
+        total += 1
+        claimed += ad["State"] in ("Claimed", "Preempting")
+    return claimed, total
 
 
 @dataclass
@@ -69,12 +94,18 @@ class Node:
     last_action: str = ""
     log: list[str] = field(default_factory=list)
 
-    def claimed(self, now: datetime) -> int:
+    def jobs(self, now: datetime) -> int:
         if self.draining or self.behaviour == "idle":
             return 0
         if self.behaviour == "busy-then-idle" and now - self.booted_at >= self.busy_for:
             return 0
-        return SLOTS
+        return CPUS
+
+    def slot_ads(self, now: datetime) -> list[dict[str, Any]]:
+        """What `condor_status -slots` shows: the partitionable slot and one dynamic slot per job."""
+        jobs = self.jobs(now)
+        pslot = {"SlotType": "Partitionable", "State": "Unclaimed", "Cpus": CPUS - jobs}
+        return [pslot, *({"SlotType": "Dynamic", "State": "Claimed", "Cpus": 1} for _ in range(jobs))]
 
 
 class SimulatedNodes:
@@ -178,6 +209,9 @@ class SimulatedNodes:
             if node.lease_expires_at and now > node.lease_expires_at + DEAD_MAN_MARGIN:
                 self.power_off(node, now, "dead-man switch: the lease it last heard has passed")
                 continue
+            if node.behaviour == "broken-token":
+                self.report_problem(node, now, BROKEN_TOKEN_PROBLEM)
+                continue
             if node.behaviour == "silent" or now < self._next_beat[node.instance_id]:
                 continue
             self._next_beat[node.instance_id] = now + timedelta(seconds=self.heartbeat_period)
@@ -189,16 +223,27 @@ class SimulatedNodes:
         states = [i["State"]["Name"] for r in resp["Reservations"] for i in r["Instances"]]
         return bool(states) and states[0] in ("pending", "running")
 
+    def _body(self, node: Node, now: datetime, problem: str | None = None) -> bytes:
+        claimed, total = count_slots(node.slot_ads(now))
+        body: dict[str, Any] = {
+            "instance_id": node.instance_id,
+            "annex_id": node.annex_id,
+            "claimed_slots": claimed,
+            "total_slots": total,
+        }
+        if problem:
+            body["problem"] = problem
+        return json.dumps(body).encode()
+
+    def report_problem(self, node: Node, now: datetime, problem: str) -> None:
+        """`annex-heartbeat --report-problem`, then the boot script powers the instance off."""
+        status, _answer = self.signed_post(node, self._body(node, now, problem))
+        node.heartbeats += 1
+        node.log.append(f"{now:%H:%M:%S} reported a boot problem ({status}): {problem}")
+        self.power_off(node, now, f"boot check failed: {problem}")
+
     def heartbeat(self, node: Node, now: datetime) -> dict[str, Any] | None:
-        body = json.dumps(
-            {
-                "instance_id": node.instance_id,
-                "annex_id": node.annex_id,
-                "claimed_slots": node.claimed(now),
-                "total_slots": SLOTS,
-            }
-        ).encode()
-        status, answer = self.signed_post(node, body)
+        status, answer = self.signed_post(node, self._body(node, now))
         node.heartbeats += 1
         if status != 200 or not isinstance(answer, dict):
             node.log.append(f"{now:%H:%M:%S} heartbeat answered {status}")

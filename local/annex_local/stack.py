@@ -17,7 +17,8 @@ from typing import Any
 from annex_local.aws import ACCOUNT, REGION, EmbeddedAws, Provisioned
 from annex_local.gateway import Gateway
 from annex_local.nodes import SimulatedNodes
-from annex_local.runtime import LocalRuntime, stack_environment
+from annex_local.notices import NoticeCourier
+from annex_local.runtime import LocalRuntime, install_code_paths, stack_environment
 from annex_local.scheduler import Scheduler, schedules_from_template
 from annex_local.sigv4 import Identity
 from annex_local.streams import StreamMapping, StreamPoller
@@ -52,6 +53,10 @@ FAST_PARAMS = {
     "HeartbeatLossGrace": "30s",
     "InstanceConfigTimeout": "30s",  # must stay below BootGrace (checked by the launch settings)
     "DrainBeforeLeaseEnd": "20s",
+}
+# Scheduled functions the local stack does not run, and why.
+NOT_SCHEDULED_LOCALLY = {
+    "PricesFunction": "moto has no AWS Price List API; the stack loads the shipped price snapshot instead",
 }
 FAST_SWEEP_SECONDS = 5.0
 FAST_HEARTBEAT_SECONDS = 5.0
@@ -183,6 +188,7 @@ class LocalStack:
             ).start()
         self.gateway = self.gateways["AnnexApi"]
         self._configure_functions(prov)
+        self._load_prices(prov)
         # Every handler module is imported here, once, before any thread that invokes them starts; then
         # every function's settings are validated as at a cold start, so bad parameters stop `up`.
         self.runtime.preload()
@@ -190,6 +196,7 @@ class LocalStack:
         self._start_pollers(prov)
         self._start_scheduler()
         self._start_nodes(prov)
+        self._start_notices(prov)
         self.write_state()
         return self
 
@@ -325,9 +332,34 @@ class LocalStack:
             self.pollers.append(poller)
             self._thread(poller.run, self.stop_event, self.options.stream_interval, name=f"stream-{fn}")
 
+    def _load_prices(self, prov: Provisioned) -> None:
+        """The shipped, dated price snapshot into the table, as the prices function would store prices."""
+        install_code_paths()
+        from annex.pricing.prices import load_snapshot  # noqa: PLC0415 - the layer is on the path now
+        from annex.store import AnnexStore  # noqa: PLC0415
+
+        snapshot = load_snapshot()
+        if snapshot.region == REGION:
+            AnnexStore(self.aws.client("dynamodb"), prov.table_name).put_prices(snapshot.prices())
+
+    def _start_notices(self, prov: Provisioned) -> None:
+        if not prov.notice_queue_url:
+            return
+        self.options.state_dir.mkdir(parents=True, exist_ok=True)
+        courier = NoticeCourier(
+            sqs=self.aws.client("sqs"),
+            sns=self.aws.client("sns"),
+            queue_url=prov.notice_queue_url,
+            topics=prov.notice_topics,
+            out=self.options.state_dir.resolve() / "notices.jsonl",
+        )
+        self._thread(courier.run, self.stop_event, 1.0, name="notices")
+
     def _start_scheduler(self) -> None:
+        for fn, why in NOT_SCHEDULED_LOCALLY.items():
+            log.info("not scheduling %s: %s", fn, why)
         self.scheduler = Scheduler(
-            schedules_from_template(),
+            [s for s in schedules_from_template() if s.function_id not in NOT_SCHEDULED_LOCALLY],
             self.runtime.invoke,
             period_override=self.options.effective_sweep_period(),
             region=REGION,

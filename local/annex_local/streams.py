@@ -163,6 +163,7 @@ class StreamPoller:
     delivered: int = 0
     failed_to_dlq: int = 0
     _positions: dict[str, str] = field(default_factory=dict)
+    _starts: dict[str, str | None] = field(default_factory=dict)
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _attempts: int = 0
 
@@ -200,12 +201,20 @@ class StreamPoller:
             shard_id = shard["ShardId"]
             after = self._positions.get(shard_id)
             kwargs: dict[str, Any] = {"StreamArn": self.mapping.stream_arn, "ShardId": shard_id}
+            iterator = None
             if after:
                 kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after)
             else:
+                # LATEST is where the mapping started, not where each poll starts: keep the iterator
+                # until a first record gives a position (a fresh LATEST iterator per poll would skip
+                # whatever was written between two polls).
+                iterator = self._starts.get(shard_id)
                 kwargs.update(ShardIteratorType=self.mapping.starting_position)
-            iterator = self.streams.get_shard_iterator(**kwargs)["ShardIterator"]
+            if iterator is None:
+                iterator = self.streams.get_shard_iterator(**kwargs)["ShardIterator"]
             resp = self.streams.get_records(ShardIterator=iterator, Limit=1000)
+            if not after and not resp.get("Records"):
+                self._starts[shard_id] = resp.get("NextShardIterator")
             for raw in resp.get("Records", []):
                 record = as_lambda_record(raw, self.mapping.stream_arn, self.region)
                 out.append(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -196,19 +197,24 @@ class Launch:
         """Stream records written since the last call that would reach the function."""
         return [r for r in self.reader.poll() if passes(self.patterns, r)]
 
-    def invoke(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.module.handler(lambda_event(records), FakeContext("launch"))
+    def invoke(
+        self, records: list[dict[str, Any]], *, clock: Callable[[], datetime] | None = None
+    ) -> dict[str, Any]:
+        if clock is None:
+            return self.module.handler(lambda_event(records), FakeContext("launch"))
+        return self.module.handler(lambda_event(records), FakeContext("launch"), clock=clock)
 
     def sleep_with(self, sleep: Callable[[float], None]) -> None:
         """The launch function's EC2 capacity client waits between retries with `sleep` (injected
         through its constructor, as the handler's cold start injects time.sleep)."""
         self.module.launcher().capacity = Ec2Capacity(clients.ec2_launch(), sleep=sleep)
 
-    def deliver(self) -> list[dict[str, Any]]:
-        """Invoke the function with what is pending; returns the records delivered."""
+    def deliver(self, *, clock: Callable[[], datetime] | None = None) -> list[dict[str, Any]]:
+        """Invoke the function with what is pending (its clock injected when given); returns the records
+        delivered."""
         records = self.pending()
         if records:
-            response = self.invoke(records)
+            response = self.invoke(records, clock=clock)
             assert response == {"batchItemFailures": []}, response
         return records
 

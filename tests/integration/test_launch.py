@@ -543,12 +543,10 @@ def test_an_ended_annex_redelivered_only_cleans_up(api, launch, faults, ec2):
     assert instances_of(ec2, annex["id"]) == []
 
 
-def test_a_lease_that_ended_before_the_launch_launches_nothing(api, launch, faults, ec2, monkeypatch):
+def test_a_lease_that_ended_before_the_launch_launches_nothing(api, launch, faults, ec2):
     annex = request(api, name="bio-run", count=3, lease="10m", idle_timeout="5m")
     late = parse_time(annex["lease_expires_at"])
-    monkeypatch.setattr("functions.launch.app.utcnow", lambda: late)
-
-    launch.deliver()
+    launch.deliver(clock=lambda: late)
 
     after = detail(api, annex["id"])
     assert after["state"] == "ended"

@@ -98,7 +98,7 @@ def create_at(api, at, *, as_=ALICE, **overrides):
     """Create through the request function's own service with its clock at `at` (the handler reads the
     wall clock, whose seconds two quick requests share)."""
     request = CreateAnnexRequest.model_validate({**BODY, **overrides})
-    annex, created = api.module.service().create(Caller(arn=as_), request, now=at)
+    annex, created = api.module.service().create(Caller(arn=as_, owner=as_), request, now=at)
     assert created
     return annex
 

@@ -67,6 +67,47 @@ def annex(
     return record
 
 
+# What POST /estimates answers for a request, as the API computes it: the dearest of the types at these
+# prices for the whole lease (no price for a type the stack has no price for), no monthly budget.
+PRICES = {"c7i.xlarge": "0.1785", "c7i.2xlarge": "0.357"}
+
+
+def quote_for(body: dict[str, Any]) -> dict[str, Any]:
+    if "extend" in body:  # the API prices the live instances at today's rate; tests that check it say so
+        return {**quote_for({"request": {"count": 1}}), "adds_usd": None}
+    request = body["request"]
+    types = [request.get("instance_type") or HEALTH["limits"]["default_instance_type"]]
+    price = PRICES.get(types[0])
+    hours = {"4h": 4, "1h": 1, "2h": 2, "30m": 0.5}.get(request.get("lease"), 4)
+    adds = None if price is None else f"{request['count'] * hours * float(price):.2f}"
+    as_price = None
+    if price is not None:
+        as_price = {
+            "region": "eu-west-1",
+            "instance_type": types[0],
+            "market": request.get("market"),
+            "usd_per_hour": price,
+            "zones": {},
+            "source": "aws-price-list",
+            "source_detail": "",
+            "as_of": "2026-11-01T00:00:00Z",
+            "fetched_at": "2026-12-03T06:00:00Z",
+        }
+    return {
+        "adds_usd": adds,
+        "usd_per_hour": None,
+        "price": as_price,
+        "month": "2026-11",
+        "month_spent_usd": "0",
+        "month_committed_usd": "0",
+        "monthly_budget_usd": None,
+        "remaining_usd": None,
+        "allowed": True,
+        "refusal": None,
+        "note": "an estimate",
+    }
+
+
 @dataclass
 class Call:
     method: str
@@ -99,10 +140,11 @@ class Wire:
     def __call__(self, method, url, headers, body, timeout):
         parts = urlsplit(url)
         path = parts.path.removeprefix("/v1")
-        self.calls.append(
-            Call(method, path, parts.query, dict(headers), json.loads(body) if body is not None else None)
-        )
+        sent = json.loads(body) if body is not None else None
+        self.calls.append(Call(method, path, parts.query, dict(headers), sent))
         queue = self.routes.get((method, path))
+        if not queue and (method, path) == ("POST", "/estimates"):
+            queue = [(200, quote_for(sent))]
         if not queue:
             raise AssertionError(f"unexpected request {method} {path}")
         answer = queue.pop(0) if len(queue) > 1 else queue[0]

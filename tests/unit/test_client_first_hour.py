@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 import pytest
 from annex_client import commands, transport
 from annex_client.cli import main
-from annex_client.pricing import ON_DEMAND_USD_PER_HOUR, estimate
+from annex_client.pricing import estimate
 from annex_client.transport import NetworkError
 
-from tests.unit.client_fakes import HEALTH, Terminal, Wire, annex
+from tests.unit.client_fakes import HEALTH, PRICES, Terminal, Wire, annex, quote_for
 
 AX = "ax-0123456789abcdef"
 NOW = datetime(2026, 11, 22, 16, 0, 0, tzinfo=UTC)  # the fake annex's lease ends 18:00
@@ -150,14 +150,17 @@ def running_annex(**kw):
 def test_extend_shows_what_it_adds_and_refuses_without_a_terminal(capsys, monkeypatch, pipe, at_now):
     wire = Wire.install(monkeypatch).on("GET", f"/annexes/{AX}", (200, running_annex()))
     wire.on("GET", "/health", (200, HEALTH))
+    # the API's quote: two live instances at the price it holds, for two more hours
+    quote = {**quote_for({"request": {"count": 2}}), "adds_usd": f"{2 * 2 * float(PRICES['c7i.xlarge']):.2f}"}
+    wire.on("POST", "/estimates", (200, quote))
     code, _, err = run(capsys, "extend", AX, "--by", "2h")
     assert code == 2
     assert "pass --yes" in error_line(err)
-    assert wire.paths("POST") == []  # nothing extended
+    assert wire.paths("POST") == ["/estimates"]  # nothing extended
     # the plan: two live instances for two more hours
     assert "+2h" in err
     assert "up to 4 more instance-hours (2 live instances)" in err
-    assert f"${2 * 2 * ON_DEMAND_USD_PER_HOUR['c7i.xlarge']:,.2f} more" in err
+    assert f"${2 * 2 * float(PRICES['c7i.xlarge']):,.2f} more" in err
 
 
 def test_extend_asks_and_a_yes_extends(capsys, monkeypatch, at_now):
@@ -378,5 +381,6 @@ def test_wait_that_sees_the_annex_end_silent_says_the_usual_causes(capsys, monke
     [(4 * 3600, "4h"), (5400, "1.5h"), (1800, "30m"), (12_120, "3h22m"), (12_179, "3h22m")],
 )
 def test_cost_lines_show_lengths_as_people_write_them(seconds, shown):
-    text = estimate(10, ["c7i.xlarge"], seconds / 3600, spot=False).text()
+    quote = {"adds_usd": f"{10 * 0.1785 * seconds / 3600:.2f}", "price": {"usd_per_hour": "0.1785"}}
+    text = estimate(quote, 10, seconds / 3600, spot=False).text()
     assert f"= 10 x {shown} x $" in text

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 from annex_client import render
-from annex_client.pricing import PRICES_AS_OF, estimate
+from annex_client.pricing import estimate, month_text
 
 from tests.unit.client_fakes import ALICE, annex
 
@@ -49,6 +49,7 @@ def test_list_shows_instances_lease_left_and_why_an_annex_ended():
         "MARKET",
         "LEASE",
         "LEFT",
+        "COST",
         "CREATED",
     ]
     assert out[1].split()[:8] == [
@@ -136,27 +137,67 @@ def test_status_shows_each_instance_busy_or_idle_its_heartbeat_and_the_lease_lef
     assert "alice" in history[0]
 
 
-def test_cost_is_count_times_hours_times_the_list_price():
-    est = estimate(10, ["c7i.xlarge"], 4, spot=False)
+PRICE = {
+    "region": "us-east-1",
+    "instance_type": "c7i.xlarge",
+    "market": "on-demand",
+    "usd_per_hour": "0.1785",
+    "zones": {},
+    "source": "aws-price-list",
+    "source_detail": "pricing:GetProducts AmazonEC2 sku X",
+    "as_of": "2026-11-01T00:00:00Z",
+    "fetched_at": "2026-12-03T06:00:00Z",
+}
+
+
+def quote(**overrides):
+    return {
+        "adds_usd": "7.14",
+        "usd_per_hour": "1.785",
+        "price": PRICE,
+        "month": "2026-12",
+        "month_spent_usd": "10",
+        "month_committed_usd": "12.5",
+        "monthly_budget_usd": "100",
+        "remaining_usd": "87.5",
+        "allowed": True,
+        **overrides,
+    }
+
+
+def test_the_cost_shown_is_the_apis_with_its_source_and_date():
+    est = estimate(quote(), 10, 4, spot=False)
     assert est.instance_hours == 40
-    assert est.usd == pytest.approx(10 * 4 * 0.1785)
     text = est.text()
     assert text.startswith("about $7.14 = 10 x 4h x $0.1785/h")
-    assert "estimate" in text
-    assert PRICES_AS_OF in text
+    assert "AWS Price List API, as of 2026-11-01" in text
 
 
-def test_spot_and_several_possible_types_give_an_upper_bound_at_the_dearest_price():
-    est = estimate(2, ["c7i.xlarge", "c7i.2xlarge"], 1.5, spot=True)
-    assert est.usd == pytest.approx(2 * 1.5 * 0.357)
-    assert est.text().startswith("at most $1.07")
+def test_spot_or_several_types_are_an_upper_bound_and_a_bounding_on_demand_price_says_so():
+    spot = {
+        **PRICE,
+        "market": "spot",
+        "source": "snapshot",
+        "source_detail": "no spot price known: the on-demand price bounds it (snapshot.json)",
+    }
+    text = estimate(quote(price=spot, adds_usd="1.07"), 2, 1.5, spot=True, several=True).text()
+    assert text.startswith("at most $1.07")
+    assert "the on-demand price bounds it" in text
 
 
-def test_an_unknown_type_says_price_unknown():
-    est = estimate(3, ["m5.large"], 4, spot=False)
+def test_a_budget_below_the_lease_cost_makes_the_figure_a_bound():
+    assert estimate(quote(adds_usd="5"), 10, 4, spot=False).text().startswith("at most $5.00")
+
+
+def test_no_price_from_the_api_says_price_unknown():
+    est = estimate(quote(price=None, adds_usd=None), 3, 4, spot=False)
     assert est.usd is None
     assert est.text().startswith("price unknown")
-    assert estimate(3, ["c7i.xlarge", "m5.large"], 4, spot=True).usd is None
+
+
+def test_the_month_line_shows_committed_budget_and_what_is_left():
+    assert month_text(quote()) == "$12.50 of your $100.00 budget for 2026-12 spent or committed; $87.50 left"
+    assert month_text(quote(monthly_budget_usd=None)) is None
 
 
 def test_state_line_explains_a_partial_launch_but_not_a_complete_one():

@@ -58,7 +58,8 @@ detail = {"id": "ax-0123456789abcdef", "name": "bio", "owner": "arn:aws:iam::123
           "history": [{"at": "2026-11-22T14:00:00Z", "actor": "x", "action": "requested", "detail": ""}]}
 text = render.status_text(detail, now, timezone.utc)
 assert "busy 2/4" in text and "in 3h12m" in text, text
-assert pricing.estimate(2, ["c7i.xlarge"], 2.0, spot=False).usd is not None
+q = {"adds_usd": "0.71", "price": {"usd_per_hour": "0.1785", "source": "snapshot", "as_of": "2024-01-01"}}
+assert pricing.estimate(q, 2, 2.0, spot=False).usd is not None
 url = "https://a1.execute-api.eu-west-1.amazonaws.com/v1"
 s = settings.resolve(endpoint=url, profile=None, region=None, environ={})
 assert s.region == "eu-west-1"

@@ -19,7 +19,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def posted(wire: Wire) -> dict:
-    (post,) = [c for c in wire.calls if c.method == "POST"]
+    (post,) = [c for c in wire.calls if c.method == "POST" and c.path == "/annexes"]
     return post.body
 
 

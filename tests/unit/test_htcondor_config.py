@@ -176,3 +176,15 @@ def test_drain_lead_and_lease_are_the_annex_values(tmp_path):
     assert int(classad2.ExprTree(startd["AnnexLeaseExpires"]).eval()) == int(
         node.config.lease_expires_at.timestamp()
     )
+
+
+@pytest.mark.parametrize(("life_cycle", "vacate"), [("spot", 90), ("on-demand", 600)])
+def test_a_spot_node_vacates_within_the_two_minute_notice(tmp_path, life_cycle, vacate):
+    # HTCondor's default MachineMaxVacateTime is 600 s: a spot job told to vacate would outlive the notice.
+    node = NodeSandbox(tmp_path)
+    assert node.run(BOOT_STEPS, FAKE_LIFE_CYCLE=life_cycle).returncode == 0
+    startd = load_condor_config(node.etc / "condor_config", "STARTD")
+
+    assert int(str(startd["MachineMaxVacateTime"])) == vacate  # 600: HTCondor's own default
+    agent_env = (node.root / "etc" / "annex" / "annex.env").read_text()
+    assert "DRAIN_LEAD_SECONDS=300" in agent_env  # the agent drains this long before the lease ends

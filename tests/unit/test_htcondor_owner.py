@@ -15,6 +15,7 @@ BASE = {
     "DEFAULT_INSTANCE_TYPE": "c7i.xlarge",
     "MAX_INSTANCES_PER_ANNEX": "10",
     "MAX_LIVE_INSTANCES_PER_OWNER": "20",
+    "MAX_LIVE_INSTANCES": "100",
     "MAX_LEASE": "24h",
     "DEFAULT_LEASE": "4h",
     "MIN_LEASE": "10m",

@@ -95,6 +95,12 @@ def environment(**params: str) -> tuple[dict[str, str], dict[str, str]]:
     values = {**parameter_defaults(), "AdminPrincipals": "", **params}
     env = {var: values[param] for var, param in parameter_of_variable().items()}
     env.update(TABLE_NAME="annex-table", STACK_NAME="annex-local")
+    # the variables that come from the stack itself, not from a parameter
+    env.update(
+        REGION="us-east-1",
+        EVENT_BUS_NAME="annex-local-events",
+        NOTICE_TOPIC_ARN="arn:aws:sns:us-east-1:123456789012:annex-local-notices",
+    )
     return env, values
 
 

@@ -27,6 +27,11 @@ def test_routes_are_the_templates_api_events():
         "/annexes/{annex_id}/idle-timeout",
         "/annexes/{annex_id}/stop",
         "/health",
+        "/annexes/{annex_id}/budget",
+        "/estimates",
+        "/notifications",
+        "/admin/budgets",
+        "/admin/spend",
     ]
     assert set(routes) == {
         ("POST", "/annexes"),
@@ -37,6 +42,11 @@ def test_routes_are_the_templates_api_events():
         ("POST", "/annexes/{annex_id}/idle-timeout"),
         ("POST", "/annexes/{annex_id}/stop"),
         ("GET", "/health"),
+        ("POST", "/annexes/{annex_id}/budget"),
+        ("POST", "/estimates"),
+        ("POST", "/notifications"),
+        ("PUT", "/admin/budgets"),
+        ("GET", "/admin/spend"),
         ("ANY", "/{proxy+}"),
         # so that a wrong method reaches the function (405) instead of API Gateway's 403
         *(("ANY", path) for path in resources),

@@ -22,6 +22,7 @@ LAUNCH_OVERRIDES = {
     "PoolTokenSecret": "arn:aws:secretsmanager:us-east-1:123456789012:secret:pool-AbCdEf",
     "AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profile/annex",
     "AnnexApi": "a1b2c3d4e5",
+    "HeartbeatApi": "f6g7h8i9j0",
     "SeedInterface.PrimaryPrivateIpAddress": "10.0.1.23",
 }
 

@@ -209,8 +209,7 @@ class Handler:
                 clock=lambda: at,
             )
             return handler(event, context)
-        self.monkeypatch.setattr(self.module, "utcnow", lambda: at)  # the heartbeat handler reads the clock
-        return self.module.handler(event, context)
+        return self.module.handler(event, context, clock=lambda: at)
 
 
 def _handler(name: str, logical_id: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Handler]:

@@ -406,12 +406,12 @@ def strict_input[Handler: Callable[..., dict[str, Any]]](
 
     def decorate(handler: Handler) -> Handler:
         @wraps(handler)
-        def wrapper(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        def wrapper(event: dict[str, Any], context: Any, **kwargs: Any) -> dict[str, Any]:
             try:
                 checked = checked_event(event, resolver)
             except InputRefused as refusal:
                 return refusal.answer()
-            return handler(checked, context)
+            return handler(checked, context, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from annex.api.policy import (
     AnnexSpec,
@@ -21,13 +23,10 @@ from annex.core.config import RequestSettings
 from annex.core.errors import AnnexNotFound, Forbidden, LeaseConflict, TokenReused
 from annex.core.models import (
     Annex,
-    AnnexDetail,
-    AnnexList,
     AnnexState,
     CreateAnnexRequest,
     EndReason,
     ExtendRequest,
-    ExtendResult,
     Health,
     IdleTimeoutRequest,
     Limits,
@@ -37,35 +36,55 @@ from annex.core.models import (
 from annex.failsafe.lease_tag import keep_lease_tag
 from annex.failsafe.sweeps import IDLE_REAP, LEASE_CHECK
 from annex.failsafe.termination import end_annexes
+from annex.money.models import (
+    AnnexListView,
+    AnnexSummary,
+    AnnexView,
+    BudgetRequest,
+    EstimateRequest,
+    ExtendView,
+    NotificationRequest,
+    NotificationSubscription,
+    OwnerBudget,
+    OwnerBudgetRequest,
+    Quote,
+    SpendReport,
+)
+from annex.money.service import MoneyService
+from annex.money.subscriptions import subscribe_owner
 from annex.store import AnnexStore, TokenTaken
 
 SWEEPS = (LEASE_CHECK, IDLE_REAP)
 
 
-def fingerprint(spec: AnnexSpec, condor_user: str) -> str:
-    canonical = json.dumps(
-        {
-            "name": spec.name,
-            "count": spec.count,
-            "types": list(spec.instance_types),
-            "market": spec.market.value,
-            "lease": int(spec.lease.total_seconds()),
-            "idle": int(spec.idle_timeout.total_seconds()),
-            "tags": spec.tags,
-            "condor_user": condor_user,
-            "share_with": list(spec.share_with),
-            "all_my_jobs": spec.all_my_jobs,
-        },
-        sort_keys=True,
-    )
+def fingerprint(spec: AnnexSpec, condor_user: str, budget: Decimal | None = None) -> str:
+    fields: dict[str, object] = {
+        "name": spec.name,
+        "count": spec.count,
+        "types": list(spec.instance_types),
+        "market": spec.market.value,
+        "lease": int(spec.lease.total_seconds()),
+        "idle": int(spec.idle_timeout.total_seconds()),
+        "tags": spec.tags,
+        "condor_user": condor_user,
+        "share_with": list(spec.share_with),
+        "all_my_jobs": spec.all_my_jobs,
+    }
+    if budget is not None:  # only when set, so the fingerprints of requests without one are unchanged
+        fields["budget"] = format(budget, "f")
+    canonical = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class AnnexService:
-    def __init__(self, store: AnnexStore, ec2: Ec2Inventory, settings: RequestSettings) -> None:
+    def __init__(
+        self, store: AnnexStore, ec2: Ec2Inventory, settings: RequestSettings, sns: Any = None
+    ) -> None:
         self.store = store
         self.ec2 = ec2
         self.settings = settings
+        self.money = MoneyService(store, settings)
+        self.sns = sns  # only POST /notifications uses it
 
     # --- create ---------------------------------------------------------------------------------
 
@@ -73,12 +92,23 @@ class AnnexService:
         """Returns (annex, created). A retry with the same client token returns the first annex."""
         spec = resolve_create(request, self.settings)
         condor_user = resolve_owner(spec, caller.arn, request.condor_user, self.settings)
-        fp = fingerprint(spec, condor_user)
+        fp = fingerprint(spec, condor_user, request.budget)
         token = request.client_token
         if token:
             existing = self._by_token(caller, token, fp)
             if existing:
                 return existing, False
+        # Admission control: refused (409, with the figures) if it would pass the owner's month budget.
+        self.money.quote_create(
+            caller.owner,
+            count=spec.count,
+            instance_types=spec.instance_types,
+            market=spec.market,
+            lease=spec.lease,
+            budget=request.budget,
+            now=now,
+            enforce=True,
+        )
         annex = Annex(
             id=self.store.new_annex_id(),
             name=spec.name,
@@ -96,7 +126,11 @@ class AnnexService:
             updated_at=now,
             client_token=token,
             tags=spec.tags,
+            budget_usd=request.budget,
         )
+        # The budget's due time goes first: if the create then fails, the budget check finds no annex
+        # and drops it; the other order could leave a budgeted annex nobody watches.
+        self.money.schedule_budget(annex, [], now=now, retention=self.settings.retention)
         try:
             self.store.create_annex(
                 annex,
@@ -131,28 +165,44 @@ class AnnexService:
             raise AnnexNotFound(f"no annex {annex_id}")  # do not leak that it exists
         return annex
 
-    def get(self, caller: Caller, annex_id: str) -> AnnexDetail:
+    def get(self, caller: Caller, annex_id: str, *, now: datetime) -> AnnexView:
         detail = self.store.get_detail(annex_id)
         if not caller.may_access(detail.owner):
             raise AnnexNotFound(f"no annex {annex_id}")
-        return detail
+        return self.money.view(detail, now=now)
 
-    def list(self, caller: Caller, *, everyone: bool, limit: int, page_token: str | None) -> AnnexList:
+    def list(
+        self, caller: Caller, *, everyone: bool, limit: int, page_token: str | None, now: datetime
+    ) -> AnnexListView:
         if everyone and not caller.is_admin:
             raise Forbidden("only pool administrators may list every owner's annexes; drop scope=all")
         owner = None if everyone else caller.owner
         annexes, next_token = self.store.list_annexes(owner=owner, limit=limit, page_token=page_token)
-        return AnnexList(annexes=annexes, next_token=next_token)
+        book = self.money.book()
+        return AnnexListView(
+            annexes=[
+                AnnexSummary.model_validate(
+                    {
+                        **a.model_dump(),
+                        "cost": self.money.estimate(a, self.store.list_instances(a.id), now=now, book=book),
+                    }
+                )
+                for a in annexes
+            ],
+            next_token=next_token,
+        )
 
     # --- change ---------------------------------------------------------------------------------
 
-    def extend(self, caller: Caller, annex_id: str, request: ExtendRequest, *, now: datetime) -> ExtendResult:
+    def extend(self, caller: Caller, annex_id: str, request: ExtendRequest, *, now: datetime) -> ExtendView:
         annex = self._visible(caller, annex_id)
         if not annex.live:
             raise LeaseConflict(f"annex {annex.name} has {annex.state.value}; request a new one instead")
         ext = resolve_extension(
             annex.lease_expires_at, by=request.by, until=request.until, now=now, policy=self.settings
         )
+        # Admission control: refused (409, with the figures) if it would pass the owner's month budget.
+        quote = self.money.quote_extend(annex, ext.new_expiry, now=now, enforce=True)
         updated = self.store.extend_lease(
             annex,
             ext.new_expiry,
@@ -163,7 +213,7 @@ class AnnexService:
         )
         # Move the lease tag too: the orphan sweep terminates instances whose own tag has passed.
         keep_lease_tag(self.ec2, updated)
-        return ExtendResult(annex=updated, capped=ext.capped, message=ext.message)
+        return ExtendView(annex=updated, capped=ext.capped, message=ext.message, quote=quote)
 
     def _live(self, caller: Caller, annex_id: str, verb: str) -> Annex:
         annex = self._visible(caller, annex_id)
@@ -202,7 +252,56 @@ class AnnexService:
             note=f"{format_duration(annex.idle_timeout)} -> {format_duration(idle)}",
         )
 
-    def stop(self, caller: Caller, annex_id: str, *, now: datetime, reason: str | None) -> AnnexDetail:
+    # --- money ----------------------------------------------------------------------------------
+
+    def estimate(self, caller: Caller, body: EstimateRequest, *, now: datetime) -> Quote:
+        """What a request or an extension would add, and whether the month's budget allows it."""
+        if body.request is not None:
+            spec = resolve_create(body.request, self.settings)
+            return self.money.quote_create(
+                caller.owner,
+                count=spec.count,
+                instance_types=spec.instance_types,
+                market=spec.market,
+                lease=spec.lease,
+                budget=body.request.budget,
+                now=now,
+                enforce=False,
+            )
+        assert body.extend is not None  # the model guarantees one of them
+        annex = self._visible(caller, body.extend.annex_id)
+        if not annex.live:
+            raise LeaseConflict(f"annex {annex.name} has {annex.state.value}; request a new one instead")
+        ext = resolve_extension(
+            annex.lease_expires_at, by=body.extend.by, until=body.extend.until, now=now, policy=self.settings
+        )
+        return self.money.quote_extend(annex, ext.new_expiry, now=now, enforce=False)
+
+    def set_budget(self, caller: Caller, annex_id: str, body: BudgetRequest, *, now: datetime) -> AnnexView:
+        annex = self._visible(caller, annex_id)
+        if not annex.live:
+            raise LeaseConflict(f"annex {annex.name} has {annex.state.value}; its budget cannot change")
+        self.money.set_budget(
+            annex, body.budget, actor=caller.arn, now=now, retention=self.settings.retention
+        )
+        return self.money.view(self.store.get_detail(annex_id), now=now)
+
+    def set_owner_budget(self, caller: Caller, body: OwnerBudgetRequest, *, now: datetime) -> OwnerBudget:
+        return self.money.set_owner_budget(
+            is_admin=caller.is_admin,
+            actor=caller.arn,
+            owner=body.owner,
+            monthly_usd=body.monthly_usd,
+            now=now,
+        )
+
+    def spend_report(self, caller: Caller, *, month: str | None, now: datetime) -> SpendReport:
+        return self.money.report(is_admin=caller.is_admin, month=month, now=now)
+
+    def subscribe(self, caller: Caller, body: NotificationRequest) -> NotificationSubscription:
+        return subscribe_owner(self.sns, self.settings.notice_topic_arn, owner=caller.owner, email=body.email)
+
+    def stop(self, caller: Caller, annex_id: str, *, now: datetime, reason: str | None) -> AnnexView:
         """End the annex and send TerminateInstances now, not at the next sweep."""
         self._visible(caller, annex_id)
         end_annexes(
@@ -215,7 +314,7 @@ class AnnexService:
             retention=self.settings.retention,
             detail=reason or "stopped by request",
         ).raise_failures()
-        return self.store.get_detail(annex_id)
+        return self.money.view(self.store.get_detail(annex_id), now=now)
 
     # --- health ---------------------------------------------------------------------------------
 

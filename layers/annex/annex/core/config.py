@@ -10,18 +10,27 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
+from decimal import Decimal
 from typing import Annotated, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from annex.core.auth import IDENTITY_CENTER_ROLES, IdentityPolicy
 from annex.core.clock import parse_duration
+from annex.money.units import parse_budget
 
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
+
+
+def _optional_budget(value: object) -> Decimal | None:
+    """A template parameter: "0" or "" means none."""
+    if value in ("", "0", 0, None):
+        return None
+    return parse_budget(value)
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -129,8 +138,24 @@ class Policy(_EnvModel):
         )
 
 
-class RequestSettings(CommonSettings, Policy):
+class MoneySettings(_EnvModel):
+    """Prices, budgets and notices (template parameters)."""
+
+    region: str = Field(alias="REGION", min_length=1)
+    max_annex_budget: Annotated[Decimal, BeforeValidator(parse_budget)] = Field(alias="MAX_ANNEX_BUDGET")
+    default_monthly_budget: Annotated[Decimal | None, BeforeValidator(_optional_budget)] = Field(
+        alias="DEFAULT_MONTHLY_BUDGET"
+    )
+    notice_lead: Duration = Field(alias="NOTICE_BEFORE_LEASE_END")
+    event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1, max_length=256)
+
+
+class RequestSettings(CommonSettings, Policy, MoneySettings):
     """The request (API) function."""
+
+    notice_topic_arn: str = Field(
+        alias="NOTICE_TOPIC_ARN", pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]+$"
+    )
 
 
 class ReapTiming(_EnvModel):
@@ -206,9 +231,23 @@ class HeartbeatSettings(CommonSettings, ReapTiming):
     drain_lead: Duration = Field(alias="DRAIN_LEAD")
 
 
-class LeaseCheckSettings(CommonSettings):
+class LeaseCheckSettings(CommonSettings, MoneySettings):
     """The lease-check sweep (every minute): due leases and the orphan sweep."""
 
 
 class IdleReapSettings(CommonSettings, ReapTiming):
     """The idle-reap sweep (every minute): idle and silent instances."""
+
+
+class PricesSettings(CommonSettings):
+    """The prices function (every few hours): on-demand and spot prices for the allowed types."""
+
+    region: str = Field(alias="REGION", min_length=1)
+    allowed_instance_types: CsvList = Field(alias="ALLOWED_INSTANCE_TYPES", min_length=1)
+    price_list_region: str = Field(
+        alias="PRICE_LIST_REGION", pattern=r"^(us-east-1|ap-south-1|eu-central-1)$"
+    )
+
+
+class NoticesSettings(CommonSettings, MoneySettings):
+    """The notices function (the annex table's stream): the "annex ended" notice."""

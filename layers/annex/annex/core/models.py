@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from annex.core.clock import parse_duration, parse_time, to_iso
+from annex.money.units import BudgetIn
 
 ANNEX_ID_PATTERN = r"^ax-[0-9a-f]{16}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -67,6 +68,7 @@ class EndReason(StrEnum):
     SILENT = "silent"
     ORPHAN = "orphan"
     ALL_INSTANCES_GONE = "all-instances-gone"
+    BUDGET_REACHED = "budget-reached"
 
 
 class InstanceState(StrEnum):
@@ -231,6 +233,9 @@ class CreateAnnexRequest(_Strict):
         pattern=TOKEN_PATTERN,
         description="Retrying with the same token returns the same annex instead of creating another.",
     )
+    budget: BudgetIn | None = Field(
+        default=None, description="USD: the annex ends (budget-reached) before its cost passes this."
+    )
 
 
 class ExtendRequest(_Strict):
@@ -304,6 +309,7 @@ class Annex(BaseModel):
     launch_note: str | None = None
     end_reason: EndReason | None = None
     ended_at: Time | None = None
+    budget_usd: BudgetIn | None = None
 
     @property
     def live(self) -> bool:
@@ -402,6 +408,9 @@ class HeartbeatAction(StrEnum):
     TERMINATE = "terminate"  # power off now
 
 
+HEARTBEAT_PROBLEM_MAX = 300
+
+
 class HeartbeatRequest(_Strict):
     """Body of POST /heartbeat, sent every minute by the agent on each instance."""
 
@@ -409,6 +418,18 @@ class HeartbeatRequest(_Strict):
     annex_id: AnnexId
     claimed_slots: int = Field(ge=0, le=4096, strict=True)
     total_slots: int = Field(ge=0, le=4096, strict=True)
+    problem: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=HEARTBEAT_PROBLEM_MAX,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        strict=True,
+        description="A boot problem the instance reports before powering off: one line, for the owner.",
+    )
+    spot_notice: Literal["interruption", "rebalance"] | None = Field(
+        default=None,
+        description="A spot interruption notice (its jobs are being vacated) or a rebalance recommendation.",
+    )
 
     @model_validator(mode="after")
     def _claimed_within_total(self) -> HeartbeatRequest:

@@ -6,6 +6,8 @@ typed records (`records.py`), never items or keys. One module per record family:
 - `annexes`: annexes with their name lock, client token and quota reservation;
 - `instances`: instance records, heartbeats, and their termination (one quota unit back, exactly once);
 - `quota`: the only writer of the quota invariant (QUOTA.live = the sum of the annexes' held units);
+- `prices`: instance prices per region, type and market; `budgets`: when each budgeted annex is due
+  for the budget check, and each owner's monthly budget; `notices`: which notices went out;
 - `history`: history events; `sweep_status`: when each sweep last succeeded; `due`: the sparse index
   the sweeps read;
 - `_table`: the key layout, items, batched reads, and transactions built from named operations.
@@ -19,9 +21,12 @@ from typing import TYPE_CHECKING
 
 from annex.store._table import Table
 from annex.store.annexes import AnnexRecords
+from annex.store.budgets import BudgetDue, BudgetRecords, OwnerBudgetRecord
 from annex.store.due import DueIndex
 from annex.store.history import History, Ticks
 from annex.store.instances import InstanceRecords
+from annex.store.notices import NoticeRecords
+from annex.store.prices import PriceRecords
 from annex.store.records import (
     AnnexRecord,
     HeartbeatVersion,
@@ -39,16 +44,26 @@ if TYPE_CHECKING:
 __all__ = [
     "AnnexRecord",
     "AnnexStore",
+    "BudgetDue",
     "HeartbeatVersion",
     "InstanceEnd",
     "InstanceKey",
     "InstanceRecord",
+    "OwnerBudgetRecord",
     "TokenRecord",
     "TokenTaken",
 ]
 
 
-class AnnexStore(AnnexRecords, InstanceRecords, SweepStatusRecords, DueIndex):
+class AnnexStore(
+    AnnexRecords,
+    InstanceRecords,
+    SweepStatusRecords,
+    DueIndex,
+    PriceRecords,
+    BudgetRecords,
+    NoticeRecords,
+):
     """All reads and writes of the annex table. `sleep` waits between throttled batch reads; `ticks`
     orders history events within a second (both injected so tests need not patch modules)."""
 

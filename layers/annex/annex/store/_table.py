@@ -12,6 +12,10 @@ Item layout (one table, `pk`/`sk`):
 | client token  | OWNER#<arn>      | TOKEN#<token>         |                                          |
 | quota         | OWNER#<arn>      | QUOTA                 | `live`: instances held by live annexes   |
 | sweep status  | SWEEP#<name>     | STATUS                |                                          |
+| price         | PRICE#<region>   | <market>#<type>       | (store/prices.py)                        |
+| annex budget  | ANNEX#<id>       | BUDGET                | due (budget, live budgeted annexes)      |
+| owner budget  | OWNER#<arn>      | BUDGET                | (store/budgets.py)                       |
+| notice sent   | ANNEX#<id>       | NOTICE#<kind>#<when>  | (store/notices.py)                       |
 """
 
 from __future__ import annotations

@@ -131,8 +131,9 @@ ANNEX_STARTD_ATTRS='IsAnnex AnnexName AnnexId AnnexOwner AnnexSharedWith AnnexAl
 ANNEX_MASTER_ATTRS='IsAnnex AnnexName AnnexId AnnexOwner CloudInstanceID'
 
 write_condor_config() {
-  local interruptible=false ccb=""
-  [[ $LIFE_CYCLE == spot ]] && interruptible=true
+  local interruptible=false ccb="" vacate=""
+  # A spot node gets a two-minute notice: the agent vacates with condor_drain -quick, which must fit it.
+  [[ $LIFE_CYCLE == spot ]] && interruptible=true && vacate="MachineMaxVacateTime = 90"
   [[ $USE_CCB == true ]] && ccb="CCB_ADDRESS = \$(COLLECTOR_HOST)"
   mkdir -p "$CONDOR_ETC/config.d"
   # Read after every other local file, condor_config.local included: LOCAL_CONFIG_FILE is processed
@@ -146,6 +147,7 @@ CONDOR_EOF
 CONDOR_HOST = ${CONDOR_HOST}
 COLLECTOR_HOST = ${COLLECTOR_HOST}
 ${ccb}
+${vacate}
 DAEMON_LIST = MASTER, STARTD
 IsAnnex = true
 AnnexName = "${ANNEX_NAME}"
@@ -193,6 +195,7 @@ install_agents() {
     printf 'REGION=%q\n' "$REGION"
     printf 'HEARTBEAT_URL=%q\n' "$HEARTBEAT_URL"
     printf 'DEADMAN_MARGIN_SECONDS=%q\n' "$DEADMAN_MARGIN_SECONDS"
+    printf 'DRAIN_LEAD_SECONDS=%q\n' "$DRAIN_LEAD_SECONDS"
   } >"$ROOT/etc/annex/annex.env"
   printf '%s\n' "$LEASE_EXPIRES_EPOCH" >"$STATE_DIR/lease-expires"
 
@@ -232,6 +235,16 @@ OnUnitActiveSec=60
 AccuracySec=5
 [Install]
 WantedBy=timers.target
+UNIT_EOF
+  cat >"$ROOT/etc/systemd/system/annex-spot-watch.service" <<'UNIT_EOF'
+[Unit]
+Description=Annex spot watch: vacate on an interruption notice, report it at once
+[Service]
+ExecStart=/usr/local/sbin/annex-heartbeat spot-watch
+Restart=always
+RestartSec=5
+[Install]
+WantedBy=multi-user.target
 UNIT_EOF
 }
 
@@ -338,6 +351,7 @@ annex_boot() {
   verify_authorization
   systemctl daemon-reload
   systemctl enable --now annex-heartbeat.timer
+  if [[ $LIFE_CYCLE == spot ]]; then systemctl enable --now annex-spot-watch.service; fi
   systemctl enable condor
   systemctl restart condor
   # Configured: the lease (plus the margin) replaces the configuration bound as the OS backstop.

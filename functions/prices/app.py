@@ -1,0 +1,75 @@
+"""The prices function, every six hours (EventBridge schedule): on-demand prices from the AWS Price List
+Query API, spot prices from EC2, stored per region, type and market; budget due times follow them.
+Thin: one domain call, then its metrics."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import boto3
+from annex.aws import clients
+from annex.core.clock import utcnow
+from annex.core.config import PricesSettings
+from annex.pricing.refresh import refresh_prices
+from annex.store import AnnexStore
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+class PricesFailed(Exception):
+    """Some prices could not be read or stored; the next run retries."""
+
+
+@cache
+def settings() -> PricesSettings:
+    return PricesSettings.from_env()
+
+
+@cache
+def pricing() -> Any:
+    """The Price List Query API is served from a few regions only (PRICE_LIST_REGION)."""
+    return boto3.session.Session().client(
+        "pricing", region_name=settings().price_list_region, config=clients.CLIENT_CONFIG
+    )
+
+
+@cache
+def store() -> AnnexStore:
+    return AnnexStore(clients.dynamodb(), settings().table_name)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_parser(model=EventBridgeModel)
+def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+    cfg = settings()
+    out = refresh_prices(
+        store(),
+        pricing(),
+        clients.ec2(),
+        region=cfg.region,
+        instance_types=cfg.allowed_instance_types,
+        now=utcnow(),
+        retention=cfg.retention,
+    )
+    metrics.add_metric(name="PricesStored", unit=MetricUnit.Count, value=out.on_demand + out.spot)
+    summary = {
+        "on_demand": out.on_demand,
+        "spot": out.spot,
+        "missing": out.missing,
+        "budgets_rescheduled": out.budgets_rescheduled,
+        "failures": {k: str(v) for k, v in out.failures.items()},
+    }
+    logger.info("prices refreshed", extra=summary)
+    if out.failures or out.missing:
+        raise PricesFailed(f"prices incomplete: {summary}")
+    return summary
