@@ -68,6 +68,12 @@ class EndReason(StrEnum):
     ORPHAN = "orphan"
     ALL_INSTANCES_GONE = "all-instances-gone"
     BUDGET_REACHED = "budget-reached"
+    SPOT_INTERRUPTED = "spot-interrupted"
+
+
+class SpotNotice(StrEnum):
+    INTERRUPTION = "interruption"
+    REBALANCE = "rebalance"
 
 
 class InstanceState(StrEnum):
@@ -309,6 +315,9 @@ class Instance(BaseModel):
     idle_since: Time | None = None
     end_reason: EndReason | None = None
     ended_at: Time | None = None
+    # A spot interruption warning or rebalance recommendation EC2 sent for it (the next heartbeat drains).
+    spot_notice: SpotNotice | None = None
+    spot_notice_at: Time | None = None
 
 
 class HistoryEvent(BaseModel):
