@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import cache
+from collections.abc import Callable
 from typing import Any
 
 from annex.aws import clients
@@ -28,7 +29,7 @@ def settings() -> InterruptionSettings:
 
 
 @cache
-def domain() -> InterruptionHandler:
+def service() -> InterruptionHandler:
     cfg = settings()
     return InterruptionHandler(
         store=AnnexStore(clients.dynamodb(), cfg.table_name),
@@ -54,5 +55,7 @@ def process(event: dict[str, Any], handler: InterruptionHandler, now: datetime) 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return process(event, domain(), utcnow())
+def handler(
+    event: dict[str, Any], context: LambdaContext, clock: Callable[[], datetime] = utcnow
+) -> dict[str, Any]:
+    return process(event, service(), clock())

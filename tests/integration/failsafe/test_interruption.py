@@ -6,14 +6,16 @@ from __future__ import annotations
 import copy
 import json
 from datetime import timedelta
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from annex.core.models import EndReason, HeartbeatAction, InstanceState, SpotNotice
 from annex.failsafe.interruption import InterruptionHandler, Outcome
 
-from functions.interruption.app import process
 from tests.integration.conftest import ALICE, STACK, run_tagged_instances
-from tests.integration.failsafe.conftest import Fleet, load_event
+from tests.integration.failsafe.conftest import Fleet, Handler, _handler, load_event
 
 
 def event_for(name: str, instance_id: str) -> dict[str, Any]:
@@ -107,10 +109,35 @@ def test_events_for_instances_that_are_not_ours_are_ignored(fleet: Fleet) -> Non
     assert fleet.quota(ALICE) == 1
 
 
-def test_the_function_reports_only_failed_messages(fleet: Fleet) -> None:
+def test_the_function_reports_only_failed_messages(fleet: Fleet, interruption_fn: Handler) -> None:
     annex, ids = fleet.annex(count=1)
     good = {"messageId": "m1", "body": json.dumps(event_for("spot-interruption-warning", ids[0]))}
     bad = {"messageId": "m2", "body": json.dumps({"source": "aws.ec2", "detail": {}})}
-    result = process({"Records": [good, bad]}, handler_for(fleet), fleet.t0)
+    result = interruption_fn({"Records": [good, bad]}, at=fleet.t0)
     assert result == {"batchItemFailures": [{"itemIdentifier": "m2"}]}
     assert fleet.instance(annex.id, ids[0]).instance.spot_notice is SpotNotice.INTERRUPTION
+
+
+@pytest.fixture
+def interruption_fn(ddb, ec2, monkeypatch) -> Iterator[Handler]:
+    yield from _handler("interruption", "InterruptionFunction", monkeypatch)
+
+
+def message(n: int, event: dict[str, Any]) -> dict[str, Any]:
+    return {"messageId": f"m{n}", "body": json.dumps(event)}
+
+
+def test_the_deployed_handler_drains_then_ends_the_record(fleet: Fleet, interruption_fn: Handler) -> None:
+    annex, ids = fleet.annex(count=2)
+    at = fleet.t0 + timedelta(minutes=30)
+    warning = message(1, event_for("spot-interruption-warning", ids[0]))
+    assert interruption_fn({"Records": [warning]}, at=at) == {"batchItemFailures": []}
+    assert (
+        fleet.heartbeat(annex, ids[0], at=at + timedelta(seconds=30), claimed=1).action
+        is HeartbeatAction.DRAIN
+    )
+    quota = fleet.quota()
+    gone = message(2, event_for("spot-state-terminated", ids[0]))
+    assert interruption_fn({"Records": [gone]}, at=at + timedelta(minutes=2)) == {"batchItemFailures": []}
+    assert fleet.instance(annex.id, ids[0]).instance.state is InstanceState.TERMINATED
+    assert fleet.quota() == quota - 1
