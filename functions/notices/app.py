@@ -5,7 +5,9 @@ retried."""
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Callable
+from datetime import datetime
+from functools import cache, partial
 from typing import Any
 
 from annex.aws import clients
@@ -44,7 +46,7 @@ def notifier() -> Notifier:
 
 
 @tracer.capture_method
-def record_handler(record: DynamoDBRecord) -> None:
+def record_handler(record: DynamoDBRecord, *, clock: Callable[[], datetime] = utcnow) -> None:
     change = record.dynamodb
     trigger = EndedTrigger.parse(
         record.raw_event.get("eventName"),
@@ -56,14 +58,17 @@ def record_handler(record: DynamoDBRecord) -> None:
         logger.info("not an annex that just ended; skipped")
         return
     cfg = settings()
-    if notify_ended(store(), notifier(), cfg, trigger.annex_id, now=utcnow(), retention=cfg.retention):
+    if notify_ended(store(), notifier(), cfg, trigger.annex_id, now=clock(), retention=cfg.retention):
         metrics.add_metric(name="NoticesSent", unit=MetricUnit.Count, value=1)
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+def handler(
+    event: dict[str, Any], context: LambdaContext, *, clock: Callable[[], datetime] = utcnow
+) -> PartialItemFailureResponse:
+    # Lambda calls handler(event, context); tests inject the clock each notice reads.
     return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
+        event=event, record_handler=partial(record_handler, clock=clock), processor=processor, context=context
     )
