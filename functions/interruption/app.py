@@ -5,9 +5,9 @@ to the domain; a failed message is reported back so only it is retried (and land
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache
-from collections.abc import Callable
 from typing import Any
 
 from annex.aws import clients

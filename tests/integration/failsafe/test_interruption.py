@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
-
 from annex.core.models import EndReason, HeartbeatAction, InstanceState, SpotNotice
 from annex.failsafe.interruption import InterruptionHandler, Outcome
 
