@@ -117,6 +117,9 @@ def activity(instance: dict[str, Any], now: datetime) -> str:
     if instance.get("state") not in LIVE_INSTANCE_STATES:
         reason = instance.get("end_reason")
         return f"ended ({reason})" if reason else "-"
+    notice = instance.get("spot_notice")
+    if notice:
+        return f"draining (spot {notice})"
     claimed, total = instance.get("claimed_slots"), instance.get("total_slots")
     if claimed is None or total is None:
         return "no heartbeat yet"
@@ -232,6 +235,12 @@ def status_text(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str
         parts.append(
             f"{len(silent)} instance(s) ended silent: they never reported to the pool, or stopped reporting. "
             f"The usual causes: {SILENT_CAUSES}."
+        )
+    interrupted = [i for i in detail.get("instances") or [] if i.get("spot_notice") == "interruption"]
+    if interrupted:
+        parts.append(
+            f"{len(interrupted)} spot instance(s) interrupted by EC2: told to drain, their running jobs "
+            "vacated (HTCondor reruns them elsewhere); the history has the notices."
         )
     parts.extend(problem_lines(detail))
     if detail.get("history"):

@@ -250,6 +250,10 @@ class IdleReapSettings(CommonSettings, ReapTiming, SilentBreaker):
     """The idle-reap sweep (every minute): idle and silent instances."""
 
 
+class InterruptionSettings(CommonSettings):
+    """The interruption function (EC2 spot events through a queue)."""
+
+
 class PricesSettings(CommonSettings):
     """The prices function (every few hours): on-demand and spot prices for the allowed types."""
 

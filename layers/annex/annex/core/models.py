@@ -70,6 +70,12 @@ class EndReason(StrEnum):
     ALL_INSTANCES_GONE = "all-instances-gone"
     BUDGET_REACHED = "budget-reached"
     BOOT_PROBLEM = "boot-problem"
+    SPOT_INTERRUPTED = "spot-interrupted"
+
+
+class SpotNotice(StrEnum):
+    INTERRUPTION = "interruption"
+    REBALANCE = "rebalance"
 
 
 class InstanceState(StrEnum):
@@ -337,6 +343,9 @@ class Instance(BaseModel):
     idle_since: Time | None = None
     end_reason: EndReason | None = None
     ended_at: Time | None = None
+    # A spot interruption warning or rebalance recommendation EC2 sent for it (the next heartbeat drains).
+    spot_notice: SpotNotice | None = None
+    spot_notice_at: Time | None = None
     problem: str | None = Field(
         default=None, description="The boot problem the instance reported before powering off, if any."
     )

@@ -44,6 +44,12 @@ def answer(
         return _terminate(lease, f"it reported a boot problem: {instance.problem}")
     if lease <= now:
         return _terminate(lease, f"the lease ended at {to_iso(lease)}")
+    if instance.spot_notice is not None:
+        return HeartbeatResponse(
+            action=HeartbeatAction.DRAIN,
+            lease_expires_at=lease,
+            reason=f"EC2 sent a spot {instance.spot_notice.value} notice for this instance",
+        )
     if lease - now <= drain_lead:
         return HeartbeatResponse(
             action=HeartbeatAction.DRAIN,

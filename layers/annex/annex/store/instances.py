@@ -9,7 +9,7 @@ from typing import Any
 
 from annex.core.clock import from_epoch, to_epoch, to_iso
 from annex.core.errors import ConcurrentUpdate
-from annex.core.models import LIVE_INSTANCE_STATES, EndReason, Instance, InstanceState
+from annex.core.models import LIVE_INSTANCE_STATES, EndReason, Instance, InstanceState, SpotNotice
 from annex.store import quota
 from annex.store._table import (
     DUE_REAP,
@@ -199,6 +199,42 @@ class InstanceRecords(StoreBase):
         return self._table.update(
             instance_key(key), update, condition=condition, names={"#s": "state"}, values=values
         )
+
+    # --- spot notices -----------------------------------------------------------------------------
+
+    def record_spot_notice(
+        self, key: InstanceKey, *, notice: SpotNotice, at: datetime, actor: str, detail: str
+    ) -> bool:
+        """Record a spot notice on a recorded instance, with a history event, in one transaction.
+
+        Idempotent: it applies only if the instance has no notice yet, or had a rebalance recommendation
+        and this is an interruption warning (the stronger notice). A duplicate changes nothing (False)."""
+        tx = self._table.transaction()
+        tx.update(
+            "instance",
+            instance_key(key),
+            "SET spot_notice = :n, spot_notice_at = :at",
+            condition=(
+                "attribute_exists(pk) AND (attribute_not_exists(spot_notice)"
+                " OR (spot_notice = :rebalance AND :n = :interruption))"
+            ),
+            values={
+                ":n": notice.value,
+                ":at": to_iso(at),
+                ":rebalance": SpotNotice.REBALANCE.value,
+                ":interruption": SpotNotice.INTERRUPTION.value,
+            },
+        )
+        self._history.add_to(
+            tx, key.annex_id, at=at, actor=actor, action=f"spot-{notice.value}", detail=detail
+        )
+        try:
+            tx.commit(self._table.client)
+        except Cancelled as exc:
+            if exc.failed("instance"):
+                return False
+            raise
+        return True
 
     # --- termination ------------------------------------------------------------------------------
 

@@ -1,0 +1,142 @@
+"""Spot interruptions, cloud side (moto): real sample EventBridge events (events/spot-*.json) for the
+fleet's instances, delivered as SQS messages to the interruption function's domain at a moved clock."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from annex.core.models import EndReason, HeartbeatAction, InstanceState, SpotNotice
+from annex.failsafe.interruption import InterruptionHandler, Outcome
+
+from tests.integration.conftest import ALICE, STACK, run_tagged_instances
+from tests.integration.failsafe.conftest import Fleet, Handler, _handler, load_event
+
+
+def event_for(name: str, instance_id: str) -> dict[str, Any]:
+    event = copy.deepcopy(load_event(name))
+    event["detail"]["instance-id"] = instance_id
+    return event
+
+
+def handler_for(fleet: Fleet) -> InterruptionHandler:
+    return InterruptionHandler(
+        store=fleet.store, ec2=fleet.ec2_client, stack_name=STACK, retention=timedelta(days=30)
+    )
+
+
+def history(fleet: Fleet, annex_id: str) -> list[tuple[str, str]]:
+    return [(e.action, e.detail) for e in fleet.store.get_detail(annex_id).history]
+
+
+def test_warning_drains_records_and_a_duplicate_changes_nothing(fleet: Fleet) -> None:
+    annex, ids = fleet.annex(count=2)
+    victim, other = ids
+    handler = handler_for(fleet)
+    at = fleet.t0 + timedelta(minutes=30)
+    assert fleet.heartbeat(annex, victim, at=at, claimed=4).action is HeartbeatAction.RUN
+
+    warning = event_for("spot-interruption-warning", victim)
+    assert handler.handle(warning, now=at + timedelta(seconds=5)) is Outcome.RECORDED
+    before = history(fleet, annex.id)
+    record = fleet.instance(annex.id, victim).instance
+    assert record.spot_notice is SpotNotice.INTERRUPTION
+    assert any(action == "spot-interruption" and victim in detail for action, detail in before)
+
+    answer = fleet.heartbeat(annex, victim, at=at + timedelta(minutes=1), claimed=4)
+    assert answer.action is HeartbeatAction.DRAIN
+    assert (
+        fleet.heartbeat(annex, other, at=at + timedelta(minutes=1), claimed=4).action is HeartbeatAction.RUN
+    )
+
+    # The same event again (SQS delivers at least once), later: nothing changes.
+    assert handler.handle(warning, now=at + timedelta(minutes=2)) is Outcome.DUPLICATE
+    assert history(fleet, annex.id) == before
+    assert fleet.instance(annex.id, victim).instance.spot_notice_at == record.spot_notice_at
+
+
+def test_reclaim_ends_the_record_and_returns_the_quota_unit_once(fleet: Fleet) -> None:
+    annex, ids = fleet.annex(count=2)
+    victim = ids[0]
+    handler = handler_for(fleet)
+    at = fleet.t0 + timedelta(minutes=30)
+    handler.handle(event_for("spot-interruption-warning", victim), now=at)
+    quota, held = fleet.quota(), fleet.held(annex.id)
+
+    gone = event_for("spot-state-terminated", victim)
+    assert handler.handle(gone, now=at + timedelta(minutes=2)) is Outcome.RECLAIMED
+    ended = fleet.instance(annex.id, victim).instance
+    assert ended.state is InstanceState.TERMINATED
+    assert ended.end_reason is EndReason.SPOT_INTERRUPTED
+    assert (fleet.quota(), fleet.held(annex.id)) == (quota - 1, held - 1)
+
+    assert handler.handle(gone, now=at + timedelta(minutes=3)) is Outcome.DUPLICATE
+    assert (fleet.quota(), fleet.held(annex.id)) == (quota - 1, held - 1)
+
+
+def test_a_rebalance_then_a_warning_are_both_recorded_once(fleet: Fleet) -> None:
+    annex, ids = fleet.annex(count=1)
+    handler = handler_for(fleet)
+    at = fleet.t0 + timedelta(minutes=30)
+    rebalance = event_for("spot-rebalance-recommendation", ids[0])
+    assert handler.handle(rebalance, now=at) is Outcome.RECORDED
+    assert handler.handle(event_for("spot-interruption-warning", ids[0]), now=at) is Outcome.RECORDED
+    assert handler.handle(rebalance, now=at) is Outcome.DUPLICATE
+    assert fleet.instance(annex.id, ids[0]).instance.spot_notice is SpotNotice.INTERRUPTION
+
+
+def test_events_for_instances_that_are_not_ours_are_ignored(fleet: Fleet) -> None:
+    annex, _ = fleet.annex(count=1)
+    handler = handler_for(fleet)
+    at = fleet.t0 + timedelta(minutes=30)
+    foreign = run_tagged_instances(fleet.ec2_client, annex.id, 1, stack="someone-elses-stack")[0]
+    untagged = fleet.ec2_client.run_instances(
+        ImageId=fleet.ec2_client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"],
+        MinCount=1,
+        MaxCount=1,
+    )["Instances"][0]["InstanceId"]
+    unrecorded = run_tagged_instances(fleet.ec2_client, annex.id, 1)[0]  # our tags, never recorded
+    before = history(fleet, annex.id)
+    for instance_id in (foreign, untagged, unrecorded, "i-0000000000000dead"):
+        for name in ("spot-interruption-warning", "spot-state-terminated"):
+            assert handler.handle(event_for(name, instance_id), now=at) is Outcome.NOT_OURS
+    assert history(fleet, annex.id) == before
+    assert fleet.quota(ALICE) == 1
+
+
+def test_the_function_reports_only_failed_messages(fleet: Fleet, interruption_fn: Handler) -> None:
+    annex, ids = fleet.annex(count=1)
+    good = {"messageId": "m1", "body": json.dumps(event_for("spot-interruption-warning", ids[0]))}
+    bad = {"messageId": "m2", "body": json.dumps({"source": "aws.ec2", "detail": {}})}
+    result = interruption_fn({"Records": [good, bad]}, at=fleet.t0)
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m2"}]}
+    assert fleet.instance(annex.id, ids[0]).instance.spot_notice is SpotNotice.INTERRUPTION
+
+
+@pytest.fixture
+def interruption_fn(ddb, ec2, monkeypatch) -> Iterator[Handler]:
+    yield from _handler("interruption", "InterruptionFunction", monkeypatch)
+
+
+def message(n: int, event: dict[str, Any]) -> dict[str, Any]:
+    return {"messageId": f"m{n}", "body": json.dumps(event)}
+
+
+def test_the_deployed_handler_drains_then_ends_the_record(fleet: Fleet, interruption_fn: Handler) -> None:
+    annex, ids = fleet.annex(count=2)
+    at = fleet.t0 + timedelta(minutes=30)
+    warning = message(1, event_for("spot-interruption-warning", ids[0]))
+    assert interruption_fn({"Records": [warning]}, at=at) == {"batchItemFailures": []}
+    assert (
+        fleet.heartbeat(annex, ids[0], at=at + timedelta(seconds=30), claimed=1).action
+        is HeartbeatAction.DRAIN
+    )
+    quota = fleet.quota()
+    gone = message(2, event_for("spot-state-terminated", ids[0]))
+    assert interruption_fn({"Records": [gone]}, at=at + timedelta(minutes=2)) == {"batchItemFailures": []}
+    assert fleet.instance(annex.id, ids[0]).instance.state is InstanceState.TERMINATED
+    assert fleet.quota() == quota - 1
