@@ -50,6 +50,21 @@ class AnnexApi:
         )
         return dict(reply.body)
 
+    def shorten(self, annex_id: str, *, to: str | None = None, until: str | None = None) -> dict[str, Any]:
+        body = {"to": to} if to is not None else {"until": until}
+        # `to` counts from now: repeated after a lost answer it would move the end again.
+        reply = self.transport.call(
+            "POST", f"/annexes/{quote(annex_id, safe='')}/shorten", body=body, idempotent=until is not None
+        )
+        return dict(reply.body)
+
+    def set_idle_timeout(self, annex_id: str, idle_timeout: str) -> dict[str, Any]:
+        body = {"idle_timeout": idle_timeout}
+        reply = self.transport.call(
+            "POST", f"/annexes/{quote(annex_id, safe='')}/idle-timeout", body=body, idempotent=True
+        )
+        return dict(reply.body)
+
     def stop(self, annex_id: str, *, reason: str | None = None) -> dict[str, Any]:
         body = {"reason": reason} if reason else {}
         reply = self.transport.call("POST", f"/annexes/{quote(annex_id, safe='')}/stop", body=body)

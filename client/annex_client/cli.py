@@ -89,6 +89,29 @@ def _tag(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _change_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """shorten and set-idle: change a live annex."""
+    p = command(
+        "shorten",
+        "end an annex's lease earlier",
+        "Move the end of a live annex's lease earlier (at least the pool's minimum lease from now;\n"
+        "to end it at once, use stop). Its instances drain before the new end.",
+    )
+    p.add_argument("name", metavar="NAME", help="annex name or id (ax-...)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--to", type=_duration, help="the lease ends this long from now, such as 30m")
+    how.add_argument("--until", type=_time, metavar="TIME", help="the lease ends at this time")
+
+    p = command(
+        "set-idle",
+        "change the idle timeout of a live annex",
+        "An instance with no claimed slot for this long is terminated. Running instances use the new\n"
+        "value from their next heartbeat (within a minute).",
+    )
+    p.add_argument("name", metavar="NAME", help="annex name or id (ax-...)")
+    p.add_argument("idle_timeout", metavar="DURATION", type=_duration, help="such as 30m")
+
+
 def _money_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     """notify (researchers), budget and spend (administrators)."""
     p = command(
@@ -192,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--until", type=_time, metavar="TIME", help="move the expiry to this time")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
+    _change_commands(command)
+
     p = command("stop", "stop an annex now (asks first)", "Terminate the annex's instances now.")
     p.add_argument("name", metavar="NAME", help="annex name or id (ax-...)")
     p.add_argument("--reason", help="recorded in the annex's history")
@@ -225,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Options whose value is a duration: argparse takes `--by -2h` for two options ("expected one argument");
 # joined as `--by=-2h`, the value reaches the duration parser, which says what is wrong with it.
-_DURATION_OPTIONS = frozenset({"--lease", "--idle", "--timeout", "--by", "--every"})
+_DURATION_OPTIONS = frozenset({"--lease", "--idle", "--timeout", "--by", "--every", "--to"})
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:

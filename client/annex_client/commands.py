@@ -545,6 +545,52 @@ def cmd_extend(ctx: Ctx) -> int:
     return OK
 
 
+def _live_annex(ctx: Ctx, verb: str) -> tuple[str, dict[str, Any]]:
+    annex_id = ctx.api.resolve(ctx.args.name)
+    detail = ctx.api.get(annex_id)
+    if detail.get("state") not in LIVE_STATES:
+        raise Refused(
+            f"{detail.get('name')} ({annex_id}) has {render.state_line(detail)}; an ended annex cannot be "
+            f"{verb}",
+            status=409,
+            code="LeaseConflict",
+        )
+    return annex_id, detail
+
+
+def cmd_shorten(ctx: Ctx) -> int:
+    args = ctx.args
+    annex_id, _detail = _live_annex(ctx, "shortened")
+    if args.to is not None:
+        annex = ctx.api.shorten(annex_id, to=duration_text(args.to))
+    else:
+        annex = ctx.api.shorten(annex_id, until=iso_z(args.until))
+    if ctx.json:
+        ctx.emit(annex)
+        return OK
+    expires = parse_api_time(annex["lease_expires_at"])
+    assert expires is not None
+    ctx.say(
+        f"The lease of {annex['name']} now ends {clock_text(expires, ctx.tz)} ({relative(expires, _now())}); "
+        "its instances drain before then and are terminated at that time."
+    )
+    return OK
+
+
+def cmd_set_idle(ctx: Ctx) -> int:
+    annex_id, _detail = _live_annex(ctx, "changed")
+    annex = ctx.api.set_idle_timeout(annex_id, duration_text(ctx.args.idle_timeout))
+    if ctx.json:
+        ctx.emit(annex)
+        return OK
+    idle = duration_text(timedelta(seconds=int(annex["idle_timeout_seconds"])))
+    ctx.say(
+        f"The idle timeout of {annex['name']} is now {idle}; its instances use it from their next "
+        "heartbeat (within a minute)."
+    )
+    return OK
+
+
 def cmd_stop(ctx: Ctx) -> int:
     args = ctx.args
     annex_id = ctx.api.resolve(args.name)
@@ -802,6 +848,8 @@ def cmd_spend(ctx: Ctx) -> int:
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "request": cmd_request,
     "extend": cmd_extend,
+    "shorten": cmd_shorten,
+    "set-idle": cmd_set_idle,
     "stop": cmd_stop,
     "status": cmd_status,
     "list": cmd_list,

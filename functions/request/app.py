@@ -17,10 +17,13 @@ from annex.core.clock import utcnow
 from annex.core.config import RequestSettings
 from annex.core.models import (
     ANNEX_ID_PATTERN,
+    Annex,
     AnnexDetail,
     CreateAnnexRequest,
     ExtendRequest,
     Health,
+    IdleTimeoutRequest,
+    ShortenRequest,
     StopRequest,
 )
 from annex.money.models import (
@@ -118,6 +121,20 @@ def extend_annex(annex_id: AnnexIdParam, request: Annotated[ExtendRequest, Body(
     result = service().extend(caller(), annex_id, request, now=utcnow())
     metrics.add_metric(name="LeasesExtended", unit=MetricUnit.Count, value=1)
     return result
+
+
+@app.post("/annexes/<annex_id>/shorten", summary="End the lease earlier", responses=ERRORS)
+def shorten_annex(annex_id: AnnexIdParam, request: Annotated[ShortenRequest, Body()]) -> Annex:
+    logger.set_correlation_id(annex_id)
+    annex = service().shorten(caller(), annex_id, request, now=utcnow())
+    metrics.add_metric(name="LeasesShortened", unit=MetricUnit.Count, value=1)
+    return annex
+
+
+@app.post("/annexes/<annex_id>/idle-timeout", summary="Change the idle timeout", responses=ERRORS)
+def set_idle_timeout(annex_id: AnnexIdParam, request: Annotated[IdleTimeoutRequest, Body()]) -> Annex:
+    logger.set_correlation_id(annex_id)
+    return service().set_idle_timeout(caller(), annex_id, request, now=utcnow())
 
 
 @app.post("/annexes/<annex_id>/stop", summary="Stop the annex now", responses=ERRORS)

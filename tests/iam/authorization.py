@@ -238,6 +238,20 @@ def required(record: dict[str, Any], templates: dict[str, dict[str, Any]]) -> li
         return [Request(f"sqs:{op}", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}")]
     if service == "cloudwatch":
         return [Request(f"cloudwatch:{op}", "*")]
+    if service == "events" and op == "PutEvents":
+        # Authorized per entry, on the bus it names (a name or an ARN; none is the default bus).
+        buses = {str(e.get("EventBusName") or "default") for e in p["Entries"]}
+        return [
+            Request(
+                "events:PutEvents",
+                b if b.startswith("arn:") else f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/{b}",
+            )
+            for b in sorted(buses)
+        ]
+    if service == "sns" and op in ("Subscribe", "Publish"):
+        return [Request(f"sns:{op}", str(p["TopicArn"]))]
+    if service == "pricing":
+        return [Request(f"pricing:{op}", "*")]  # the Price List API has no resource-level permissions
     raise ValueError(f"no authorization rule for {service}:{op}; add one to tests/iam/authorization.py")
 
 

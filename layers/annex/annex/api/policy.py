@@ -166,3 +166,52 @@ def resolve_extension(
             f"{format_duration(policy.max_lease)} ahead; extend again later",
         )
     return Extension(new_expiry=wanted, capped=False, message=f"lease now ends at {to_iso(wanted)}")
+
+
+def resolve_shortening(
+    current_expiry: datetime,
+    *,
+    to: timedelta | None,
+    until: datetime | None,
+    now: datetime,
+    policy: Policy,
+) -> datetime:
+    """The new, earlier lease expiry. It must be before the current one and leave at least MIN_LEASE
+    from now (to end an annex now, stop it)."""
+    field = "until" if until is not None else "to"
+    if until is not None:
+        wanted = until
+    elif to is not None:
+        wanted = now + to
+    else:  # the request model guarantees one of them
+        raise PolicyViolation("give 'to' or 'until'", field="to")
+    if wanted >= current_expiry:
+        raise PolicyViolation(
+            f"the new expiry {to_iso(wanted)} is not earlier than the current one {to_iso(current_expiry)}; "
+            "use extend to lengthen a lease",
+            field=field,
+        )
+    floor = now + policy.min_lease
+    if wanted < floor:
+        raise PolicyViolation(
+            f"the lease must run at least {format_duration(policy.min_lease)} more (until {to_iso(floor)} "
+            "or later); to end the annex now, stop it",
+            field=field,
+        )
+    return wanted
+
+
+def resolve_idle_timeout(idle: timedelta, policy: Policy) -> timedelta:
+    """A new idle timeout for a live annex: within the same limits as at request time."""
+    if idle < policy.min_idle_timeout:
+        raise PolicyViolation(
+            f"the idle timeout must be at least {format_duration(policy.min_idle_timeout)}",
+            field="idle_timeout",
+        )
+    if idle > policy.max_lease:
+        raise PolicyViolation(
+            "the idle timeout must not be longer than the maximum lease of "
+            f"{format_duration(policy.max_lease)}",
+            field="idle_timeout",
+        )
+    return idle

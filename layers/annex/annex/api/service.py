@@ -8,10 +8,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from annex.api.policy import AnnexSpec, resolve_create, resolve_extension, resolve_owner
+from annex.api.policy import (
+    AnnexSpec,
+    resolve_create,
+    resolve_extension,
+    resolve_idle_timeout,
+    resolve_owner,
+    resolve_shortening,
+)
 from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller
-from annex.core.clock import to_iso
+from annex.core.clock import format_duration, to_iso
 from annex.core.config import RequestSettings
 from annex.core.errors import AnnexNotFound, Forbidden, LeaseConflict, TokenReused
 from annex.core.models import (
@@ -21,7 +28,9 @@ from annex.core.models import (
     EndReason,
     ExtendRequest,
     Health,
+    IdleTimeoutRequest,
     Limits,
+    ShortenRequest,
     SweepStatus,
 )
 from annex.failsafe.lease_tag import keep_lease_tag
@@ -205,6 +214,43 @@ class AnnexService:
         # Move the lease tag too: the orphan sweep terminates instances whose own tag has passed.
         keep_lease_tag(self.ec2, updated)
         return ExtendView(annex=updated, capped=ext.capped, message=ext.message, quote=quote)
+
+    def _live(self, caller: Caller, annex_id: str, verb: str) -> Annex:
+        annex = self._visible(caller, annex_id)
+        if not annex.live:
+            raise LeaseConflict(f"annex {annex.name} has {annex.state.value}; it cannot be {verb}")
+        return annex
+
+    def shorten(self, caller: Caller, annex_id: str, request: ShortenRequest, *, now: datetime) -> Annex:
+        """Move the lease expiry earlier; the due index (in the store) and the instances' lease tag
+        follow, so the lease-check and the orphan sweep end it at the new time."""
+        annex = self._live(caller, annex_id, "shortened")
+        new_expiry = resolve_shortening(
+            annex.lease_expires_at, to=request.to, until=request.until, now=now, policy=self.settings
+        )
+        updated = self.store.shorten_lease(
+            annex,
+            new_expiry,
+            actor=caller.arn,
+            now=now,
+            note=f"{to_iso(annex.lease_expires_at)} -> {to_iso(new_expiry)}",
+        )
+        keep_lease_tag(self.ec2, updated)
+        return updated
+
+    def set_idle_timeout(
+        self, caller: Caller, annex_id: str, request: IdleTimeoutRequest, *, now: datetime
+    ) -> Annex:
+        """Change the idle timeout; each instance's heartbeat answer and idle-reap use it from now on."""
+        annex = self._live(caller, annex_id, "changed")
+        idle = resolve_idle_timeout(request.idle_timeout, self.settings)
+        return self.store.set_idle_timeout(
+            annex,
+            int(idle.total_seconds()),
+            actor=caller.arn,
+            now=now,
+            note=f"{format_duration(annex.idle_timeout)} -> {format_duration(idle)}",
+        )
 
     # --- money ----------------------------------------------------------------------------------
 

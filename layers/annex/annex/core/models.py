@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -195,10 +196,16 @@ class _Strict(BaseModel):
 # --- API inputs -----------------------------------------------------------------------------------
 
 
+def _not_an_id(name: str) -> str:
+    if re.match(ANNEX_ID_PATTERN, name):
+        raise ValueError("looks like an annex id (ax- and 16 hex digits); choose a name that does not")
+    return name
+
+
 class CreateAnnexRequest(_Strict):
     """Body of POST /annexes. Omitted fields take the administrator's defaults."""
 
-    name: AnnexName
+    name: Annotated[AnnexName, AfterValidator(_not_an_id)]
     count: int = Field(ge=1, strict=True, description="How many instances to launch (a JSON integer).")
     instance_type: str | None = Field(
         default=None, min_length=1, max_length=64, description="An EC2 instance type the pool allows."
@@ -243,6 +250,26 @@ class ExtendRequest(_Strict):
         if isinstance(data, dict) and (data.get("by") is None) == (data.get("until") is None):
             raise ValueError("give exactly one of 'by' (a duration) or 'until' (a time)")
         return data
+
+
+class ShortenRequest(_Strict):
+    """Body of POST /annexes/{id}/shorten: exactly one of `to` or `until`. The lease only gets shorter."""
+
+    to: DurationIn | None = Field(default=None, description="The lease ends this long from now.")
+    until: TimeIn | None = Field(default=None, description="The lease ends at this time.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (data.get("to") is None) == (data.get("until") is None):
+            raise ValueError("give exactly one of 'to' (a duration from now) or 'until' (a time)")
+        return data
+
+
+class IdleTimeoutRequest(_Strict):
+    """Body of POST /annexes/{id}/idle-timeout: the running instances learn it at their next heartbeat."""
+
+    idle_timeout: DurationIn = Field(description="An instance with no claimed slot for this long is ended.")
 
 
 class StopRequest(_Strict):

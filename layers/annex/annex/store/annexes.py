@@ -245,6 +245,76 @@ class AnnexRecords(StoreBase):
             raise ConcurrentUpdate(f"annex {annex.id} changed while extending; retry") from exc
         return updated
 
+    def shorten_lease(
+        self, annex: Annex, new_expiry: datetime, *, actor: str, now: datetime, note: str
+    ) -> Annex:
+        """Move the lease expiry earlier (and the `due` index with it). Conditional on the version read
+        and on the annex being live."""
+        return self._change_live(
+            annex,
+            {"lease_expires_at": new_expiry},
+            "SET lease_expires_at = :exp, due_at = :due",
+            {":exp": to_iso(new_expiry), ":due": to_epoch(new_expiry)},
+            actor=actor,
+            now=now,
+            action="shortened",
+            note=note,
+        )
+
+    def set_idle_timeout(self, annex: Annex, seconds: int, *, actor: str, now: datetime, note: str) -> Annex:
+        """Change the idle timeout; heartbeats and idle-reap read it from this record."""
+        return self._change_live(
+            annex,
+            {"idle_timeout_seconds": seconds},
+            "SET idle_timeout_seconds = :idle",
+            {":idle": seconds},
+            actor=actor,
+            now=now,
+            action="idle-timeout",
+            note=note,
+        )
+
+    def _change_live(
+        self,
+        annex: Annex,
+        fields: dict[str, Any],
+        update: str,
+        values: dict[str, Any],
+        *,
+        actor: str,
+        now: datetime,
+        action: str,
+        note: str,
+    ) -> Annex:
+        updated = annex.model_copy(update={**fields, "updated_at": now, "version": annex.version + 1})
+        live, live_values = in_clause("s", (s.value for s in LIVE_STATES))
+        tx = self._table.transaction()
+        tx.update(
+            "annex",
+            annex_key(annex.id),
+            f"{update}, updated_at = :now, version = :next",
+            condition=f"version = :v AND #s IN {live}",
+            names={"#s": "state"},
+            values={
+                **values,
+                ":now": to_iso(now),
+                ":next": annex.version + 1,
+                ":v": annex.version,
+                **live_values,
+            },
+        )
+        self._history.add_to(tx, annex.id, at=now, actor=actor, action=action, detail=note)
+        try:
+            tx.commit(self._table.client)
+        except Cancelled as exc:
+            current = self.get_annex(annex.id)
+            if not current.live:
+                raise LeaseConflict(
+                    f"annex {annex.id} has {current.state.value}; it cannot be changed"
+                ) from exc
+            raise ConcurrentUpdate(f"annex {annex.id} changed at the same moment; retry") from exc
+        return updated
+
     def set_state(
         self,
         annex_id: str,
