@@ -136,11 +136,13 @@ def main() -> None:
         lags = measure(args.annexes, period)
         print(
             f"  {label:38s} min {min(lags):6.1f} s  median {statistics.median(lags):6.1f} s  "
-            f"max {max(lags):6.1f} s  (n={len(lags)})"
+            f"max {max(lags):6.1f} s  (n={len(lags)})",
+            file=sys.__stdout__,
         )
     print(
         f"cloud-path overshoot over {len(lags)} annexes: min {min(lags):.1f} s, "
-        f"median {statistics.median(lags):.1f} s, max {max(lags):.1f} s"
+        f"median {statistics.median(lags):.1f} s, max {max(lags):.1f} s",
+        file=sys.__stdout__,  # the local runtime may have swapped sys.stdout to capture handler logs
     )
 
 
