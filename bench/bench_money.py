@@ -107,7 +107,12 @@ def main() -> None:
                 budget_usd="1000",
             )
             store.create_annex(
-                a, fingerprint="b", max_live_per_owner=100000, actor="b", retention=timedelta(days=1)
+                a,
+                fingerprint="b",
+                max_live_per_owner=100000,
+                max_live_in_stack=100000,
+                actor="b",
+                retention=timedelta(days=1),
             )
             store.schedule_budget(a.id, now + due_in, expires=now + timedelta(days=2))
 

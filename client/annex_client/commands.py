@@ -433,7 +433,13 @@ def wait_until_ready(
                 return detail
             if phase in ("ended", "failed"):
                 line.end()
-                hint = f" (instances that never join usually mean {SILENT_HINT})" if _silent(detail) else ""
+                problems = render.problem_lines(detail)
+                if problems:
+                    hint = f" ({'; '.join(problems)})"
+                elif _silent(detail):
+                    hint = f" (instances that never join usually mean {SILENT_HINT})"
+                else:
+                    hint = ""
                 raise Refused(
                     f"{name} {render.state_line(detail)} before it was ready{hint}; "
                     f"'annex-client status {name}' shows its history",

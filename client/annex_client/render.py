@@ -233,9 +233,19 @@ def status_text(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str
             f"{len(silent)} instance(s) ended silent: they never reported to the pool, or stopped reporting. "
             f"The usual causes: {SILENT_CAUSES}."
         )
+    parts.extend(problem_lines(detail))
     if detail.get("history"):
         parts.append(history_table(detail, tz))
     return "\n\n".join(parts)
+
+
+def problem_lines(detail: Mapping[str, Any]) -> list[str]:
+    """One line per instance that reported a boot problem: why it did not join."""
+    return [
+        f"{i.get('instance_id')} did not join: {i['problem']} — see the deploy guide"
+        for i in detail.get("instances") or []
+        if i.get("problem")
+    ]
 
 
 def cost_lines(detail: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -117,6 +117,11 @@ def put_requested_annex(
         updated_at=now,
     )
     store.create_annex(
-        annex, fingerprint=name, max_live_per_owner=count, actor=owner, retention=timedelta(days=1)
+        annex,
+        fingerprint=name,
+        max_live_per_owner=count,
+        max_live_in_stack=2**31,  # no request policy here: only the units are counted
+        actor=owner,
+        retention=timedelta(days=1),
     )
     return annex

@@ -104,7 +104,12 @@ class Fleet:
             updated_at=now,
         )
         self.store.create_annex(
-            annex, fingerprint="test", max_live_per_owner=1000, actor=owner, retention=timedelta(days=30)
+            annex,
+            fingerprint="test",
+            max_live_per_owner=1000,
+            max_live_in_stack=100_000,
+            actor=owner,
+            retention=timedelta(days=30),
         )
         path = {
             AnnexState.REQUESTED: [],

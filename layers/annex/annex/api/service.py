@@ -136,6 +136,7 @@ class AnnexService:
                 annex,
                 fingerprint=fp,
                 max_live_per_owner=self.settings.max_live_instances_per_owner,
+                max_live_in_stack=self.settings.max_live_instances,
                 actor=caller.arn,
                 retention=self.settings.retention,
             )

@@ -238,7 +238,18 @@ class LeaseCheckSettings(CommonSettings, MoneySettings):
     lease_timer_queue_url: str = Field(default="", alias="LEASE_TIMER_QUEUE_URL", max_length=1024)
 
 
-class IdleReapSettings(CommonSettings, ReapTiming):
+class SilentBreaker(_EnvModel):
+    """The circuit breaker on silent terminations: when one idle-reap run finds at least
+    `silent_hold_min` instances silent and they are at least `silent_hold_share` of the stack's live
+    instances, the fault is more likely ours (the heartbeat path) than theirs, so their terminations
+    are held for up to `silent_hold` past their silence deadline. Their lease timers still stop them."""
+
+    silent_hold_share: float = Field(alias="SILENT_HOLD_SHARE", default=0.5, gt=0, le=1)
+    silent_hold_min: int = Field(alias="SILENT_HOLD_MIN_INSTANCES", default=5, ge=2)
+    silent_hold: Duration = Field(alias="SILENT_HOLD", default=timedelta(minutes=15))
+
+
+class IdleReapSettings(CommonSettings, ReapTiming, SilentBreaker):
     """The idle-reap sweep (every minute): idle and silent instances."""
 
 

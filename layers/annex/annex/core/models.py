@@ -69,6 +69,7 @@ class EndReason(StrEnum):
     ORPHAN = "orphan"
     ALL_INSTANCES_GONE = "all-instances-gone"
     BUDGET_REACHED = "budget-reached"
+    BOOT_PROBLEM = "boot-problem"
 
 
 class InstanceState(StrEnum):
@@ -336,6 +337,9 @@ class Instance(BaseModel):
     idle_since: Time | None = None
     end_reason: EndReason | None = None
     ended_at: Time | None = None
+    problem: str | None = Field(
+        default=None, description="The boot problem the instance reported before powering off, if any."
+    )
 
 
 class HistoryEvent(BaseModel):

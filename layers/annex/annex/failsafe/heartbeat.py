@@ -40,6 +40,8 @@ def answer(
     if instance.state not in LIVE_INSTANCE_STATES:
         why = f" ({instance.end_reason.value})" if instance.end_reason else ""
         return _terminate(lease, f"this instance is {instance.state.value}{why}")
+    if instance.problem is not None:
+        return _terminate(lease, f"it reported a boot problem: {instance.problem}")
     if lease <= now:
         return _terminate(lease, f"the lease ended at {to_iso(lease)}")
     if lease - now <= drain_lead:
@@ -101,6 +103,7 @@ class HeartbeatService:
                     "claimed_slots": request.claimed_slots,
                     "total_slots": request.total_slots,
                     "idle_since": idle_since_after_report(instance.idle_since, request.claimed_slots, now),
+                    "problem": request.problem or instance.problem,
                 }
             )
             written = self.store.apply_heartbeat(
@@ -111,7 +114,10 @@ class HeartbeatService:
                 idle_since=reported.idle_since,
                 due_at=next_check(reported, annex.idle_timeout, self.settings),
                 seen=record.heartbeat,
+                problem=request.problem,
             )
+            if written and request.problem is not None and request.problem != instance.problem:
+                self.store.add_problem_event(key, problem=request.problem, now=now)
             if written:
                 return answer(annex, reported, now=now, drain_lead=self.settings.drain_lead)
             # Another report or a sweep changed the record between the read and the write: read again.

@@ -8,6 +8,12 @@ keep current; the cost grows with what is due, never with the table. For each, w
 - otherwise (busy, or a heartbeat moved things): just move `due_at` to the next check.
 Terminations go through the one termination path (claim, TerminateInstances, record with the quota unit
 back exactly once; an annex whose last instance went ends with reason all-instances-gone).
+
+The circuit breaker (`SilentBreaker`): when one run finds a large share of the stack's live instances
+silent at once (a broken heartbeat path, a revoked credential, someone replaying the fail-safe against
+the fleet), their silent terminations are held (rescheduled to their silence deadline + the hold), the
+run reports `silent_held` (metric SilentTerminationsHeld, alarmed) and logs why. A single silent
+instance is still reaped; a held one is reaped once the hold is over; the lease still ends them all.
 """
 
 from __future__ import annotations
@@ -16,24 +22,34 @@ import logging
 from datetime import datetime, timedelta
 
 from annex.aws.inventory import Ec2Inventory
-from annex.core.config import ReapTiming
+from annex.core.config import ReapTiming, SilentBreaker
 from annex.core.models import EndReason, InstanceState
-from annex.failsafe.rules import decide
+from annex.failsafe.rules import decide, silent_after
 from annex.failsafe.sweeps import IDLE_REAP, SweepReport
 from annex.failsafe.termination import InstanceTarget, reap_instances
-from annex.store import AnnexStore
+from annex.store import AnnexStore, InstanceKey
 
 log = logging.getLogger(__name__)
 ACTOR = "idle-reap"
 
 
 def run_idle_reap(
-    store: AnnexStore, ec2: Ec2Inventory, *, now: datetime, timing: ReapTiming, retention: timedelta
+    store: AnnexStore,
+    ec2: Ec2Inventory,
+    *,
+    now: datetime,
+    timing: ReapTiming,
+    retention: timedelta,
+    breaker: SilentBreaker | None = None,
 ) -> SweepReport:
     """One run. Records its success (shown by GET /health) only if every step succeeded."""
     report = SweepReport.start(IDLE_REAP, store, ec2)
     try:
         targets = _plan(store, now=now, timing=timing, report=report)
+        if breaker is not None:
+            targets = _hold_mass_silence(
+                store, targets, now=now, timing=timing, breaker=breaker, report=report
+            )
     except Exception as exc:
         log.exception("could not read the instances due for a check")
         report.fail("due instances", exc)
@@ -84,6 +100,47 @@ def _plan(
             targets.append(
                 InstanceTarget(key, annex, verdict.reason, verdict.detail, claim=True, seen=record.heartbeat)
             )
+            if verdict.reason is EndReason.SILENT:
+                report.silent_deadlines[key] = silent_after(instance, timing)
         elif store.reschedule_instance(key, due_at=verdict.next_check, seen=record.heartbeat):
             report.rescheduled += 1
     return targets
+
+
+def _hold_mass_silence(
+    store: AnnexStore,
+    targets: list[InstanceTarget],
+    *,
+    now: datetime,
+    timing: ReapTiming,
+    breaker: SilentBreaker,
+    report: SweepReport,
+) -> list[InstanceTarget]:
+    """The breaker: hold the silent terminations of this run if they are too many at once."""
+    silent = [t for t in targets if t.claim and t.key in report.silent_deadlines]
+    if len(silent) < breaker.silent_hold_min:
+        return targets
+    fleet = store.live_instances_in_stack()
+    if len(silent) < breaker.silent_hold_share * fleet:
+        return targets
+    held: set[InstanceKey] = set()
+    for target in silent:
+        until = report.silent_deadlines[target.key] + breaker.silent_hold
+        if until <= now:
+            continue  # held long enough: reap it now
+        held.add(target.key)
+        store.reschedule_instance(target.key, due_at=until, seen=target.seen)
+    if held:
+        report.details["silent_held"] = len(held)
+        log.warning(
+            "holding %d silent terminations: %d of the stack's %d live instances went silent in one run "
+            "(breaker: at least %d and %.0f%%); they are reaped when the hold (%s) ends unless they "
+            "report, and their leases still end them",
+            len(held),
+            len(silent),
+            fleet,
+            breaker.silent_hold_min,
+            breaker.silent_hold_share * 100,
+            breaker.silent_hold,
+        )
+    return [t for t in targets if t.key not in held]

@@ -42,7 +42,10 @@ def idle_after(instance: Instance, idle_timeout: timedelta) -> datetime | None:
 
 
 def next_check(instance: Instance, idle_timeout: timedelta, timing: ReapTiming) -> datetime:
-    """The instance's `due_at`: the earlier of its silence and idle deadlines."""
+    """The instance's `due_at`: the earlier of its silence and idle deadlines (at once after a reported
+    boot problem)."""
+    if instance.problem is not None:
+        return instance.last_heartbeat_at or instance.launched_at
     idle = idle_after(instance, idle_timeout)
     silent = silent_after(instance, timing)
     return silent if idle is None else min(idle, silent)
@@ -57,7 +60,9 @@ def idle_since_after_report(previous: datetime | None, claimed_slots: int, now: 
 
 def decide(instance: Instance, idle_timeout: timedelta, timing: ReapTiming, now: datetime) -> Verdict:
     """Reap an instance whose idle or silence deadline has passed (the one that passed first names the
-    reason); otherwise say when to look again."""
+    reason); otherwise say when to look again. An instance that reported a boot problem is reaped at once."""
+    if instance.problem is not None:
+        return Verdict(reason=EndReason.BOOT_PROBLEM, next_check=now, detail=instance.problem)
     silent = silent_after(instance, timing)
     idle = idle_after(instance, idle_timeout)
     passed: list[tuple[datetime, EndReason, str]] = []

@@ -38,6 +38,7 @@ METRIC_SUCCEEDED = "SweepSucceeded"
 METRIC_DURATION = "SweepDuration"
 METRIC_DUE = "DueItems"
 METRIC_TERMINATED = "InstancesTerminated"
+METRIC_SILENT_HELD = "SilentTerminationsHeld"
 DIMENSION_SWEEP = "sweep"
 DIMENSION_REASON = "reason"
 
@@ -56,6 +57,7 @@ class SweepReport:
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
     details: dict[str, int] = field(default_factory=dict)  # sweep-specific figures, logged
+    silent_deadlines: dict[Any, datetime] = field(default_factory=dict, repr=False)  # idle-reap's breaker
     items_read: int = 0
     ec2_calls: int = 0
     duration_ms: float = 0.0
@@ -161,6 +163,10 @@ def publish_metrics(metrics: Metrics, report: SweepReport) -> None:
     metrics.add_metric(name=METRIC_DURATION, unit=MetricUnit.Milliseconds, value=report.duration_ms)
     if report.ok:
         metrics.add_metric(name=METRIC_SUCCEEDED, unit=MetricUnit.Count, value=1)
+    if report.name == IDLE_REAP:  # 0 on a normal run, so the breaker's alarm sees data
+        metrics.add_metric(
+            name=METRIC_SILENT_HELD, unit=MetricUnit.Count, value=report.details.get("silent_held", 0)
+        )
     for reason, count in sorted(report.terminated.items()):
         with single_metric(
             name=METRIC_TERMINATED,

@@ -11,6 +11,7 @@ Item layout (one table, `pk`/`sk`):
 | name lock     | OWNER#<arn>      | NAME#<name>           | (exists while the annex is live)         |
 | client token  | OWNER#<arn>      | TOKEN#<token>         |                                          |
 | quota         | OWNER#<arn>      | QUOTA                 | `live`: instances held by live annexes   |
+| stack quota   | STACK            | QUOTA                 | `live`: the same, all owners (one item)  |
 | sweep status  | SWEEP#<name>     | STATUS                |                                          |
 | price         | PRICE#<region>   | <market>#<type>       | (store/prices.py)                        |
 | annex budget  | ANNEX#<id>       | BUDGET                | due (budget, live budgeted annexes)      |
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 META = "META"
 QUOTA = "QUOTA"
+STACK = "STACK"
 STATUS = "STATUS"
 DUE_LEASE = "lease"
 DUE_REAP = "reap"

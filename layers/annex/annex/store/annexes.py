@@ -82,6 +82,7 @@ class AnnexRecords(StoreBase):
         *,
         fingerprint: str,
         max_live_per_owner: int,
+        max_live_in_stack: int,
         actor: str,
         retention: timedelta,
     ) -> None:
@@ -101,7 +102,7 @@ class AnnexRecords(StoreBase):
             {"pk": owner, "sk": name_sk(annex.name), "annex_id": annex.id},
             condition="attribute_not_exists(pk)",
         )
-        quota.reserve(tx, annex.owner, annex.count, limit=max_live_per_owner)
+        quota.reserve(tx, annex.owner, annex.count, limit=max_live_per_owner, stack_limit=max_live_in_stack)
         self._history.add_to(
             tx, annex.id, at=annex.created_at, actor=actor, action="requested", detail=_describe(annex)
         )
@@ -128,11 +129,17 @@ class AnnexRecords(StoreBase):
                     "or stop that annex first",
                     field="name",
                 ) from exc
-            if exc.failed("quota"):
+            if exc.failed(quota.OWNER_OP):
                 live = self.live_instances(annex.owner)
                 raise QuotaExceeded(
                     f"this would bring your live instances to {live + annex.count}, over the limit "
                     f"of {max_live_per_owner}; stop an annex or ask for fewer",
+                    field="count",
+                ) from exc
+            if exc.failed(quota.STACK_OP):
+                raise QuotaExceeded(
+                    f"this would bring the stack's live instances past its limit of {max_live_in_stack} "
+                    "(MaxLiveInstances, for all owners together); ask for fewer or try later",
                     field="count",
                 ) from exc
             if exc.conflict:
@@ -181,6 +188,10 @@ class AnnexRecords(StoreBase):
     def live_instances(self, owner: str) -> int:
         """The quota units the owner's live annexes hold."""
         return quota.live_units(self._table.get(quota.quota_key(owner)))
+
+    def live_instances_in_stack(self) -> int:
+        """The quota units all live annexes of the stack hold."""
+        return quota.live_units(self._table.get(quota.stack_quota_key()))
 
     def list_annexes(
         self, *, owner: str | None, limit: int, page_token: str | None

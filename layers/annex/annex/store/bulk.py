@@ -36,6 +36,8 @@ def load(
     for owner, units in live.items():
         pk, sk = quota.quota_key(owner)
         items.append({"pk": pk, "sk": sk, quota.LIVE: units})
+    pk, sk = quota.stack_quota_key()
+    items.append({"pk": pk, "sk": sk, quota.LIVE: sum(live.values())})
     client, table = store._table.client, store.table_name  # the store package's own table
     for start in range(0, len(items), BATCH_WRITE_MAX):
         batch = [{"PutRequest": {"Item": to_attrs(item)}} for item in items[start : start + BATCH_WRITE_MAX]]

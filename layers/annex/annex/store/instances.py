@@ -140,6 +140,7 @@ class InstanceRecords(StoreBase):
         idle_since: datetime | None,
         due_at: datetime,
         seen: HeartbeatVersion,
+        problem: str | None = None,
     ) -> bool:
         """Record one heartbeat: one conditional UpdateItem. It applies only if the instance is still
         live and nobody recorded a heartbeat since `seen` (optimistic concurrency), so a duplicate or
@@ -161,7 +162,15 @@ class InstanceRecords(StoreBase):
         else:
             update += ", idle_since = :idle"
             values[":idle"] = to_iso(idle_since)
+        if problem is not None:
+            # A SET clause must come before REMOVE: insert it after the first clause.
+            update = update.replace("due_at = :due", "due_at = :due, problem = :problem", 1)
+            values[":problem"] = problem
         return self._update_unheard(key, update, values, seen=seen)
+
+    def add_problem_event(self, key: InstanceKey, *, problem: str, now: datetime) -> None:
+        """The history event for a boot problem an instance reported."""
+        self._history.add(key.annex_id, at=now, actor=key.instance_id, action="boot-problem", detail=problem)
 
     def reschedule_instance(self, key: InstanceKey, *, due_at: datetime, seen: HeartbeatVersion) -> bool:
         """Move an instance's next reap check, unless a heartbeat landed since it was read."""
