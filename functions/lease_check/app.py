@@ -9,6 +9,7 @@ from functools import cache
 from annex.aws import clients
 from annex.core.config import LeaseCheckSettings
 from annex.failsafe.lease_check import run_lease_check
+from annex.failsafe.lease_timer import TimerQueue, arm_due_soon
 from annex.failsafe.sweeps import SweepDeps, SweepReport, sweep_handler
 from annex.money.checks import run_money_check
 from annex.money.notices import Notifier
@@ -35,8 +36,20 @@ def notifier() -> Notifier:
     return Notifier(clients.client("events"), settings().event_bus_name)
 
 
+@cache
+def timers() -> TimerQueue:
+    return TimerQueue(clients.client("sqs"), settings().lease_timer_queue_url)
+
+
 def run(deps: SweepDeps, cfg: LeaseCheckSettings, now: datetime) -> SweepReport:
     report = run_lease_check(deps.store, deps.ec2, now=now, retention=cfg.retention)
+    if cfg.lease_timer_queue_url:
+        # Second-precise leases: a timer for each lease ending before the next runs (the backstop is
+        # this sweep, a minute later).
+        try:
+            report.details["lease_timers_armed"] = arm_due_soon(deps.store, timers(), now=now)
+        except Exception as error:
+            report.fail("lease timers", error)
     # Budgets and lease-ending notices, after the leases (their failures fail the run, not the leases).
     money = run_money_check(deps.store, deps.ec2, notifier(), cfg, now=now, retention=cfg.retention)
     report.absorb(money.termination)

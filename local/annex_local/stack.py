@@ -18,6 +18,7 @@ from annex_local.aws import ACCOUNT, REGION, EmbeddedAws, Provisioned
 from annex_local.gateway import Gateway
 from annex_local.nodes import SimulatedNodes
 from annex_local.notices import NoticeCourier
+from annex_local.queues import QueuePoller, queue_mappings
 from annex_local.runtime import LocalRuntime, install_code_paths, stack_environment
 from annex_local.scheduler import Scheduler, schedules_from_template
 from annex_local.sigv4 import Identity
@@ -194,6 +195,7 @@ class LocalStack:
         self.runtime.preload()
         self.validate_settings()
         self._start_pollers(prov)
+        self._start_queue_pollers(prov)
         self._start_scheduler()
         self._start_nodes(prov)
         self._start_notices(prov)
@@ -331,6 +333,19 @@ class LocalStack:
             poller = StreamPoller(mapping, streams, self.runtime.invoke, sqs=sqs, region=REGION)
             self.pollers.append(poller)
             self._thread(poller.run, self.stop_event, self.options.stream_interval, name=f"stream-{fn}")
+
+    def _start_queue_pollers(self, prov: Provisioned) -> None:
+        """The template's SQS event sources (the lease timers), against the embedded SQS."""
+        for mapping in queue_mappings():
+            poller = QueuePoller(
+                mapping,
+                self.aws.client("sqs"),
+                prov.refs[mapping.queue_logical_id],
+                prov.refs[f"{mapping.queue_logical_id}.Arn"],
+                self.runtime.invoke,
+                region=REGION,
+            )
+            self._thread(poller.run, self.stop_event, 1.0, name=f"queue-{mapping.function_id}")
 
     def _load_prices(self, prov: Provisioned) -> None:
         """The shipped, dated price snapshot into the table, as the prices function would store prices."""

@@ -25,6 +25,7 @@ FUNCTIONS = {
     "HeartbeatFunction": HeartbeatSettings,
     "LeaseCheckFunction": LeaseCheckSettings,
     "IdleReapFunction": IdleReapSettings,
+    "LeaseTimerFunction": LeaseCheckSettings,
 }
 SWEEPS = {"LeaseCheckFunction": LEASE_CHECK, "IdleReapFunction": IDLE_REAP}
 
@@ -50,7 +51,10 @@ def actions(statement):
 @pytest.mark.parametrize(("logical_id", "model"), FUNCTIONS.items())
 def test_each_function_settings_validate_against_the_template(logical_id, model):
     env = resolve_environment(
-        logical_id, table_name="t-table", stack_name="s", overrides={"AnnexInstanceRole": "role-name"}
+        logical_id,
+        table_name="t-table",
+        stack_name="s",
+        overrides={"AnnexInstanceRole": "role-name", "LeaseTimerQueue": "https://sqs.local/q"},
     )
     model.from_env(env)
 

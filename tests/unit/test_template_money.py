@@ -35,7 +35,9 @@ def actions(resource) -> set[str]:
 
 @pytest.mark.parametrize(("logical_id", "model"), SETTINGS.items())
 def test_settings_validate_against_the_template(logical_id, model):
-    env = resolve_environment(logical_id, table_name="t-table", stack_name="s")
+    env = resolve_environment(
+        logical_id, table_name="t-table", stack_name="s", overrides={"LeaseTimerQueue": "https://sqs.local/q"}
+    )
     settings = model.from_env(env)
     assert settings.region == "us-east-1"
 

@@ -38,7 +38,7 @@ from tests.integration.conftest import ALICE, STACK, TABLE, run_tagged_instances
 EVENTS = Path(__file__).resolve().parents[3] / "events"
 ACCOUNT = "123456789012"
 INSTANCE_ROLE = "annex-test-stack-AnnexInstanceRole-TESTROLE"
-ROLE_OVERRIDES = {"AnnexInstanceRole": INSTANCE_ROLE}
+ROLE_OVERRIDES = {"AnnexInstanceRole": INSTANCE_ROLE, "LeaseTimerQueue": ""}
 _names = itertools.count(1)
 
 

@@ -232,7 +232,10 @@ class HeartbeatSettings(CommonSettings, ReapTiming):
 
 
 class LeaseCheckSettings(CommonSettings, MoneySettings):
-    """The lease-check sweep (every minute): due leases and the orphan sweep."""
+    """The lease-check sweep (every minute): due leases and the orphan sweep; it arms the lease timers
+    (empty: no timers, the minute sweep alone enforces leases)."""
+
+    lease_timer_queue_url: str = Field(default="", alias="LEASE_TIMER_QUEUE_URL", max_length=1024)
 
 
 class SilentBreaker(_EnvModel):

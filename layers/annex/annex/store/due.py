@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 
-from annex.core.clock import to_epoch
+from annex.core.clock import from_epoch, to_epoch
 from annex.store._table import DUE_LEASE, DUE_REAP, INDEX_DUE, META, StoreBase, annex_id_of, to_attrs
 from annex.store.records import InstanceKey
 
@@ -23,6 +23,13 @@ class DueIndex(StoreBase):
         for item in self._due(DUE_LEASE, now, limit):
             if item["sk"] == META:
                 yield annex_id_of(item["pk"])
+
+    def leases_due_by(self, until: datetime, *, limit: int = 1000) -> Iterator[tuple[str, datetime]]:
+        """(annex id, lease expiry) of live annexes whose lease ends by `until` (as the index last saw
+        them): what the lease timers must be armed for."""
+        for item in self._due(DUE_LEASE, until, limit):
+            if item["sk"] == META:
+                yield annex_id_of(item["pk"]), from_epoch(int(item["due_at"]))
 
     def due_instances(self, *, now: datetime, limit: int = 1000) -> Iterator[InstanceKey]:
         """Live (or claimed) instances idle-reap must look at by `now` (as the index last saw them)."""

@@ -1,0 +1,119 @@
+"""Second-precise leases: SQS message timers, the one-minute lease-check as the backstop.
+
+EventBridge (rules and Scheduler alike) fires at minute precision, so a lease would overshoot by up to a
+minute plus a sweep's run time. Instead, whoever learns of a lease end within the next `HORIZON` (the
+lease-check every minute, create and extend when the new expiry is that near) sends one message to the
+lease-timer queue with `DelaySeconds` = seconds until the expiry (SQS allows at most 900). The lease-timer
+function re-reads the annex when the message becomes visible and ends it through `end_annexes` only if
+its lease has really passed on a consistent read (`due_by`): an extension that landed first wins, and an
+early or duplicate message changes nothing. A lost or failed message costs at most the backstop's
+minute. See docs/failsafe.md for the cost and failure modes against Step Functions and Scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from annex.aws.inventory import Ec2Inventory
+from annex.core.models import EndReason
+from annex.failsafe.termination import Termination, end_annexes
+from annex.store import AnnexStore
+
+log = logging.getLogger(__name__)
+ACTOR = "lease-timer"
+MAX_DELAY_SECONDS = 900  # SQS's limit on DelaySeconds
+HORIZON = timedelta(minutes=3)  # the lease-check arms what falls due before its next runs
+SEND_BATCH = 10  # SendMessageBatch entries per call (the API's limit)
+
+
+@dataclass(frozen=True)
+class LeaseTimer:
+    annex_id: str
+    expires_at: datetime
+
+    def body(self) -> str:
+        return json.dumps({"annex_id": self.annex_id, "expires_at": self.expires_at.isoformat()})
+
+    def delay(self, now: datetime) -> int:
+        """Whole seconds to wait, rounded up (never fire before the expiry), within SQS's limit."""
+        return max(0, min(MAX_DELAY_SECONDS, math.ceil((self.expires_at - now).total_seconds())))
+
+
+def parse_timer(body: str) -> str:
+    """The annex id a timer message names; ValueError on anything else."""
+    data = json.loads(body)
+    annex_id = data.get("annex_id") if isinstance(data, dict) else None
+    if not isinstance(annex_id, str) or not annex_id:
+        raise ValueError("a lease timer message names its annex_id")
+    return annex_id
+
+
+class TimerQueue:
+    """The lease-timer queue. `send` batches 10 messages per SendMessageBatch call."""
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self._sqs = sqs
+        self._url = queue_url
+
+    def arm(self, timers: Iterable[LeaseTimer], *, now: datetime) -> int:
+        """Send one delayed message per timer whose expiry is within the SQS delay limit; returns how
+        many were accepted. Timers further out are left to a later lease-check run."""
+        pending = [t for t in timers if (t.expires_at - now).total_seconds() <= MAX_DELAY_SECONDS]
+        sent = 0
+        for start in range(0, len(pending), SEND_BATCH):
+            chunk = pending[start : start + SEND_BATCH]
+            resp = self._sqs.send_message_batch(
+                QueueUrl=self._url,
+                Entries=[
+                    {"Id": str(i), "MessageBody": t.body(), "DelaySeconds": t.delay(now)}
+                    for i, t in enumerate(chunk)
+                ],
+            )
+            sent += len(resp.get("Successful", []))
+            for failed in resp.get("Failed", []):
+                log.warning("could not arm a lease timer: %s", failed)
+        return sent
+
+
+def arm_due_soon(store: AnnexStore, queue: TimerQueue, *, now: datetime, horizon: timedelta = HORIZON) -> int:
+    """The lease-check's part: a timer for every live lease ending before `now + horizon` (and not yet
+    passed: those the lease-check ends itself)."""
+    timers = [
+        LeaseTimer(annex_id, expires)
+        for annex_id, expires in store.leases_due_by(now + horizon)
+        if expires > now
+    ]
+    return queue.arm(timers, now=now)
+
+
+def fire(
+    store: AnnexStore, ec2: Ec2Inventory, annex_ids: Iterable[str], *, now: datetime, retention: timedelta
+) -> Termination:
+    """A timer went off: end each annex only if its lease has passed by `now` on a consistent read (an
+    extension that landed first wins: `skipped`); an ended annex only has its instances terminated
+    again, which is harmless."""
+    due = [a for a in dict.fromkeys(annex_ids) if _live_and_due(store, a, now)]
+    if not due:
+        return Termination()
+    return end_annexes(
+        store,
+        ec2,
+        due,
+        reason=EndReason.LEASE_EXPIRED,
+        actor=ACTOR,
+        now=now,
+        retention=retention,
+        detail="the lease expired",
+        due_by=now,
+    )
+
+
+def _live_and_due(store: AnnexStore, annex_id: str, now: datetime) -> bool:
+    record = store.get_annex_record(annex_id)
+    return record is not None and record.annex.live and record.annex.lease_expires_at <= now

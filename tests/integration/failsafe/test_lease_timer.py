@@ -1,0 +1,73 @@
+"""Lease timers: the lease-check arms an SQS timer for each lease ending within minutes; the timer ends
+the annex at its expiry, unless it has been extended; early or duplicate timers change nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import boto3
+from annex.core.models import AnnexState
+from annex.failsafe.lease_timer import HORIZON, TimerQueue, arm_due_soon, fire
+
+SECOND = timedelta(seconds=1)
+
+
+def queue():
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="lease-timers")["QueueUrl"]
+    sent: list[dict] = []
+    sqs.meta.events.register(
+        "provide-client-params.sqs.SendMessageBatch", lambda params, **_: sent.extend(params["Entries"])
+    )
+    return TimerQueue(sqs, url), sent
+
+
+def fire_at(fleet, annex_id, at):
+    return fire(fleet.store, fleet.ec2, [annex_id], now=at, retention=fleet.lease_settings.retention)
+
+
+def test_the_lease_check_arms_a_timer_for_each_lease_ending_within_the_horizon(fleet):
+    soon, _ = fleet.annex(count=1, lease=timedelta(hours=1))
+    later, _ = fleet.annex(count=1, lease=timedelta(hours=2))
+    timers, sent = queue()
+    now = soon.lease_expires_at - timedelta(seconds=100.5)
+
+    armed = arm_due_soon(fleet.store, timers, now=now)
+
+    assert armed == 1
+    assert [json.loads(e["MessageBody"])["annex_id"] for e in sent] == [soon.id]
+    assert sent[0]["DelaySeconds"] == 101  # rounded up: never before the expiry
+    assert arm_due_soon(fleet.store, timers, now=later.lease_expires_at - HORIZON - SECOND) == 0
+
+
+def test_a_timer_ends_the_annex_at_its_expiry_and_not_a_second_before(fleet):
+    annex, ids = fleet.annex(count=2, lease=timedelta(hours=1))
+    expiry = annex.lease_expires_at
+
+    early = fire_at(fleet, annex.id, expiry - SECOND)
+    assert early.annexes_ended == []
+    assert fleet.running(ids) == set(ids)
+
+    result = fire_at(fleet, annex.id, expiry)
+
+    assert result.annexes_ended == [annex.id]
+    assert fleet.running(ids) == set()
+    assert fleet.store.get_annex(annex.id).state is AnnexState.ENDED
+    assert fleet.quota() == 0
+
+    again = fire_at(fleet, annex.id, expiry + SECOND)  # a duplicate message
+    assert (again.annexes_ended, again.failures) == ([], {})
+
+
+def test_an_extension_landing_before_the_timer_wins(fleet):
+    annex, ids = fleet.annex(count=1, lease=timedelta(hours=1))
+    fleet.store.extend_lease(
+        annex, annex.lease_expires_at + timedelta(minutes=30), actor="alice", now=fleet.t0, note="+30m"
+    )
+
+    result = fire_at(fleet, annex.id, annex.lease_expires_at + SECOND)
+
+    assert result.annexes_ended == []
+    assert fleet.running(ids) == set(ids)
+    assert fleet.store.get_annex(annex.id).state is AnnexState.RUNNING
