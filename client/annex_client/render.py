@@ -179,6 +179,17 @@ def state_line(annex: Mapping[str, Any]) -> str:
     return f"{text}; {note}" if note and not complete else text
 
 
+def draining_text(annex: Mapping[str, Any], now: datetime) -> str | None:
+    """`draining: lease ends in 15s, no new jobs start` once a live annex is inside the drain window
+    (the API's `drains_at`: the lease end minus the pool's DrainBeforeLeaseEnd); None otherwise."""
+    drains = parse_api_time(annex.get("drains_at"))
+    expires = parse_api_time(annex.get("lease_expires_at"))
+    if annex.get("state") not in LIVE_STATES or drains is None or expires is None or now < drains:
+        return None
+    ends = f"ends {relative(expires, now)}" if expires > now else "has ended"
+    return f"draining: lease {ends}, no new jobs start"
+
+
 def jobs_of(detail: Mapping[str, Any]) -> str:
     """Whose jobs the annex runs, in HTCondor terms (a job's Owner)."""
     user = str(detail.get("condor_user") or "?")
@@ -197,7 +208,7 @@ def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> s
     ended = parse_api_time(detail.get("ended_at"))
     idle = timedelta(seconds=int(detail.get("idle_timeout_seconds") or 0))
     lines = [
-        ("state", state_line(detail)),
+        ("state", "; ".join(filter(None, [state_line(detail), draining_text(detail, now)]))),
         ("owner", str(detail.get("owner", ""))),
         ("jobs of", jobs_of(detail)),
         ("type", f"{', '.join(detail.get('instance_types') or [])}, {detail.get('market', '')}"),

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from annex.aws import clients
 from annex.core.auth import Caller
-from annex.core.clock import parse_time, utcnow
+from annex.core.clock import parse_duration, parse_time, utcnow
 from annex.core.models import CreateAnnexRequest
 from annex_local.events import FakeContext, rest_event
 
@@ -101,6 +101,29 @@ def create_at(api, at, *, as_=ALICE, **overrides):
     annex, created = api.module.service().create(Caller(arn=as_, owner=as_), request, now=at)
     assert created
     return annex
+
+
+def test_a_live_annex_says_when_it_drains_and_an_ended_one_does_not(api, request_env):
+    # Given the pool drains annexes DrainBeforeLeaseEnd before their lease ends
+    lead = parse_duration(request_env["DRAIN_LEAD"])
+    assert lead > timedelta(0)
+    annex = create(api)
+    # Then GET and the list both say when it stops starting jobs: its lease end minus that lead
+    status, detail = api.call("GET", f"/annexes/{annex['id']}")
+    assert status == 200
+    assert parse_time(detail["drains_at"]) == parse_time(detail["lease_expires_at"]) - lead
+    (listed,) = api.call("GET", "/annexes")[1]["annexes"]
+    assert listed["drains_at"] == detail["drains_at"]
+    # an extension moves it with the lease
+    assert api.call("POST", f"/annexes/{annex['id']}/extend", body={"by": "1h"})[0] == 200
+    extended = api.call("GET", f"/annexes/{annex['id']}")[1]
+    assert parse_time(extended["drains_at"]) == parse_time(detail["drains_at"]) + timedelta(hours=1)
+    # and once stopped it no longer drains
+    status, stopped = api.call("POST", f"/annexes/{annex['id']}/stop")
+    assert status == 200
+    assert stopped["drains_at"] is None
+    assert api.call("GET", f"/annexes/{annex['id']}")[1]["drains_at"] is None
+    assert api.call("GET", "/annexes")[1]["annexes"][0]["drains_at"] is None
 
 
 def test_list_shows_only_the_callers_annexes_newest_first(api):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from annex_client import render
@@ -244,3 +244,27 @@ def test_check_setup_calls_a_sweep_stale_once_the_alarm_would_fire():
     assert problems["lease-check"] is None
     assert problems["idle-reap"] == "idle-reap last succeeded 6m ago"
     assert problems["other"] == "other never ran"
+
+
+def test_status_says_a_live_annex_is_draining_only_inside_the_drain_window():
+    lease = datetime(2026, 11, 22, 14, 48, 15, tzinfo=UTC)
+    detail = annex(
+        state="running",
+        launched_count=3,
+        lease_expires_at="2026-11-22T14:48:15Z",
+        drains_at="2026-11-22T14:47:45Z",
+    )
+    inside = render.status_text(detail, NOW, UTC)
+    assert "draining: lease ends in 15s, no new jobs start" in inside
+    before = render.status_text(detail, lease - timedelta(seconds=31), UTC)
+    assert "draining" not in before
+    at_start = render.status_text(detail, lease - timedelta(seconds=30), UTC)
+    assert "draining: lease ends in 30s, no new jobs start" in at_start
+    ended = annex(
+        state="ended",
+        end_reason="lease-expired",
+        lease_expires_at="2026-11-22T14:48:15Z",
+        drains_at="2026-11-22T14:47:45Z",
+        ended_at="2026-11-22T14:48:15Z",
+    )
+    assert "draining" not in render.status_text(ended, NOW, UTC)

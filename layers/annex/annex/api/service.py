@@ -170,7 +170,10 @@ class AnnexService:
         detail = self.store.get_detail(annex_id)
         if not caller.may_access(detail.owner):
             raise AnnexNotFound(f"no annex {annex_id}")
-        return self.money.view(detail, now=now)
+        return self._drains(self.money.view(detail, now=now))
+
+    def _drains(self, view: AnnexView) -> AnnexView:
+        return view.model_copy(update={"drains_at": view.drain_time(self.settings.drain_lead)})
 
     def list(
         self, caller: Caller, *, everyone: bool, limit: int, page_token: str | None, now: datetime
@@ -186,6 +189,7 @@ class AnnexService:
                     {
                         **a.model_dump(),
                         "cost": self.money.estimate(a, self.store.list_instances(a.id), now=now, book=book),
+                        "drains_at": a.drain_time(self.settings.drain_lead),
                     }
                 )
                 for a in annexes
@@ -285,7 +289,7 @@ class AnnexService:
         self.money.set_budget(
             annex, body.budget, actor=caller.arn, now=now, retention=self.settings.retention
         )
-        return self.money.view(self.store.get_detail(annex_id), now=now)
+        return self._drains(self.money.view(self.store.get_detail(annex_id), now=now))
 
     def set_owner_budget(self, caller: Caller, body: OwnerBudgetRequest, *, now: datetime) -> OwnerBudget:
         return self.money.set_owner_budget(
@@ -315,7 +319,7 @@ class AnnexService:
             retention=self.settings.retention,
             detail=reason or "stopped by request",
         ).raise_failures()
-        return self.money.view(self.store.get_detail(annex_id), now=now)
+        return self._drains(self.money.view(self.store.get_detail(annex_id), now=now))
 
     # --- health ---------------------------------------------------------------------------------
 

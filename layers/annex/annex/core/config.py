@@ -156,6 +156,7 @@ class RequestSettings(CommonSettings, Policy, MoneySettings):
     notice_topic_arn: str = Field(
         alias="NOTICE_TOPIC_ARN", pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]+$"
     )
+    drain_lead: Duration = Field(alias="DRAIN_LEAD")
 
 
 class ReapTiming(_EnvModel):

@@ -326,6 +326,10 @@ class Annex(BaseModel):
     def idle_timeout(self) -> timedelta:
         return timedelta(seconds=self.idle_timeout_seconds)
 
+    def drain_time(self, drain_lead: timedelta) -> datetime | None:
+        """When the annex stops taking new jobs (the last `drain_lead` of its lease); None once it ended."""
+        return self.lease_expires_at - drain_lead if self.live else None
+
 
 class Instance(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -358,6 +362,16 @@ class HistoryEvent(BaseModel):
     actor: str
     action: str
     detail: str = ""
+
+
+class Draining(BaseModel):
+    """The drain time the API adds to an annex it answers with (`Annex.drain_time`)."""
+
+    drains_at: Time | None = Field(
+        default=None,
+        description="When a live annex stops starting new jobs (lease end minus DrainBeforeLeaseEnd); "
+        "null once it has ended.",
+    )
 
 
 class AnnexDetail(Annex):

@@ -10,7 +10,15 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 from annex.core.clock import parse_time, to_iso
-from annex.core.models import Annex, AnnexDetail, AnnexId, CreateAnnexRequest, ExtendRequest, ExtendResult
+from annex.core.models import (
+    Annex,
+    AnnexDetail,
+    AnnexId,
+    CreateAnnexRequest,
+    Draining,
+    ExtendRequest,
+    ExtendResult,
+)
 from annex.money.cost import AnnexCost, usd
 from annex.money.units import BudgetIn, Usd
 from annex.pricing.prices import Price
@@ -71,13 +79,13 @@ class CostEstimate(BaseModel):
         )
 
 
-class AnnexView(AnnexDetail):
+class AnnexView(AnnexDetail, Draining):
     """GET /annexes/{id}: the annex, its instances and history, and what it costs."""
 
     cost: CostEstimate | None = None
 
 
-class AnnexSummary(Annex):
+class AnnexSummary(Annex, Draining):
     cost: CostEstimate | None = None
 
 
