@@ -21,7 +21,12 @@ from datetime import datetime, timedelta
 from annex.aws.inventory import Ec2Inventory, TaggedInstance
 from annex.core.models import Annex, EndReason
 from annex.failsafe.sweeps import LEASE_CHECK, SweepReport
-from annex.failsafe.termination import InstanceTarget, Termination, end_annexes, reap_instances
+from annex.failsafe.termination import (
+    InstanceTarget,
+    Termination,
+    end_expired_leases,
+    reap_instances,
+)
 from annex.store import AnnexStore, InstanceKey
 
 log = logging.getLogger(__name__)
@@ -42,17 +47,7 @@ def run_lease_check(
     report.due = len(due)
     if due:
         try:
-            batch = end_annexes(
-                store,
-                ec2,
-                due,
-                reason=EndReason.LEASE_EXPIRED,
-                actor=ACTOR,
-                now=now,
-                retention=retention,
-                detail="the lease expired",
-                due_by=now,
-            )
+            batch = end_expired_leases(store, ec2, due, actor=ACTOR, now=now, retention=retention)
         except Exception as exc:
             log.exception("could not terminate the instances of expired annexes")
             report.fail("expired leases", exc)

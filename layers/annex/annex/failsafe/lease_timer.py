@@ -21,8 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from annex.aws.inventory import Ec2Inventory
-from annex.core.models import EndReason
-from annex.failsafe.termination import Termination, end_annexes
+from annex.failsafe.termination import Termination, end_expired_leases
 from annex.store import AnnexStore
 
 log = logging.getLogger(__name__)
@@ -101,17 +100,7 @@ def fire(
     due = [a for a in dict.fromkeys(annex_ids) if _live_and_due(store, a, now)]
     if not due:
         return Termination()
-    return end_annexes(
-        store,
-        ec2,
-        due,
-        reason=EndReason.LEASE_EXPIRED,
-        actor=ACTOR,
-        now=now,
-        retention=retention,
-        detail="the lease expired",
-        due_by=now,
-    )
+    return end_expired_leases(store, ec2, due, actor=ACTOR, now=now, retention=retention)
 
 
 def _live_and_due(store: AnnexStore, annex_id: str, now: datetime) -> bool:

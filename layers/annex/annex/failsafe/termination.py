@@ -267,3 +267,27 @@ def _end_if_empty(
         detail="its last instance was terminated",
     ).raise_failures()
     return annex_id in result.annexes_ended
+
+
+def end_expired_leases(
+    store: AnnexStore,
+    ec2: Ec2Inventory,
+    annex_ids: Sequence[str],
+    *,
+    actor: str,
+    now: datetime,
+    retention: timedelta,
+) -> Termination:
+    """End annexes whose lease has passed by `now` (lease-check's sweep and the lease timers alike): an
+    annex extended meanwhile is skipped by `due_by`."""
+    return end_annexes(
+        store,
+        ec2,
+        annex_ids,
+        reason=EndReason.LEASE_EXPIRED,
+        actor=actor,
+        now=now,
+        retention=retention,
+        detail="the lease expired",
+        due_by=now,
+    )
