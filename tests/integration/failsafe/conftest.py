@@ -270,3 +270,8 @@ def kill_on():
     yield arm
     for client, event, hook in registered:
         client.meta.events.unregister(event, hook)
+
+
+@pytest.fixture
+def lease_timer_fn(ddb, ec2, monkeypatch) -> Iterator[Handler]:
+    yield from _handler("lease_timer", "LeaseTimerFunction", monkeypatch)

@@ -71,3 +71,24 @@ def test_an_extension_landing_before_the_timer_wins(fleet):
     assert result.annexes_ended == []
     assert fleet.running(ids) == set(ids)
     assert fleet.store.get_annex(annex.id).state is AnnexState.RUNNING
+
+
+def test_the_deployed_handler_ends_the_annex_and_retries_only_the_message_it_cannot_read(
+    fleet, lease_timer_fn
+):
+    # Given a timer message for a lease that has just passed, and a message that is not a timer
+    annex, ids = fleet.annex(count=1, lease=timedelta(hours=1))
+    event = {
+        "Records": [
+            {"messageId": "m-good", "body": json.dumps({"annex_id": annex.id})},
+            {"messageId": "m-bad", "body": "not json"},
+        ]
+    }
+
+    # When the function runs at the expiry
+    answer = lease_timer_fn(event, at=annex.lease_expires_at)
+
+    # Then the annex ended, its instance is terminated, and only the unreadable message goes back
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m-bad"}]}
+    assert fleet.store.get_annex(annex.id).state is AnnexState.ENDED
+    assert fleet.running(ids) == set()
