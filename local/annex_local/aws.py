@@ -171,7 +171,8 @@ class EmbeddedAws:
         sqs = self.client("sqs")
         for logical_id, spec in resources("AWS::Events::Rule").items():
             props = spec["Properties"]
-            bus = out.refs[props["EventBusName"]["Ref"]]
+            # A rule without EventBusName is on the account's default bus (the spot interruption rule).
+            bus = out.refs[props["EventBusName"]["Ref"]] if "EventBusName" in props else "default"
             name = self._name(logical_id)
             events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(props["EventPattern"]))
             topics = [
