@@ -235,7 +235,8 @@ def required(record: dict[str, Any], templates: dict[str, dict[str, Any]]) -> li
         ]
     if service == "sqs":
         queue = str(p["QueueUrl"]).rstrip("/").rsplit("/", 1)[1]
-        return [Request(f"sqs:{op}", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}")]
+        # Batch actions are authorized by their single-message action (SendMessageBatch by SendMessage).
+        return [Request(f"sqs:{op.removesuffix('Batch')}", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}")]
     if service == "cloudwatch":
         return [Request(f"cloudwatch:{op}", "*")]
     if service == "events" and op == "PutEvents":

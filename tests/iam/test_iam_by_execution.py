@@ -127,14 +127,14 @@ def test_report_grants_no_recorded_call_used(capsys):
 
 
 def test_a_call_the_role_does_not_grant_is_refused():
-    """The checker itself: the heartbeat role must not pass a TerminateInstances or a transaction put."""
+    """The checker itself: the heartbeat role must not pass a TerminateInstances or a transaction delete."""
     _, statements = function_statements()["functions/heartbeat/"]
     env = {"TABLE_NAME": "t", "STACK_NAME": "s"}
     terminate = {"service": "ec2", "operation": "TerminateInstances", "params": {"InstanceIds": ["i-0abc"]}}
     put = {
         "service": "dynamodb",
         "operation": "TransactWriteItems",
-        "params": {"TransactItems": [{"Update": {"TableName": "t"}}, {"Put": {"TableName": "t"}}]},
+        "params": {"TransactItems": [{"Update": {"TableName": "t"}}, {"Delete": {"TableName": "t"}}]},
     }
     assert not grants(statements, required(terminate, {})[0], env, PARAMS).allowed
     update, put_request = required(put, {})

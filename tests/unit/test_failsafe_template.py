@@ -166,9 +166,10 @@ def test_sweeps_may_terminate_only_this_stacks_instances(resources, logical_id):
     assert [actions(s) for s in due] == [["dynamodb:Query"]]
 
 
-def test_the_heartbeat_function_reads_and_updates_records_and_nothing_else(resources):
+def test_the_heartbeat_function_reads_and_updates_records_and_adds_history_and_nothing_else(resources):
     (statement,) = statements(resources["HeartbeatFunction"])
-    assert sorted(actions(statement)) == ["dynamodb:BatchGetItem", "dynamodb:UpdateItem"]
+    # PutItem: a node's reported boot problem becomes one history event
+    assert sorted(actions(statement)) == ["dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
     assert statement["Resource"] == {"Fn::GetAtt": ["AnnexTable", "Arn"]}
     env = resources["HeartbeatFunction"]["Properties"]["Environment"]["Variables"]
     assert env["INSTANCE_ROLE_NAME"] == {"Ref": "AnnexInstanceRole"}
