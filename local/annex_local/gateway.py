@@ -1,10 +1,13 @@
-"""A local API Gateway (REST API, AWS_IAM authorization) for the template's AnnexApi.
+"""A local API Gateway (AWS_IAM authorization) for one of the template's APIs: a REST API (AnnexApi) or
+an HTTP API (HeartbeatApi, payload format 2.0 events: see http_api.py).
 
 Routes come from template.yaml itself: every `Type: Api` event, of every function, whose RestApiId is the
-API. Matching follows API Gateway: the most specific resource wins (a literal segment beats `{param}`,
-which beats `{proxy+}`), then the resource's own method, else its ANY. No match is API Gateway's 403
-"Missing Authentication Token". Each request's SigV4 signature is verified (sigv4.py) against a pluggable
-identity table; the verified identity becomes the proxy event's `requestContext.identity.userArn`.
+API (or `Type: HttpApi` whose ApiId is). Matching follows API Gateway: the most specific resource wins (a
+literal segment beats `{param}`, which beats `{proxy+}`), then the resource's own method, else its ANY.
+No match is a REST API's 403 "Missing Authentication Token", an HTTP API's 404 "Not Found". Each
+request's SigV4 signature is verified (sigv4.py) against a pluggable identity table; the verified
+identity becomes the REST event's `requestContext.identity.userArn`, the HTTP API event's
+`requestContext.authorizer.iam.userArn`.
 
 Handlers run one at a time (a lock): in-process moto is not thread-safe.
 """
@@ -27,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from annex_local.events import ACCOUNT, FakeContext, rest_event
+from annex_local.http_api import http_event
 from annex_local.sigv4 import Identity, SigV4Error, SigV4Verifier, Verified
 from annex_local.template import TEMPLATE, load_template
 
@@ -92,7 +96,8 @@ def load_routes(template: Path = TEMPLATE, api: str = "AnnexApi") -> list[Route]
         module = f"{package}.{module_path}" if package else module_path
         for event in (props.get("Events") or {}).values():
             spec = event.get("Properties", {})
-            if event.get("Type") != "Api" or _ref(spec.get("RestApiId")) != api:
+            kind, api_key = event.get("Type"), "RestApiId" if event.get("Type") == "Api" else "ApiId"
+            if kind not in ("Api", "HttpApi") or _ref(spec.get(api_key)) != api:
                 continue
             method = str(spec["Method"]).upper()
             routes.append(
@@ -102,7 +107,12 @@ def load_routes(template: Path = TEMPLATE, api: str = "AnnexApi") -> list[Route]
 
 
 def stage_name(template: Path = TEMPLATE, api: str = "AnnexApi") -> str:
-    return str(load_template(template)["Resources"][api]["Properties"]["StageName"])
+    """The API's stage: its StageName; an HTTP API without one serves the `$default` stage (no prefix)."""
+    return str(load_template(template)["Resources"][api]["Properties"].get("StageName", "$default"))
+
+
+def is_http_api(template: Path = TEMPLATE, api: str = "AnnexApi") -> bool:
+    return bool(load_template(template)["Resources"][api]["Type"] == "AWS::Serverless::HttpApi")
 
 
 class Router:
@@ -184,6 +194,7 @@ class Gateway:
         self.port = port
         self.api = api
         self.stage = stage_name(template, api)
+        self.http_api = is_http_api(template, api)
         self.router = Router(load_routes(template, api))
         self.verifier = SigV4Verifier(identities, region=region)
         self.handlers: MutableMapping[str, Handler] = handlers if handlers is not None else {}
@@ -203,11 +214,15 @@ class Gateway:
 
     def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
         split = urlsplit(target)
-        prefix = f"/{self.stage}"
-        if split.path != prefix and not split.path.startswith(prefix + "/"):
+        prefix = "" if self.stage == "$default" else f"/{self.stage}"
+        if prefix and split.path != prefix and not split.path.startswith(prefix + "/"):
+            if self.http_api:
+                return _json_answer(404, {"message": "Not Found"})
             return _json_answer(403, {"message": "Forbidden"}, error_type="ForbiddenException")
         path = split.path[len(prefix) :] or "/"
         found = self.router.find(method, path)
+        if found is None and self.http_api:
+            return _json_answer(404, {"message": "Not Found"})  # an HTTP API's answer to no route
         if found is None:
             return _json_answer(
                 403,
@@ -220,6 +235,10 @@ class Gateway:
         except SigV4Error as exc:
             self._log(f"{method} {target} -> {exc.status} {exc.reason}")
             return _json_answer(exc.status, exc.body(), error_type=exc.error_type)
+        if self.authorize is not None and not self.authorize(who, method.upper(), path) and self.http_api:
+            # An HTTP API refuses a caller whose policies do not allow execute-api:Invoke tersely.
+            self._log(f"{method} {target} -> 403 ({who.arn} may not invoke it)")
+            return _json_answer(403, {"message": "Forbidden"}, error_type="ForbiddenException")
         if self.authorize is not None and not self.authorize(who, method.upper(), path):
             account = f"********{ACCOUNT[-4:]}"
             resource = (
@@ -231,6 +250,24 @@ class Gateway:
                 reason="not-authorized",
             )
             return _json_answer(403, denied.body(), error_type=denied.error_type)
+        if self.http_api:
+            return self._invoke(
+                route,
+                method,
+                target,
+                who,
+                http_event(
+                    method.upper(),
+                    path,
+                    caller_arn=who.arn,
+                    body=body.decode("utf-8", errors="replace") if body else None,
+                    headers=headers,
+                    query=split.query,
+                    stage=self.stage,
+                    route_key=f"{route.method} {route.path}",
+                    access_key=who.access_key,
+                ),
+            )
         event = rest_event(
             method.upper(),
             path,
@@ -244,6 +281,9 @@ class Gateway:
         )
         event["requestContext"]["identity"]["accessKey"] = who.access_key
         _repeated_values(event, split.query, headers)
+        return self._invoke(route, method, target, who, event)
+
+    def _invoke(self, route: Route, method: str, target: str, who: Verified, event: dict[str, Any]) -> Answer:
         request_id = str(event["requestContext"]["requestId"])
         output = io.StringIO()
         try:
@@ -286,7 +326,8 @@ class Gateway:
         """The API base URL with its stage, as the template's ApiUrl output (ANNEX_ENDPOINT)."""
         if self._server is None:
             raise RuntimeError("the gateway is not started")
-        return f"http://{self.host}:{self._server.server_address[1]}/{self.stage}"
+        base = f"http://{self.host}:{self._server.server_address[1]}"
+        return base if self.stage == "$default" else f"{base}/{self.stage}"
 
     def start(self) -> Gateway:
         gateway = self

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from annex_local.aws import ACCOUNT, REGION, EmbeddedAws, Provisioned
-from annex_local.gateway import Gateway
+from annex_local.gateway import Gateway, stage_name
+from annex_local.http_api import INVOKE, IdentityPolicies, invoke_arn, researcher_statements, role_statements
 from annex_local.nodes import SimulatedNodes
 from annex_local.notices import NoticeCourier
 from annex_local.queues import QueuePoller, queue_mappings
@@ -28,6 +29,7 @@ from annex_local.template import (
     function_environment,
     functions,
     handler_path,
+    http_apis,
     load_template,
     parameter_defaults,
     resource_policy_denies,
@@ -42,6 +44,8 @@ USERS = {
     "bob": f"arn:aws:iam::{ACCOUNT}:user/bob",
     "admin": f"arn:aws:iam::{ACCOUNT}:user/admin",
 }
+# The local stack's API ids (the first label of an execute-api host when deployed).
+LOCAL_API_IDS = {"AnnexApi": "local", "HeartbeatApi": "local-heartbeat"}
 # Parameters for local use: the administrator is `admin`; the rest are the template's defaults unless
 # --param or --fast say otherwise.
 LOCAL_PARAMS = {"AdminPrincipals": USERS["admin"]}
@@ -173,10 +177,20 @@ class LocalStack:
             secret = secrets.token_urlsafe(30)
             self.identities[key] = Identity(secret, arn)
             self.users[name] = (key, secret)
-        handlers = {fn: self.runtime.as_gateway_handler(fn) for fn, _, _ in events_of_type("Api")}
+        handlers = {
+            fn: self.runtime.as_gateway_handler(fn)
+            for kind in ("Api", "HttpApi")
+            for fn, _, _ in events_of_type(kind)
+        }
         # One gateway per API, as deployed: AnnexApi on the requested port, the others (HeartbeatApi) on
-        # any free one, each refusing whom its resource policy denies.
-        for api in rest_apis():
+        # any free one. A REST API refuses whom its resource policy denies; an HTTP API (no resource
+        # policy) whom the caller's own IAM policies do not allow.
+        for api in [*rest_apis(), *http_apis()]:
+            authorize = (
+                self._resource_policy(api, prov.refs)
+                if api in rest_apis()
+                else self._identity_policies(api, prov)
+            )
             self.gateways[api] = Gateway(
                 self.identities,
                 region=REGION,
@@ -184,7 +198,7 @@ class LocalStack:
                 port=self.options.port if api == "AnnexApi" else 0,
                 api=api,
                 handlers=handlers,
-                authorize=self._resource_policy(api, prov.refs),
+                authorize=authorize,
                 log=_gateway_log,
             ).start()
         self.gateway = self.gateways["AnnexApi"]
@@ -238,13 +252,36 @@ class LocalStack:
 
         return authorize
 
+    @staticmethod
+    def _identity_policies(api: str, prov: Provisioned) -> Any:
+        """execute-api:Invoke as IAM decides it for an HTTP API: by the caller's own policies — the
+        instance role's from the template, the README's researchers' policy for alice, bob and admin."""
+        refs = {
+            **prov.refs,
+            **LOCAL_API_IDS,
+            "AWS::Partition": "aws",
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+        }
+        policies = IdentityPolicies()
+        policies.add(prov.refs["AnnexInstanceRole.Arn"], role_statements("AnnexInstanceRole", refs))
+        for arn in USERS.values():
+            policies.add(arn, researcher_statements(REGION, LOCAL_API_IDS["AnnexApi"]))
+        stage = stage_name(api=api)
+
+        def authorize(who: Any, method: str, path: str) -> bool:
+            return policies.allows(
+                who.arn, INVOKE, invoke_arn(REGION, LOCAL_API_IDS[api], stage, method, path)
+            )
+
+        return authorize
+
     def _configure_functions(self, prov: Provisioned) -> None:
         overrides = {
             **prov.refs,
             **self.options.effective_params(),
             **self.network_parameters(prov),
-            "AnnexApi": "local",
-            "HeartbeatApi": "local-heartbeat",
+            **LOCAL_API_IDS,
         }
         env = stack_environment(
             table_name=prov.table_name,

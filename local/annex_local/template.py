@@ -210,6 +210,11 @@ def rest_apis(path: Path = TEMPLATE) -> list[str]:
     return list(resources("AWS::Serverless::Api", path))
 
 
+def http_apis(path: Path = TEMPLATE) -> list[str]:
+    """The logical ids of the template's HTTP APIs (each served by its own local gateway)."""
+    return list(resources("AWS::Serverless::HttpApi", path))
+
+
 def principal_arn(caller_arn: str) -> str:
     """`aws:PrincipalArn` as IAM sets it: a role session's is its role's ARN, anything else its own."""
     match = re.match(r"^arn:([\w-]+):sts::(\d{12}):assumed-role/([^/]+)/.+$", caller_arn)

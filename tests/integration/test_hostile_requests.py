@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from annex.aws import clients
 from annex_local.events import FakeContext, rest_event
+from annex_local.http_api import http_event
 from annex_local.template import resolve_environment
 
 from tests.integration.conftest import ADMIN, ALICE, BOB, STACK, TABLE, table_items
@@ -242,6 +243,8 @@ class World:
 
     def call(self, module: Any, method: str, path: str, case: Case, *, as_: str = ALICE) -> tuple[int, Any]:
         body = case.body if isinstance(case.body, str) or case.body is None else json.dumps(case.body)
+        if module is self.heartbeat:  # the heartbeat HTTP API: payload format 2.0
+            return self._call_http_api(module, method, path, case, body, as_)
         event = rest_event(method, case.path or path, caller_arn=as_, body=body, headers=case.headers or None)
         if case.name == "Content-Type twice":
             event["multiValueHeaders"]["Content-Type"] = ["application/json", "text/plain"]
@@ -251,6 +254,23 @@ class World:
         if case.base64:
             event["isBase64Encoded"] = True
         resp = module.handler(event, FakeContext(module.__name__.split(".")[1]))
+        try:
+            return resp["statusCode"], json.loads(resp["body"])
+        except (TypeError, ValueError):
+            return resp["statusCode"], resp.get("body")
+
+    def _call_http_api(
+        self, module: Any, method: str, path: str, case: Case, body: str | None, as_: str
+    ) -> tuple[int, Any]:
+        headers = list((case.headers or {}).items())
+        if case.name == "Content-Type twice":
+            headers = [("Content-Type", "application/json"), ("Content-Type", "text/plain")]
+        event = http_event(
+            method, case.path or path, caller_arn=as_, body=body, headers=headers, query=case.query
+        )
+        if case.base64:
+            event["isBase64Encoded"] = True
+        resp = module.handler(event, FakeContext("heartbeat"))
         try:
             return resp["statusCode"], json.loads(resp["body"])
         except (TypeError, ValueError):

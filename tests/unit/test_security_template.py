@@ -80,7 +80,8 @@ def api_events(resources, api):
         for fn, r in resources.items()
         if r["Type"] == "AWS::Serverless::Function"
         for e in (r["Properties"].get("Events") or {}).values()
-        if e["Type"] == "Api" and e["Properties"]["RestApiId"] == {"Ref": api}
+        if e["Type"] in ("Api", "HttpApi")
+        and e["Properties"].get("RestApiId", e["Properties"].get("ApiId")) == {"Ref": api}
     ]
 
 
@@ -89,59 +90,135 @@ def test_the_heartbeat_route_is_alone_on_its_own_api(resources):
     assert all(fn != "HeartbeatFunction" for fn, _ in api_events(resources, "AnnexApi"))
 
 
-def test_heartbeats_have_their_own_throttle(resources):
+def test_the_heartbeat_api_is_an_iam_authorized_http_api_with_payload_2(resources):
+    api = resources["HeartbeatApi"]
+    assert api["Type"] == "AWS::Serverless::HttpApi"
+    assert api["Properties"]["Auth"] == {"EnableIamAuthorizer": True, "DefaultAuthorizer": "AWS_IAM"}
+    (event,) = resources["HeartbeatFunction"]["Properties"]["Events"].values()
+    assert event["Type"] == "HttpApi"
+    assert event["Properties"]["PayloadFormatVersion"] == "2.0"
+    assert "Auth" not in event["Properties"]  # no route opts out of IAM
+
+
+# 100,000 instances, one heartbeat each per 60 s; AWS's account-level quota per region for every API
+# together: 10,000 requests/s steady, 5,000 burst (API Gateway quotas, "Throttle quota per account, per
+# Region across HTTP APIs, REST APIs, WebSocket APIs, and WebSocket callback APIs").
+TARGET_INSTANCES, PERIOD_S = 100_000, 60
+ACCOUNT_RATE, ACCOUNT_BURST = 10_000, 5_000
+
+
+def test_heartbeats_have_their_own_throttle_with_twice_the_target_rate(resources):
     user = resources["AnnexApi"]["Properties"]["MethodSettings"]
-    heartbeat = resources["HeartbeatApi"]["Properties"]["MethodSettings"]
     assert all("heartbeat" not in s["ResourcePath"] for s in user)
-    assert heartbeat
-    assert all(s["ThrottlingRateLimit"] > 0 for s in heartbeat)
+    heartbeat = resources["HeartbeatApi"]["Properties"]["DefaultRouteSettings"]
+    needed = TARGET_INSTANCES / PERIOD_S
+    assert heartbeat["ThrottlingRateLimit"] >= 2 * needed
+    user_rate = max(s["ThrottlingRateLimit"] for s in user)
+    assert heartbeat["ThrottlingRateLimit"] + user_rate <= ACCOUNT_RATE
+    assert heartbeat["ThrottlingBurstLimit"] <= ACCOUNT_BURST
 
 
 @pytest.mark.parametrize(
-    ("api", "caller", "denied"),
-    [
-        ("HeartbeatApi", INSTANCE, False),
-        ("HeartbeatApi", ALICE, True),
-        ("HeartbeatApi", f"arn:aws:sts::{ACCT}:assumed-role/Researcher/alice", True),
-        ("AnnexApi", INSTANCE, True),
-        ("AnnexApi", ALICE, False),
-    ],
+    ("api", "caller", "denied"), [("AnnexApi", INSTANCE, True), ("AnnexApi", ALICE, False)]
 )
-def test_resource_policies_keep_researchers_and_instances_apart(api, caller, denied):
+def test_the_user_apis_resource_policy_keeps_instances_out(api, caller, denied):
     assert resource_policy_denies(api, caller, REFS) is denied
 
 
-def test_the_instance_role_may_invoke_only_the_heartbeat_route(resources):
-    grants = [
-        s
-        for r in resources.values()
-        if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::Role")
-        and (
-            r["Properties"].get("Roles") == [{"Ref": "AnnexInstanceRole"}]
-            or r is resources["AnnexInstanceRole"]
-        )
-        for s in statements_of(r)
-    ]
-    invoke = [s for s in grants if "execute-api:Invoke" in as_list(s["Action"])]
-    assert [s["Resource"]["Fn::Sub"].rsplit(":", 1)[1] for s in invoke] == [
-        "${HeartbeatApi}/v1/POST/heartbeat"
-    ]
-    other = {a for s in grants for a in as_list(s["Action"])} - {"execute-api:Invoke"}
-    assert other == {"secretsmanager:GetSecretValue"}
+def test_the_heartbeat_api_has_no_resource_policy_to_lean_on(resources):
+    # HTTP APIs have none: access rests on identity policies (the next tests) and the function's check
+    assert "ResourcePolicy" not in resources["HeartbeatApi"]["Properties"]["Auth"]
+
+
+def every_policy_statement(resources):
+    """(resource name, statement) for every IAM statement in the template, whatever carries it."""
+    out = []
+    for name, r in resources.items():
+        props = r.get("Properties", {})
+        if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            out += [(name, st) for st in props["PolicyDocument"]["Statement"]]
+        elif r["Type"] == "AWS::IAM::Role":
+            out += [(name, st) for p in props.get("Policies", []) for st in p["PolicyDocument"]["Statement"]]
+        elif r["Type"] == "AWS::Serverless::Function":
+            out += [
+                (name, st) for p in props.get("Policies", []) if isinstance(p, dict) for st in p["Statement"]
+            ]
+    return out
+
+
+def invoke_resources(statement):
+    if "execute-api:Invoke" not in as_list(statement["Action"]) and "execute-api:*" not in as_list(
+        statement["Action"]
+    ):
+        return []
+    return [r["Fn::Sub"] if isinstance(r, dict) else r for r in as_list(statement["Resource"])]
+
+
+def test_only_the_instance_roles_policy_may_invoke_the_heartbeat_api(resources):
+    grants = {name: res for name, st in every_policy_statement(resources) if (res := invoke_resources(st))}
+    on_heartbeat = {name for name, res in grants.items() if any("${HeartbeatApi}" in r for r in res)}
+    assert on_heartbeat == {"AnnexInstanceHeartbeatPolicy"}
+    assert resources["AnnexInstanceHeartbeatPolicy"]["Properties"]["Roles"] == [{"Ref": "AnnexInstanceRole"}]
+    # and no grant anywhere reaches an API it does not name (a wildcard API id would include it)
+    for name, res in grants.items():
+        for r in res:
+            api_part = r.rsplit(":", 1)[1]
+            assert api_part.startswith(("${AnnexApi}/", "${HeartbeatApi}/")), (name, r)
+
+
+def test_no_policy_in_the_docs_reaches_the_heartbeat_api():
+    from annex_local.http_api import IdentityPolicies, invoke_arn, researcher_statements
+
+    policies = IdentityPolicies()
+    policies.add(ALICE, researcher_statements("us-east-1", "userapi123"))
+    assert policies.allows(
+        ALICE, "execute-api:Invoke", invoke_arn("us-east-1", "userapi123", "v1", "GET", "/annexes")
+    )
+    assert not policies.allows(
+        ALICE, "execute-api:Invoke", invoke_arn("us-east-1", "hbapi45678", "v1", "POST", "/heartbeat")
+    )
+    # every other policy document in README.md and docs/: the execute-api resources it names are the
+    # user API's (its id written as the ApiUrl's), never a wildcard API id and never the heartbeat route
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    found = 0
+    for text in texts:
+        for arn in re.findall(r"arn:aws:execute-api:[^\"\s`]+", text.read_text()):
+            found += 1
+            api_id = arn.split(":", 5)[5].split("/", 1)[0]
+            assert api_id not in ("*", ""), (text.name, arn)
+            assert "heartbeat" not in arn.lower(), (text.name, arn)
+            assert "API_ID" in api_id or "ApiUrl" in arn, (text.name, arn)
+    assert found >= 9  # the researchers' policy (8 routes) and the Security model's one-liner
 
 
 def test_instances_get_the_heartbeat_apis_url(resources):
     env = resources["LaunchFunction"]["Properties"]["Environment"]["Variables"]
-    assert env["HEARTBEAT_URL"]["Fn::Sub"].startswith("https://${HeartbeatApi}.")
+    assert (
+        env["HEARTBEAT_URL"]["Fn::Sub"]
+        == "https://${HeartbeatApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/v1/heartbeat"
+    )
+    assert resources["HeartbeatApi"]["Properties"]["StageName"] == "v1"
 
 
 def test_both_apis_write_access_logs(resources):
-    for api in ("AnnexApi", "HeartbeatApi"):
-        setting = resources[api]["Properties"]["AccessLogSetting"]
+    settings = {
+        "AnnexApi": resources["AnnexApi"]["Properties"]["AccessLogSetting"],
+        "HeartbeatApi": resources["HeartbeatApi"]["Properties"]["AccessLogSettings"],
+    }
+    for setting in settings.values():
         group = resources[setting["DestinationArn"]["Fn::GetAtt"][0]]
         assert group["Type"] == "AWS::Logs::LogGroup"
         assert "RetentionInDays" in group["Properties"]
         assert "$context.identity.userArn" in setting["Format"]
+
+
+def test_heartbeats_are_not_traced(resources):
+    assert resources["HeartbeatFunction"]["Properties"]["Tracing"] == "PassThrough"
+    assert "TracingEnabled" not in resources["HeartbeatApi"]["Properties"]
 
 
 # --- EC2 rights ------------------------------------------------------------------------------------

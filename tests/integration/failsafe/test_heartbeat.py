@@ -116,7 +116,7 @@ def test_a_caller_that_is_not_the_instance_role_is_refused(fleet, recorded, hear
 
 def test_another_roles_session_named_like_the_instance_is_refused(fleet, recorded, heartbeat_fn):
     event = load_event("heartbeat-ok")
-    event["requestContext"]["identity"]["userArn"] = (
+    event["requestContext"]["authorizer"]["iam"]["userArn"] = (
         f"arn:aws:sts::123456789012:assumed-role/SomeOtherRole/{A}"
     )
     before = table_items(fleet.ddb)

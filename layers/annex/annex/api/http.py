@@ -15,6 +15,7 @@ from collections.abc import Callable
 from functools import wraps
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
@@ -35,7 +36,7 @@ from annex.core.models import ErrorBody, ErrorField
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger
-    from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+    from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
     from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
 STATUS_BY_ERROR: dict[type[AnnexError], HTTPStatus] = {
@@ -115,7 +116,7 @@ def validation_response(exc: RequestValidationError) -> Response[Any]:
     )
 
 
-def install_error_handlers(app: APIGatewayRestResolver, logger: Logger) -> None:
+def install_error_handlers(app: ApiGatewayResolver, logger: Logger) -> None:
     """Register the shared exception handlers on a resolver: domain errors, validation, 404/405."""
 
     def on_domain_error(exc: AnnexError) -> Response[Any]:
@@ -194,7 +195,9 @@ def _headers(event: dict[str, Any]) -> dict[str, list[str]]:
     for name, values in (event.get("multiValueHeaders") or {}).items():
         out.setdefault(name.lower(), []).extend(str(v) for v in values or [])
     for name, value in (event.get("headers") or {}).items():
-        out.setdefault(name.lower(), [str(value)])
+        # An HTTP API event joins a repeated header's values with commas; a media type has no comma.
+        split = event.get("version") == "2.0" and name.lower() == "content-type"
+        out.setdefault(name.lower(), str(value).split(",") if split else [str(value)])
     return out
 
 
@@ -326,8 +329,34 @@ def parse_json_strictly(text: str) -> Any:
     return value
 
 
+def _route_path(event: dict[str, Any]) -> str:
+    """The path routes match: a REST event's `path`; an HTTP API (payload 2.0) event's `rawPath` without
+    its stage, which API Gateway keeps in `rawPath` on a named stage."""
+    if event.get("version") != "2.0":
+        return str(event.get("path") or "/")
+    raw = str(event.get("rawPath") or "/")
+    stage = str((event.get("requestContext") or {}).get("stage") or "$default")
+    if stage != "$default" and (raw == f"/{stage}" or raw.startswith(f"/{stage}/")):
+        return raw[len(stage) + 1 :] or "/"
+    return raw
+
+
+def _query_values(event: dict[str, Any]) -> dict[str, list[str]]:
+    """Every value of every query parameter. An HTTP API event joins repeated values with commas in
+    `queryStringParameters`, so they are read from `rawQueryString`."""
+    if event.get("version") == "2.0":
+        multi: dict[str, list[str]] = {}
+        for name, value in parse_qsl(str(event.get("rawQueryString") or ""), keep_blank_values=True):
+            multi.setdefault(name, []).append(value)
+        return multi
+    multi = dict(event.get("multiValueQueryStringParameters") or {})
+    for name, value in (event.get("queryStringParameters") or {}).items():
+        multi.setdefault(name, [value])
+    return multi
+
+
 def _check_path(event: dict[str, Any]) -> None:
-    path = str(event.get("path") or "/")
+    path = _route_path(event)
     if path != "/" and (path.endswith("/") or "//" in path):
         raise InputRefused(
             HTTPStatus.NOT_FOUND,
@@ -336,10 +365,8 @@ def _check_path(event: dict[str, Any]) -> None:
         )
 
 
-def _check_query(event: dict[str, Any], resolver: APIGatewayRestResolver | None) -> None:
-    multi: dict[str, list[str]] = dict(event.get("multiValueQueryStringParameters") or {})
-    for name, value in (event.get("queryStringParameters") or {}).items():
-        multi.setdefault(name, [value])
+def _check_query(event: dict[str, Any], resolver: ApiGatewayResolver | None) -> None:
+    multi = _query_values(event)
     repeated = [
         ErrorField(field=k[:128], reason="given more than once; give it once")
         for k, v in multi.items()
@@ -354,7 +381,11 @@ def _check_query(event: dict[str, Any], resolver: APIGatewayRestResolver | None)
         )
     if resolver is None or not multi:
         return
-    path, method = str(event.get("path") or "/"), str(event.get("httpMethod") or "").upper()
+    path = _route_path(event)
+    method = str(
+        event.get("httpMethod") or (event.get("requestContext") or {}).get("http", {}).get("method") or ""
+    )
+    method = method.upper()
     routes = [
         r
         for r in (*resolver._static_routes, *resolver._dynamic_routes)
@@ -377,7 +408,7 @@ def _check_query(event: dict[str, Any], resolver: APIGatewayRestResolver | None)
         )
 
 
-def checked_event(event: dict[str, Any], resolver: APIGatewayRestResolver | None = None) -> dict[str, Any]:
+def checked_event(event: dict[str, Any], resolver: ApiGatewayResolver | None = None) -> dict[str, Any]:
     """The event to route, with its body replaced by the canonical JSON of what was checked.
     Raises InputRefused."""
     _check_path(event)
@@ -398,7 +429,7 @@ def checked_event(event: dict[str, Any], resolver: APIGatewayRestResolver | None
 
 
 def strict_input[Handler: Callable[..., dict[str, Any]]](
-    resolver: APIGatewayRestResolver | None = None,
+    resolver: ApiGatewayResolver | None = None,
 ) -> Callable[[Handler], Handler]:
     """The one gate in front of every API function: refuse what cannot be parsed safely, before
     routing (Powertools would try to parse other content types as forms or multipart, and Python's JSON
