@@ -54,8 +54,9 @@ def run(deps: SweepDeps, cfg: LeaseCheckSettings, now: datetime) -> SweepReport:
     money = run_money_check(deps.store, deps.ec2, notifier(), cfg, now=now, retention=cfg.retention)
     report.absorb(money.termination)
     report.details.update(budgets_due=money.budgets_due, notices_sent=money.notices)
-    if money.live_instances is not None and money.usd_per_hour is not None:
-        # The administrators' alarms (LiveInstancesAlarm, SpendRateAlarm) watch these.
+    if money.live_instances and money.usd_per_hour is not None:
+        # The administrators' alarms (LiveInstancesAlarm, SpendRateAlarm) watch these; sent only while
+        # something is live (their alarms treat no data as OK), so an idle stack does not pay for them.
         metrics.add_metric(name="LiveInstances", unit=MetricUnit.Count, value=money.live_instances)
         metrics.add_metric(name="EstimatedSpendRate", unit=MetricUnit.NoUnit, value=float(money.usd_per_hour))
     for what, exc in money.failures.items():

@@ -1,6 +1,6 @@
 """The prices function, every six hours (EventBridge schedule): on-demand prices from the AWS Price List
 Query API, spot prices from EC2, stored per region, type and market; budget due times follow them.
-Thin: one domain call, then its metrics."""
+Thin: one domain call, then its log line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from annex.core.config import PricesSettings
 from annex.pricing.refresh import refresh_prices
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -61,7 +60,7 @@ def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
         now=utcnow(),
         retention=cfg.retention,
     )
-    metrics.add_metric(name="PricesStored", unit=MetricUnit.Count, value=out.on_demand + out.spot)
+    # The counts go to the log line, not to a metric: nothing alarms on them (README "Cost model").
     summary = {
         "on_demand": out.on_demand,
         "spot": out.spot,

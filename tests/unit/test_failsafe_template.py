@@ -90,21 +90,34 @@ def test_sweeps_run_every_minute_with_retries_and_a_dead_letter_queue(resources,
     assert len(alarmed) == 1
 
 
-@pytest.mark.parametrize("logical_id", FUNCTIONS)
-def test_errors_of_each_function_raise_an_alarm(resources, logical_id):
-    alarms = [
+def errors_alarms(resources, logical_id):
+    return [
         r["Properties"]
         for r in resources.values()
         if r["Type"] == "AWS::CloudWatch::Alarm"
         and r["Properties"].get("MetricName") == "Errors"
         and r["Properties"]["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": logical_id}}]
     ]
-    assert len(alarms) == 1
-    assert alarms[0]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_a_failing_heartbeat_function_raises_an_alarm(resources):
+    (alarm,) = errors_alarms(resources, "HeartbeatFunction")
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_a_failing_lease_timer_is_dead_lettered_into_the_alarmed_failsafe_queue(resources):
+    # no Errors alarm of its own ($0.10 a month): retried, then dead-lettered, and the queue is alarmed
+    assert errors_alarms(resources, "LeaseTimerFunction") == []
+    redrive = resources["LeaseTimerQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["FailsafeDLQ", "Arn"]}
+    alarm = resources["FailsafeDeadLetterAlarm"]["Properties"]
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailsafeDLQ", "QueueName"]}}
+    ]
 
 
 @pytest.mark.parametrize(("logical_id", "sweep"), SWEEPS.items())
-def test_the_stalled_sweep_alarm_watches_exactly_what_a_successful_sweep_emits(
+def test_the_stalled_sweeps_alarm_watches_exactly_what_a_successful_sweep_emits(
     resources, capsys, monkeypatch, logical_id, sweep
 ):
     env = globals_env()
@@ -119,18 +132,26 @@ def test_the_stalled_sweep_alarm_watches_exactly_what_a_successful_sweep_emits(
     (directive,) = emitted["_aws"]["CloudWatchMetrics"]
     emitted_dims = {name: emitted[name] for name in directive["Dimensions"][0]}
 
-    alarms = [
+    (alarm,) = [
         r["Properties"]
         for r in resources.values()
         if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"].get("MetricName") == METRIC_SUCCEEDED
     ]
-    (alarm,) = [a for a in alarms if {"Name": DIMENSION_SWEEP, "Value": sweep} in a["Dimensions"]]
     assert alarm["Namespace"] == directive["Namespace"]
     assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == emitted_dims
     assert alarm["TreatMissingData"] == "breaching"
-    assert alarm["Period"] * alarm["EvaluationPeriods"] == 300
+    # five one-minute periods in a row, each with fewer successes than there are sweeps a minute
+    assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (60, 5, 5)
     assert alarm["ComparisonOperator"] == "LessThanThreshold"
-    assert alarm["Threshold"] == 1
+    assert alarm["Threshold"] == len(SWEEPS)
+    schedules = [
+        e["Properties"]["Schedule"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Serverless::Function"
+        for e in (r["Properties"].get("Events") or {}).values()
+        if e["Type"] == "Schedule" and e["Properties"]["Schedule"] == "rate(1 minute)"
+    ]
+    assert len(schedules) == len(SWEEPS)  # every minute-schedule is a sweep the alarm counts
     assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
     (terminated,) = [b for b in blobs if METRIC_TERMINATED in b]
     assert (terminated[DIMENSION_REASON], terminated[DIMENSION_SWEEP]) == ("idle", sweep)

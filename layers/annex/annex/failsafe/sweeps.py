@@ -1,9 +1,10 @@
 """What a fail-safe sweep reports, and the metrics the alarms watch.
 
-Each successful run emits `SweepSucceeded` (dimensions: service, sweep); the template alarms when a
-sweep has not succeeded for five minutes (missing data counts as breaching), and on the function's
-Errors. A run with any failure still does all the work it can, but raises at the end (so Lambda counts an
-error) and does not record a success.
+Each successful run emits `SweepSucceeded` (dimension: service); the template alarms when the sweeps
+have not each succeeded in five minutes in a row (missing data counts as breaching). A run with any
+failure still does all the work it can, but raises at the end (so Lambda counts an error) and does not
+record a success. Every other figure of a run is in its log line, not a metric: each custom metric (name
+x dimension set) costs $0.30 a month for every hour it is sent, so an idle stack sends only the success.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 LEASE_CHECK = "lease-check"
 IDLE_REAP = "idle-reap"
 METRIC_SUCCEEDED = "SweepSucceeded"
-METRIC_DURATION = "SweepDuration"
-METRIC_DUE = "DueItems"
 METRIC_TERMINATED = "InstancesTerminated"
 METRIC_SILENT_HELD = "SilentTerminationsHeld"
 DIMENSION_SWEEP = "sweep"
@@ -156,17 +155,15 @@ def conclude(report: SweepReport, metrics: Metrics, logger: Logger) -> dict[str,
 
 
 def publish_metrics(metrics: Metrics, report: SweepReport) -> None:
-    """DueItems, SweepDuration and (on success) SweepSucceeded with the sweep as dimension;
-    InstancesTerminated once per end reason (its own EMF blob, since the reason is a dimension)."""
-    metrics.add_dimension(name=DIMENSION_SWEEP, value=report.name)
-    metrics.add_metric(name=METRIC_DUE, unit=MetricUnit.Count, value=report.due)
-    metrics.add_metric(name=METRIC_DURATION, unit=MetricUnit.Milliseconds, value=report.duration_ms)
+    """On success SweepSucceeded (service only: SweepsStalledAlarm counts both sweeps' runs); only when
+    there is something to say, SilentTerminationsHeld (idle-reap's breaker; its alarm treats no data as
+    OK) and InstancesTerminated once per end reason (its own EMF blob, the sweep and reason as
+    dimensions). An idle run sends one metric."""
     if report.ok:
         metrics.add_metric(name=METRIC_SUCCEEDED, unit=MetricUnit.Count, value=1)
-    if report.name == IDLE_REAP:  # 0 on a normal run, so the breaker's alarm sees data
-        metrics.add_metric(
-            name=METRIC_SILENT_HELD, unit=MetricUnit.Count, value=report.details.get("silent_held", 0)
-        )
+    held = report.details.get("silent_held", 0)
+    if held:
+        metrics.add_metric(name=METRIC_SILENT_HELD, unit=MetricUnit.Count, value=held)
     for reason, count in sorted(report.terminated.items()):
         with single_metric(
             name=METRIC_TERMINATED,
