@@ -25,6 +25,7 @@ Run: make bench   (or: .venv/bin/python bench/bench_cost.py)
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import io
@@ -183,6 +184,45 @@ def template_facts() -> TemplateFacts:
         heartbeat_period_s=int(period.group(1)),
         traced_functions=traced,
     )
+
+
+# --- the code --------------------------------------------------------------------------------------
+
+
+def metric_calls() -> dict[str, list[str]]:
+    """Every custom metric name the code can send, per source file (from its `add_metric` and
+    `single_metric` calls; a name given as a module constant is resolved in that module)."""
+    out: dict[str, list[str]] = {}
+    files = sorted((ROOT / "functions").glob("*/app.py")) + sorted(
+        (ROOT / "layers/annex/annex").rglob("*.py")
+    )
+    for path in files:
+        tree = ast.parse(path.read_text())
+        constants = {
+            t.id: n.value.value
+            for n in tree.body
+            if isinstance(n, ast.Assign)
+            and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str)
+            for t in n.targets
+            if isinstance(t, ast.Name)
+        }
+        names = []
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if called not in ("add_metric", "single_metric"):
+                continue
+            for kw in node.keywords:
+                if kw.arg == "name":
+                    if isinstance(kw.value, ast.Constant):
+                        names.append(str(kw.value.value))
+                    elif isinstance(kw.value, ast.Name):
+                        names.append(constants.get(kw.value.id, kw.value.id))
+        if names:
+            out[str(path.relative_to(ROOT))] = sorted(set(names))
+    return out
 
 
 # --- measured on moto ---------------------------------------------------------------------------
@@ -521,7 +561,12 @@ def main() -> None:
     print("Annex cost model - us-east-1 list prices looked up 2026-12-03 (sources below), a 730-hour month")
     print(f"\nheartbeat API: {facts.heartbeat_api_type}; agent period {facts.heartbeat_period_s} s")
     print(f"one heartbeat: {' + '.join(ops)} ({units.requests} DynamoDB requests)")
-    print(f"custom metrics an idle stack sends: {sorted(m for _, m, _ in idle_metrics)}")
+    print("custom metrics the code can send (its add_metric / single_metric calls):")
+    for source, names in metric_calls().items():
+        print(f"  {source}: {', '.join(names)}")
+    print(
+        f"custom metrics an idle stack sends (measured: both sweeps run on an empty table): {sorted(m for _, m, _ in idle_metrics)}"
+    )
     print(f"alarms of the default deployment: {', '.join(facts.alarms)}")
     print("\nidle deployment, per month:")
     for k, v in idle.items():

@@ -235,11 +235,12 @@ class Gateway:
         except SigV4Error as exc:
             self._log(f"{method} {target} -> {exc.status} {exc.reason}")
             return _json_answer(exc.status, exc.body(), error_type=exc.error_type)
-        if self.authorize is not None and not self.authorize(who, method.upper(), path) and self.http_api:
+        allowed = self.authorize is None or self.authorize(who, method.upper(), path)
+        if not allowed and self.http_api:
             # An HTTP API refuses a caller whose policies do not allow execute-api:Invoke tersely.
             self._log(f"{method} {target} -> 403 ({who.arn} may not invoke it)")
             return _json_answer(403, {"message": "Forbidden"}, error_type="ForbiddenException")
-        if self.authorize is not None and not self.authorize(who, method.upper(), path):
+        if not allowed:
             account = f"********{ACCOUNT[-4:]}"
             resource = (
                 f"arn:aws:execute-api:{self.region}:{account}:local/{self.stage}/{method.upper()}{path}"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from annex_local.events import ACCOUNT
 from annex_local.template import TEMPLATE, load_template, principal_arn
@@ -56,9 +56,10 @@ def http_event(
         key = name.lower()
         joined[key] = f"{joined[key]},{value}" if key in joined else value
     raw_query = query if isinstance(query, str) else urlencode(query or {}, doseq=True)
-    params: dict[str, str] = {}
-    if isinstance(query, dict):
-        params = {k: ",".join(v) for k, v in query.items()}
+    values: dict[str, list[str]] = {}
+    for name, value in parse_qsl(raw_query, keep_blank_values=True):
+        values.setdefault(name, []).append(value)
+    params = {k: ",".join(v) for k, v in values.items()}
     raw_path = path if stage == "$default" else f"/{stage}{path}"
     now = datetime.now(UTC)
     event: dict[str, Any] = {
