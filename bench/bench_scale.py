@@ -937,6 +937,28 @@ def main() -> None:
         print(
             f"  heartbeats that moved their `due` entry: {m.index_moves:.0%} (over {HB_ROUNDS} rounds, 60 s apart)"
         )
+    big = runs[-1]
+    print(
+        f"\nPartition keys written and read per operation at N = {big.n:,} (units per operation, by key class)"
+    )
+    for label, usage in (
+        ("heartbeat", big.heartbeat),
+        ("lease-check, per run with leases due", big.lease_due),
+        ("idle-reap, per run with instances due", big.reap_due),
+        ("create + launch", big.launch),
+        ("extend", big.extend),
+    ):
+        for attr, unit in (("wcu", "WCU"), ("rcu", "RCU")):
+            per: dict[tuple[str, str], float] = defaultdict(float)
+            keys: dict[tuple[str, str], set[str]] = defaultdict(set)
+            for (target, key), units in getattr(usage, attr).items():
+                per[(target, key_class(target, key))] += units
+                keys[(target, key_class(target, key))].add(key)
+            text = "; ".join(
+                f"{t} {c} {u:.2f} over {len(keys[(t, c)])} key{'s' * (len(keys[(t, c)]) != 1)}"
+                for (t, c), u in sorted(per.items(), key=lambda kv: -kv[1])
+            )
+            print(f"  {label + ' ' + unit + ':':<46} {text}")
     share = hottest_shard_share()
     limits = template_limits()
     p = project(runs, lifetime)

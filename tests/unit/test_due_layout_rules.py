@@ -79,3 +79,12 @@ def test_a_missing_stored_check_is_written_and_an_exact_one_is_left():
         stored_check(now + 30 * timedelta(seconds=1), now + 30 * timedelta(seconds=1), now=now, timing=TIMING)
         is None
     )
+
+
+def test_the_due_index_projects_keys_only():
+    # A non-key update writes nothing to a KEYS_ONLY index; any other projection would charge every heartbeat.
+    from annex_local.template import table_create_kwargs
+
+    (due,) = [g for g in table_create_kwargs("t")["GlobalSecondaryIndexes"] if g["IndexName"] == "due"]
+    assert due["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+    assert [k["AttributeName"] for k in due["KeySchema"]] == ["due_kind", "due_at"]

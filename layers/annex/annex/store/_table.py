@@ -52,7 +52,7 @@ DUE_LEASE = "lease"
 DUE_REAP = "reap"
 # Partition keys of the `due` index per kind. 100,000 instances heartbeating every 60 s are 1,667 writes/s;
 # even if every one moved its index entry (2 index writes each: delete + put) that is 3,333 WCU/s, or
-# 208 per shard: 4.8x under DynamoDB's 1,000 WCU/s per partition key (docs/scale.md has the math).
+# about 210 on the fullest shard: 4.7x under DynamoDB's 1,000 WCU/s per partition key (docs/scale.md).
 DUE_SHARDS = 16
 INDEX_BY_OWNER = "by-owner"
 INDEX_ALL = "all-annexes"
