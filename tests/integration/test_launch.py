@@ -21,6 +21,7 @@ from annex.launch.launcher import Launcher
 from annex.launch.plan import ordered_subnets
 from annex.launch.userdata import unpack_user_data
 from annex.store import AnnexStore
+from annex.store._table import due_shard
 from annex_local.pool import put_requested_annex
 from annex_local.streams import filter_patterns, passes
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
@@ -192,7 +193,7 @@ def test_instances_are_recorded_with_their_reap_time(api, launch, ec2, ddb, pool
     assert len(items) == 2
     for item in items:
         launched_at = parse_time(item["launched_at"]["S"])
-        assert item["due_kind"]["S"] == "reap"
+        assert item["due_kind"]["S"] == due_shard("reap", item["pk"]["S"], item["sk"]["S"])
         assert int(item["due_at"]["N"]) == to_epoch(launched_at) + 15 * 60  # BootGrace
 
 

@@ -21,7 +21,7 @@ from annex.core.models import (
     Instance,
     InstanceState,
 )
-from annex.failsafe.rules import idle_after, idle_since_after_report, next_check
+from annex.failsafe.rules import idle_after, idle_since_after_report, next_check, stored_check
 from annex.store import AnnexStore, InstanceKey
 
 _ATTEMPTS = 3
@@ -89,9 +89,13 @@ class HeartbeatService:
             caller_arn, role_name=self.settings.instance_role_name, instance_id=request.instance_id
         )
         key = InstanceKey(request.annex_id, request.instance_id)
-        for _attempt in range(_ATTEMPTS):
-            instances, annexes = self.store.get_instances_with_annexes([key])
+        for attempt in range(_ATTEMPTS):
+            # The first read is eventually consistent (half the read units): the write below is
+            # conditional on what was read, so a stale read only costs a retry, which reads consistently.
+            instances, annexes = self.store.get_instances_with_annexes([key], consistent=attempt > 0)
             record = instances.get(key)
+            if record is None and attempt == 0:
+                continue  # a record just written may be missing from an eventually consistent read
             if record is None:
                 raise Forbidden(f"instance {request.instance_id} is not part of annex {request.annex_id}")
             instance = record.instance
@@ -118,8 +122,14 @@ class HeartbeatService:
                 claimed_slots=request.claimed_slots,
                 total_slots=request.total_slots,
                 idle_since=reported.idle_since,
-                due_at=next_check(reported, annex.idle_timeout, self.settings),
+                due_at=stored_check(
+                    record.due_at,
+                    next_check(reported, annex.idle_timeout, self.settings),
+                    now=now,
+                    timing=self.settings,
+                ),
                 seen=record.heartbeat,
+                seen_due=record.due_at,
                 problem=request.problem,
             )
             if written and request.problem is not None and request.problem != instance.problem:

@@ -5,8 +5,10 @@ Two deadlines govern a live instance:
   heartbeat_loss_grace`;
 - idle: `idle_since + idle timeout`, only while its last report said no slot was claimed.
 
-The heartbeat stores the earlier of the two as the instance's `due_at` (the sparse `due` index), and
-idle-reap looks at the instance when that time comes: `decide` says reap (and why) or when to look again.
+The earlier of the two is when idle-reap must look at the instance (`next_check`). The stored `due_at`
+(the sparse `due` index) may be earlier than that, never later: a heartbeat moves it only when it must
+(`stored_check`), so most heartbeats change no index key; idle-reap looks at the instance when the stored
+time comes, and `decide` says reap (and why) or when to look again.
 A busy instance has no idle deadline, so it is never reaped for idleness; the lease still ends it.
 """
 
@@ -49,6 +51,28 @@ def next_check(instance: Instance, idle_timeout: timedelta, timing: ReapTiming) 
     idle = idle_after(instance, idle_timeout)
     silent = silent_after(instance, timing)
     return silent if idle is None else min(idle, silent)
+
+
+# A heartbeat leaves an early stored `due_at` alone while it is at least this share of the loss grace
+# ahead (default grace 5m: 100 s): with 60 s heartbeats that moves the index entry on one heartbeat in
+# four, and the entry still lies a heartbeat period ahead when it moves, so the sweep seldom sees it first.
+KEEP_AHEAD_SHARE = 1 / 3
+
+
+def stored_check(
+    stored: datetime | None, exact: datetime, *, now: datetime, timing: ReapTiming
+) -> datetime | None:
+    """The `due_at` a heartbeat must store, given the stored one and the exact `next_check`; None leaves
+    the stored one (the heartbeat then writes no index key).
+
+    The stored time must never be later than the exact one (idle-reap would look too late), so it moves
+    earlier at once. An earlier stored time is safe (idle-reap looks, finds nothing due and moves it
+    forward), so it stays while it lies far enough ahead, and moves to the exact time when it comes near."""
+    if stored is None or stored > exact:
+        return exact
+    if stored == exact or stored - now >= timing.heartbeat_loss_grace * KEEP_AHEAD_SHARE:
+        return None
+    return exact
 
 
 def idle_since_after_report(previous: datetime | None, claimed_slots: int, now: datetime) -> datetime | None:

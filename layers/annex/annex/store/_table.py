@@ -17,6 +17,10 @@ Item layout (one table, `pk`/`sk`):
 | annex budget  | ANNEX#<id>       | BUDGET                | due (budget, live budgeted annexes)      |
 | owner budget  | OWNER#<arn>      | BUDGET                | (store/budgets.py)                       |
 | notice sent   | ANNEX#<id>       | NOTICE#<kind>#<when>  | (store/notices.py)                       |
+
+The `due` index is write-sharded: an item's `due_kind` is `<kind>#<shard>` (`reap#07`), the shard a stable
+hash of the item's own key (`due_shard`), so the fleet's index writes spread over `DUE_SHARDS` partition
+keys; the sweeps query every shard (store/due.py; the sizing is in docs/scale.md).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -45,6 +50,10 @@ STACK = "STACK"
 STATUS = "STATUS"
 DUE_LEASE = "lease"
 DUE_REAP = "reap"
+# Partition keys of the `due` index per kind. 100,000 instances heartbeating every 60 s are 1,667 writes/s;
+# even if every one moved its index entry (2 index writes each: delete + put) that is 3,333 WCU/s, or
+# about 210 on the fullest shard: 4.7x under DynamoDB's 1,000 WCU/s per partition key (docs/scale.md).
+DUE_SHARDS = 16
 INDEX_BY_OWNER = "by-owner"
 INDEX_ALL = "all-annexes"
 INDEX_DUE = "due"
@@ -86,6 +95,18 @@ def token_sk(token: str) -> str:
 
 def sweep_pk(name: str) -> str:
     return f"SWEEP#{name}"
+
+
+def due_shard(kind: str, pk: str, sk: str) -> str:
+    """The `due` index partition key of the item (pk, sk): its kind and a shard derived from a stable
+    hash (CRC-32) of its own key, so an item stays in one shard for its life."""
+    return f"{kind}#{zlib.crc32(f'{pk}|{sk}'.encode()) % DUE_SHARDS:02d}"
+
+
+def due_partitions(kind: str) -> list[str]:
+    """Every `due` partition key of a kind the sweeps must query: its shards, and the unsharded key items
+    written before sharding may still carry (the migration, docs/scale.md)."""
+    return [f"{kind}#{shard:02d}" for shard in range(DUE_SHARDS)] + [kind]
 
 
 def _plain(value: Any) -> Any:
@@ -297,16 +318,17 @@ class Table:
             KeyConditionExpression=condition, ExpressionAttributeValues=to_attrs(values), ConsistentRead=True
         )
 
-    def get_many(self, keys: Iterable[Key]) -> dict[Key, dict[str, Any]]:
-        """Strongly consistent BatchGetItem, 100 keys per request; missing keys are absent from the
-        result. Unprocessed keys (throttling) are retried with capped backoff."""
+    def get_many(self, keys: Iterable[Key], *, consistent: bool = True) -> dict[Key, dict[str, Any]]:
+        """BatchGetItem (strongly consistent unless told: an eventually consistent read costs half), 100
+        keys per request; missing keys are absent from the result. Unprocessed keys (throttling) are
+        retried with capped backoff."""
         wanted = sorted(set(keys))
         found: dict[Key, dict[str, Any]] = {}
         for start in range(0, len(wanted), BATCH_GET_MAX):
             request: dict[str, Any] = {
                 self.name: {
                     "Keys": [key_attrs(pk, sk) for pk, sk in wanted[start : start + BATCH_GET_MAX]],
-                    "ConsistentRead": True,
+                    "ConsistentRead": consistent,
                 }
             }
             for attempt in range(BATCH_GET_ATTEMPTS):

@@ -28,6 +28,7 @@ from annex.store._table import (
     StoreBase,
     annex_pk,
     decode_page_token,
+    due_shard,
     encode_page_token,
     from_attrs,
     in_clause,
@@ -56,7 +57,7 @@ def annex_item(annex: Annex, *, held: int, fingerprint: str | None = None) -> di
         fingerprint=fingerprint,
     )
     if annex.live:
-        data.update(due_kind=DUE_LEASE, due_at=to_epoch(annex.lease_expires_at))
+        data.update(due_kind=due_shard(DUE_LEASE, data["pk"], META), due_at=to_epoch(annex.lease_expires_at))
     return data
 
 

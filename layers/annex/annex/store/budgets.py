@@ -20,16 +20,17 @@ from annex.core.clock import from_epoch, parse_time, to_epoch, to_iso
 from annex.core.errors import ConcurrentUpdate, LeaseConflict
 from annex.core.models import LIVE_STATES, Annex
 from annex.store._table import (
-    INDEX_DUE,
     META,
     Cancelled,
     StoreBase,
     annex_id_of,
     annex_pk,
+    due_shard,
     in_clause,
     owner_pk,
     to_attrs,
 )
+from annex.store.due import due_items
 
 BUDGET = "BUDGET"
 DUE_BUDGET = "budget"
@@ -65,7 +66,7 @@ class BudgetRecords(StoreBase):
             removes += ["due_kind", "due_at"]
         else:
             sets += ["due_kind = :k", "due_at = :d"]
-            values.update({":k": DUE_BUDGET, ":d": to_epoch(due_at)})
+            values.update({":k": due_shard(DUE_BUDGET, annex_pk(annex_id), BUDGET), ":d": to_epoch(due_at)})
         if warned is not None:
             sets.append("warned = :w")
             values[":w"] = warned
@@ -91,12 +92,7 @@ class BudgetRecords(StoreBase):
 
     def due_budgets(self, *, now: datetime, limit: int = 1000) -> Iterator[str]:
         """Budgeted live annexes the budget check must look at by `now` (as the index last saw them)."""
-        for item in self._table.query(
-            IndexName=INDEX_DUE,
-            KeyConditionExpression="due_kind = :k AND due_at <= :now",
-            ExpressionAttributeValues=to_attrs({":k": DUE_BUDGET, ":now": to_epoch(now)}),
-            Limit=limit,
-        ):
+        for item in due_items(self._table, DUE_BUDGET, now, limit=limit):
             if item["sk"] == BUDGET:
                 yield annex_id_of(item["pk"])
 
@@ -133,7 +129,7 @@ class BudgetRecords(StoreBase):
         )
         item: dict[str, object] = {"pk": annex_pk(annex.id), "sk": BUDGET, "expires_at": to_epoch(expires)}
         if due_at is not None:
-            item.update(due_kind=DUE_BUDGET, due_at=to_epoch(due_at))
+            item.update(due_kind=due_shard(DUE_BUDGET, annex_pk(annex.id), BUDGET), due_at=to_epoch(due_at))
         tx.put("budget", item)
         old = f"${annex.budget_usd}" if annex.budget_usd is not None else "none"
         self._history.add_to(tx, annex.id, at=now, actor=actor, action="budget", detail=f"{old} -> ${budget}")

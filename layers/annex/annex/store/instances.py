@@ -20,6 +20,7 @@ from annex.store._table import (
     StoreBase,
     annex_id_of,
     annex_pk,
+    due_shard,
     in_clause,
     instance_sk,
     model_fields,
@@ -38,7 +39,7 @@ def instance_item(instance: Instance, *, reap_at: datetime | None) -> dict[str, 
     data = instance.model_dump(mode="json")
     data.update(pk=annex_pk(instance.annex_id), sk=instance_sk(instance.instance_id))
     if reap_at is not None and instance.state in LIVE_INSTANCE_STATES:
-        data.update(due_kind=DUE_REAP, due_at=to_epoch(reap_at))
+        data.update(due_kind=due_shard(DUE_REAP, data["pk"], data["sk"]), due_at=to_epoch(reap_at))
     return data
 
 
@@ -90,12 +91,13 @@ class InstanceRecords(StoreBase):
         return found.get(key)
 
     def get_instances_with_annexes(
-        self, keys: Iterable[InstanceKey]
+        self, keys: Iterable[InstanceKey], *, consistent: bool = True
     ) -> tuple[dict[InstanceKey, InstanceRecord], dict[str, AnnexRecord]]:
-        """These instances and their annexes, in one batched consistent read; missing ones are absent."""
+        """These instances and their annexes, in one batched read (strongly consistent unless told:
+        eventually consistent costs half); missing ones are absent."""
         keys = list(keys)
         wanted = [instance_key(k) for k in keys] + [(annex_pk(k.annex_id), META) for k in keys]
-        items = self._table.get_many(wanted)
+        items = self._table.get_many(wanted, consistent=consistent)
         instances: dict[InstanceKey, InstanceRecord] = {}
         annexes: dict[str, AnnexRecord] = {}
         for (pk, sk), item in items.items():
@@ -138,43 +140,57 @@ class InstanceRecords(StoreBase):
         claimed_slots: int,
         total_slots: int,
         idle_since: datetime | None,
-        due_at: datetime,
+        due_at: datetime | None,
         seen: HeartbeatVersion,
+        seen_due: datetime | None = None,
         problem: str | None = None,
     ) -> bool:
         """Record one heartbeat: one conditional UpdateItem. It applies only if the instance is still
         live and nobody recorded a heartbeat since `seen` (optimistic concurrency), so a duplicate or
-        late report never moves `last_heartbeat_at` backwards. False if it did not apply."""
+        late report never moves `last_heartbeat_at` backwards. False if it did not apply.
+
+        `due_at` moves the instance's entry in the `due` index; None leaves it where it is (the write
+        then changes no index key, so it costs the KEYS_ONLY index nothing) and is conditional on the
+        entry still being `seen_due`, the one the caller decided from."""
         values: dict[str, Any] = {
             ":now": to_iso(now),
             ":claimed": claimed_slots,
             ":total": total_slots,
-            ":reap": DUE_REAP,
-            ":due": to_epoch(due_at),
             ":running": InstanceState.RUNNING.value,
         }
-        update = (
-            "SET last_heartbeat_at = :now, claimed_slots = :claimed, total_slots = :total, #s = :running,"
-            " due_kind = :reap, due_at = :due"
-        )
-        if idle_since is None:
-            update += " REMOVE idle_since"
+        sets = [
+            "last_heartbeat_at = :now",
+            "claimed_slots = :claimed",
+            "total_slots = :total",
+            "#s = :running",
+        ]
+        condition = ""
+        if due_at is not None:
+            sets += ["due_kind = :shard", "due_at = :due"]
+            values.update({":shard": due_shard(DUE_REAP, *instance_key(key)), ":due": to_epoch(due_at)})
+        elif seen_due is None:
+            condition = "attribute_not_exists(due_at)"
         else:
-            update += ", idle_since = :idle"
-            values[":idle"] = to_iso(idle_since)
+            condition = "due_at = :seen_due"
+            values[":seen_due"] = to_epoch(seen_due)
         if problem is not None:
-            # A SET clause must come before REMOVE: insert it after the first clause.
-            update = update.replace("due_at = :due", "due_at = :due, problem = :problem", 1)
+            sets.append("problem = :problem")
             values[":problem"] = problem
-        return self._update_unheard(key, update, values, seen=seen)
+        if idle_since is not None:
+            sets.append("idle_since = :idle")
+            values[":idle"] = to_iso(idle_since)
+        update = "SET " + ", ".join(sets) + (" REMOVE idle_since" if idle_since is None else "")
+        return self._update_unheard(key, update, values, seen=seen, also=condition)
 
     def add_problem_event(self, key: InstanceKey, *, problem: str, now: datetime) -> None:
         """The history event for a boot problem an instance reported."""
         self._history.add(key.annex_id, at=now, actor=key.instance_id, action="boot-problem", detail=problem)
 
     def reschedule_instance(self, key: InstanceKey, *, due_at: datetime, seen: HeartbeatVersion) -> bool:
-        """Move an instance's next reap check, unless a heartbeat landed since it was read."""
-        return self._update_unheard(key, "SET due_at = :due", {":due": to_epoch(due_at)}, seen=seen)
+        """Move an instance's next reap check, unless a heartbeat landed since it was read. (It writes the
+        shard key too, which moves an entry written before sharding onto its shard.)"""
+        values = {":shard": due_shard(DUE_REAP, *instance_key(key)), ":due": to_epoch(due_at)}
+        return self._update_unheard(key, "SET due_kind = :shard, due_at = :due", values, seen=seen)
 
     def claim_for_termination(self, key: InstanceKey, *, reason: EndReason, seen: HeartbeatVersion) -> bool:
         """Claim a live instance for termination (state `terminating`, reason kept) unless a heartbeat
@@ -184,10 +200,10 @@ class InstanceRecords(StoreBase):
         return self._update_unheard(key, "SET #s = :t, end_reason = :reason", values, seen=seen)
 
     def _update_unheard(
-        self, key: InstanceKey, update: str, values: dict[str, Any], *, seen: HeartbeatVersion
+        self, key: InstanceKey, update: str, values: dict[str, Any], *, seen: HeartbeatVersion, also: str = ""
     ) -> bool:
         """UpdateItem on a live (pending or running) instance record, unless a heartbeat was recorded
-        since `seen`. False if that condition failed."""
+        since `seen` (and, with `also`, only if that condition holds too). False if a condition failed."""
         live, live_values = in_clause("live", (s.value for s in LIVE_INSTANCE_STATES))
         values = {**values, **live_values}
         condition = f"attribute_exists(pk) AND #s IN {live} AND "
@@ -196,6 +212,8 @@ class InstanceRecords(StoreBase):
         else:
             condition += "last_heartbeat_at = :seen"
             values[":seen"] = seen._stamp  # the store made this token
+        if also:
+            condition += f" AND {also}"
         return self._table.update(
             instance_key(key), update, condition=condition, names={"#s": "state"}, values=values
         )
