@@ -54,6 +54,7 @@ from annex.failsafe.rules import next_check  # noqa: E402
 from annex.failsafe.sweeps import SweepReport  # noqa: E402
 from annex.store import AnnexStore  # noqa: E402
 from annex.store.bulk import load  # noqa: E402
+from annex_local import moto_ec2  # noqa: E402
 from annex_local.template import resolve_environment, table_create_kwargs  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.dynamodb.models import DynamoDBBackend  # noqa: E402
@@ -61,6 +62,7 @@ from moto.ec2.models.core import TaggedEC2Resource  # noqa: E402
 
 TABLE = "annex-bench"
 STACK = "annex-bench"
+PROFILE_ARN = "arn:aws:iam::123456789012:instance-profile/annex-bench"
 ANNEXES = 1_000
 PER_ANNEX = 10
 LEASE_DUE = 100  # annexes (10%)
@@ -69,7 +71,12 @@ GROWTH = 10
 OWNERS = 50
 SLOTS = 4
 SETTINGS = IdleReapSettings.from_env(
-    resolve_environment("IdleReapFunction", table_name=TABLE, stack_name=STACK)
+    resolve_environment(
+        "IdleReapFunction",
+        table_name=TABLE,
+        stack_name=STACK,
+        overrides={"AnnexInstanceProfile.Arn": PROFILE_ARN},
+    )
 )
 IDLE_TIMEOUT = timedelta(minutes=20)
 
@@ -179,11 +186,13 @@ def _instance(annex: Annex, instance_id: str, now: Any, kind: str) -> Instance:
 
 
 def _run(ec2: Any, n: int, lease: str) -> list[str]:
-    """A few large RunInstances calls, tagged by the stack with the lease."""
+    """A few large RunInstances calls, launched with the stack's instance profile and tagged by the stack
+    with the lease."""
     ids: list[str] = []
     while n > 0:
         batch = min(n, 2_500)
         resp = ec2.run_instances(
+            IamInstanceProfile={"Arn": PROFILE_ARN},
             ImageId="ami-0123456789abcdef0",
             MinCount=batch,
             MaxCount=batch,
@@ -241,13 +250,16 @@ def seed(store: AnnexStore, ddb: Any, ec2: Any, now: Any, *, extra_annexes: int)
 
 
 def run(extra_annexes: int) -> dict[str, Any]:
+    moto_ec2.install()  # EC2's iam-instance-profile.arn filter, which the inventory uses
     with mock_aws():
         speed_up_moto()
         ddb = boto3.client("dynamodb", region_name="us-east-1")
         ec2 = boto3.client("ec2", region_name="us-east-1")
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_instance_profile(InstanceProfileName=PROFILE_ARN.rsplit("/", 1)[1])
         ddb.create_table(**table_create_kwargs(TABLE))
         store = AnnexStore(ddb, TABLE)
-        instances = Ec2Inventory(ec2, STACK)
+        instances = Ec2Inventory(ec2, STACK, instance_profile_arn=PROFILE_ARN)
         now = utcnow()
         started = time.perf_counter()
         population = seed(store, ddb, ec2, now, extra_annexes=extra_annexes)
