@@ -45,7 +45,7 @@ class SlowStore:
     It also records the most transactions ever in flight."""
 
     def __init__(self, together: int, *, refuse: set[str] = frozenset(), fail: set[str] = frozenset()):
-        self.barrier = threading.Barrier(together, timeout=10)
+        self.barrier = threading.Barrier(together, timeout=2)
         self.lock = threading.Lock()
         self.in_flight = 0
         self.most_in_flight = 0
