@@ -103,6 +103,27 @@ def test_a_sweep_ends_annexes_ten_transactions_at_a_time_and_never_more():
     assert sorted(store.marked) == ids
 
 
+def test_an_eleventh_transaction_never_starts_while_ten_are_in_flight():
+    # Eleven parties must meet: a pool of ten can never bring them together, so the barrier breaks
+    store = SlowStore(together=11)
+    ids = [f"ax-{n:016x}" for n in range(40)]
+
+    result = end_annexes(
+        store,  # type: ignore[arg-type]
+        NoInstances(),  # type: ignore[arg-type]
+        ids,
+        reason=EndReason.LEASE_EXPIRED,
+        actor="lease-check",
+        now=NOW,
+        retention=timedelta(days=30),
+        workers=Workers(10),
+    )
+
+    assert store.most_in_flight == 10
+    assert sorted(result.failures) == ids  # each failure reported, none raised
+    assert result.annexes_ended == []
+
+
 def test_one_failing_transaction_does_not_stop_the_others_and_each_outcome_is_reported():
     store = SlowStore(together=4, refuse={"ax-0000000000000001"}, fail={"ax-0000000000000002"})
     ids = [f"ax-{n:016x}" for n in range(8)]
