@@ -71,6 +71,9 @@ def count_calls(client: Any, counter: Counter[str], seconds: Counter[str], servi
 
 
 def run(count: int, market: Market) -> dict[str, Any]:
+    from annex_local import moto_ec2
+
+    moto_ec2.install()  # EC2's iam-instance-profile.arn filter, which the inventory uses
     with mock_aws():
         boto3.client("dynamodb", region_name="us-east-1").create_table(**table_create_kwargs(TABLE))
         pool = create_pool()

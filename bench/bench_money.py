@@ -37,10 +37,12 @@ def main() -> None:
     from annex.money.checks import run_money_check
     from annex.money.notices import Notifier
     from annex.store import AnnexStore
+    from annex_local import moto_ec2
     from annex_local.events import FakeContext, rest_event
     from annex_local.template import resolve_environment, table_create_kwargs
     from moto import mock_aws
 
+    moto_ec2.install()  # EC2's iam-instance-profile.arn filter, which the inventory uses
     with mock_aws():
         boto3.client("dynamodb").create_table(**table_create_kwargs("bench-annex"))
         boto3.client("events").create_event_bus(Name="bench-events")
@@ -48,7 +50,11 @@ def main() -> None:
             "RequestFunction",
             table_name="bench-annex",
             stack_name="bench",
-            overrides={"MAX_LIVE_INSTANCES_PER_OWNER": "100000", "MAX_INSTANCES_PER_ANNEX": "50"},
+            overrides={
+                "MAX_LIVE_INSTANCES_PER_OWNER": "100000",
+                "MAX_INSTANCES_PER_ANNEX": "50",
+                "AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profile/bench",
+            },
         )
         os.environ.update(env)
         import functions.request.app as app
@@ -84,12 +90,18 @@ def main() -> None:
         # The budget check: 20 budgeted annexes due now, and a growing population that is not due.
         store = AnnexStore(ddb, "bench-annex")
         now = utcnow()
-        lease_env = resolve_environment("LeaseCheckFunction", table_name="bench-annex", stack_name="bench")
+        profile = "arn:aws:iam::123456789012:instance-profile/bench"  # the budget check launches nothing
+        lease_env = resolve_environment(
+            "LeaseCheckFunction",
+            table_name="bench-annex",
+            stack_name="bench",
+            overrides={"AnnexInstanceProfile.Arn": profile},
+        )
         settings = LeaseCheckSettings.from_env(lease_env)
         notifier = Notifier(boto3.client("events"), "bench-events")
         from annex.aws.inventory import Ec2Inventory
 
-        ec2 = Ec2Inventory(boto3.client("ec2"), "bench")
+        ec2 = Ec2Inventory(boto3.client("ec2"), "bench", instance_profile_arn=profile)
 
         def budgeted(i: int, due_in: timedelta) -> None:
             a = Annex(

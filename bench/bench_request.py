@@ -45,17 +45,23 @@ def warm_latency_seconds() -> list[float]:
     import json
 
     import boto3
+    from annex_local import moto_ec2
     from annex_local.events import FakeContext, rest_event
     from annex_local.template import resolve_environment, table_create_kwargs
     from moto import mock_aws
 
+    moto_ec2.install()  # EC2's iam-instance-profile.arn filter, which the inventory uses
     with mock_aws():
         boto3.client("dynamodb").create_table(**table_create_kwargs("bench-annex"))
         env = resolve_environment(
             "RequestFunction",
             table_name="bench-annex",
             stack_name="bench",
-            overrides={"MAX_LIVE_INSTANCES_PER_OWNER": "100000", "MAX_LIVE_INSTANCES": "100000"},
+            overrides={
+                "MAX_LIVE_INSTANCES_PER_OWNER": "100000",
+                "MAX_LIVE_INSTANCES": "100000",
+                "AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profile/bench",
+            },
         )
         os.environ.update(env)
         from functions.request import app

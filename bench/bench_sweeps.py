@@ -49,11 +49,12 @@ from annex.core.clock import to_iso, utcnow  # noqa: E402
 from annex.core.config import IdleReapSettings  # noqa: E402
 from annex.core.models import Annex, AnnexState, Instance, InstanceState, Market  # noqa: E402
 from annex.failsafe.idle_reap import run_idle_reap  # noqa: E402
-from annex.failsafe.lease_check import run_lease_check  # noqa: E402
+from annex.failsafe.lease_check import run_lease_check, sweep_orphans  # noqa: E402
 from annex.failsafe.rules import next_check  # noqa: E402
 from annex.failsafe.sweeps import SweepReport  # noqa: E402
 from annex.store import AnnexStore  # noqa: E402
 from annex.store.bulk import load  # noqa: E402
+from annex_local import moto_ec2  # noqa: E402
 from annex_local.template import resolve_environment, table_create_kwargs  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.dynamodb.models import DynamoDBBackend  # noqa: E402
@@ -61,6 +62,7 @@ from moto.ec2.models.core import TaggedEC2Resource  # noqa: E402
 
 TABLE = "annex-bench"
 STACK = "annex-bench"
+PROFILE_ARN = "arn:aws:iam::123456789012:instance-profile/annex-bench"
 ANNEXES = 1_000
 PER_ANNEX = 10
 LEASE_DUE = 100  # annexes (10%)
@@ -69,7 +71,12 @@ GROWTH = 10
 OWNERS = 50
 SLOTS = 4
 SETTINGS = IdleReapSettings.from_env(
-    resolve_environment("IdleReapFunction", table_name=TABLE, stack_name=STACK)
+    resolve_environment(
+        "IdleReapFunction",
+        table_name=TABLE,
+        stack_name=STACK,
+        overrides={"AnnexInstanceProfile.Arn": PROFILE_ARN},
+    )
 )
 IDLE_TIMEOUT = timedelta(minutes=20)
 
@@ -179,11 +186,13 @@ def _instance(annex: Annex, instance_id: str, now: Any, kind: str) -> Instance:
 
 
 def _run(ec2: Any, n: int, lease: str) -> list[str]:
-    """A few large RunInstances calls, tagged by the stack with the lease."""
+    """A few large RunInstances calls, launched with the stack's instance profile and tagged by the stack
+    with the lease."""
     ids: list[str] = []
     while n > 0:
         batch = min(n, 2_500)
         resp = ec2.run_instances(
+            IamInstanceProfile={"Arn": PROFILE_ARN},
             ImageId="ami-0123456789abcdef0",
             MinCount=batch,
             MaxCount=batch,
@@ -241,13 +250,16 @@ def seed(store: AnnexStore, ddb: Any, ec2: Any, now: Any, *, extra_annexes: int)
 
 
 def run(extra_annexes: int) -> dict[str, Any]:
+    moto_ec2.install()  # EC2's iam-instance-profile.arn filter, which the inventory uses
     with mock_aws():
         speed_up_moto()
         ddb = boto3.client("dynamodb", region_name="us-east-1")
         ec2 = boto3.client("ec2", region_name="us-east-1")
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_instance_profile(InstanceProfileName=PROFILE_ARN.rsplit("/", 1)[1])
         ddb.create_table(**table_create_kwargs(TABLE))
         store = AnnexStore(ddb, TABLE)
-        instances = Ec2Inventory(ec2, STACK)
+        instances = Ec2Inventory(ec2, STACK, instance_profile_arn=PROFILE_ARN)
         now = utcnow()
         started = time.perf_counter()
         population = seed(store, ddb, ec2, now, extra_annexes=extra_annexes)
@@ -263,11 +275,38 @@ def run(extra_annexes: int) -> dict[str, Any]:
         for n in range(LEASE_DUE, LEASE_DUE + 5):
             store.list_instances(f"ax-{n:016x}")
         population["moto query ms"] = round((time.perf_counter() - started) / 5 * 1000)
+        segments = segmented_orphan_sweeps(store, instances, now) if extra_annexes == 0 else None
         for report in (lease, reap):
             assert report.ok, report.failures
         assert lease.terminated == {"lease-expired": LEASE_DUE * PER_ANNEX}, lease.terminated
         assert reap.terminated == {"idle": REAP_DUE // 2, "silent": REAP_DUE // 2}, reap.terminated
-        return {"population": population, "lease": (lease, lease_calls), "reap": (reap, reap_calls)}
+        return {
+            "population": population,
+            "lease": (lease, lease_calls),
+            "reap": (reap, reap_calls),
+            "segments": segments,
+        }
+
+
+ORPHAN_SEGMENTS = 12  # the template's
+
+
+def segmented_orphan_sweeps(store: AnnexStore, ec2: Ec2Inventory, now: Any) -> dict[str, Any]:
+    """The orphan sweep as the template runs it: one of 12 segments per minute, for one rotation."""
+    runs = []
+    for minute in range(ORPHAN_SEGMENTS):
+        items, calls, started = store.items_read, ec2.calls, time.perf_counter()
+        result = sweep_orphans(
+            store,
+            ec2,
+            now=now + timedelta(minutes=minute),
+            retention=SETTINGS.retention,
+            segments=ORPHAN_SEGMENTS,
+        )
+        runs.append(
+            (result.running, store.items_read - items, ec2.calls - calls, time.perf_counter() - started)
+        )
+    return {"runs": runs, "running": len(list(ec2.live_instances()))}
 
 
 def _requests(calls: Counter[tuple[str, str]], service: str) -> int:
@@ -352,6 +391,14 @@ def main() -> None:
         for sweep in ("lease", "reap"):
             _report, calls = result[sweep]
             print(f"  {sweep + ' calls:':<12} {_by_operation(calls)}")
+    seg = results["A"]["segments"]
+    runs = seg["runs"]
+    print(
+        f"\norphan sweep in {ORPHAN_SEGMENTS} segments (scenario A, one rotation): per run at most "
+        f"{max(r[0] for r in runs):,} instances examined, {max(r[1] for r in runs):,} items read, "
+        f"{max(r[2] for r in runs)} EC2 calls, {max(r[3] for r in runs):.1f} s; the rotation examined "
+        f"{sum(r[0] for r in runs):,} of {seg['running']:,} running instances"
+    )
     a, b = rows(results["A"]), rows(results["B"])
     growth = results["B"]["population"]["table items"] / results["A"]["population"]["table items"]
     print(f"\nB / A: the table is x{growth:.1f} larger; the due work is the same.")

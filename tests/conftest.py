@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from annex_local import moto_ec2
+
+# moto with what EC2 does and moto lacks (the iam-instance-profile.arn filter), in every tier.
+moto_ec2.install()
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,9 @@ def deps() -> SweepDeps:
 
 
 def run(deps: SweepDeps, cfg: IdleReapSettings, now: datetime) -> SweepReport:
-    return run_idle_reap(deps.store, deps.ec2, now=now, timing=cfg, retention=cfg.retention, breaker=cfg)
+    return run_idle_reap(
+        deps.store, deps.ec2, now=now, timing=cfg, retention=cfg.retention, breaker=cfg, workers=deps.workers
+    )
 
 
 handler = sweep_handler(settings, deps, run, logger=logger, tracer=tracer, metrics=metrics)

@@ -42,7 +42,7 @@ def launcher() -> Launcher:
     cfg = settings()
     return Launcher(
         AnnexStore(clients.dynamodb(), cfg.table_name),
-        Ec2Inventory(clients.ec2(), cfg.stack_name),
+        Ec2Inventory(clients.ec2(), cfg.stack_name, instance_profile_arn=cfg.instance_profile_arn),
         Ec2Capacity(clients.ec2_launch()),
         cfg,
     )

@@ -42,7 +42,14 @@ def timers() -> TimerQueue:
 
 
 def run(deps: SweepDeps, cfg: LeaseCheckSettings, now: datetime) -> SweepReport:
-    report = run_lease_check(deps.store, deps.ec2, now=now, retention=cfg.retention)
+    report = run_lease_check(
+        deps.store,
+        deps.ec2,
+        now=now,
+        retention=cfg.retention,
+        workers=deps.workers,
+        orphan_segments=cfg.orphan_segments,
+    )
     if cfg.lease_timer_queue_url:
         # Second-precise leases: a timer for each lease ending before the next runs (the backstop is
         # this sweep, a minute later).

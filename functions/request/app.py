@@ -69,7 +69,8 @@ def settings() -> RequestSettings:
 def service() -> AnnexService:
     cfg = settings()
     store = AnnexStore(clients.dynamodb(), cfg.table_name)
-    return AnnexService(store, Ec2Inventory(clients.ec2(), cfg.stack_name), cfg, sns=clients.client("sns"))
+    ec2 = Ec2Inventory(clients.ec2(), cfg.stack_name, instance_profile_arn=cfg.instance_profile_arn)
+    return AnnexService(store, ec2, cfg, sns=clients.client("sns"))
 
 
 def caller() -> Caller:

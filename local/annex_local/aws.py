@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from annex_local import moto_ec2
 from annex_local.template import load_template, resources, table_create_kwargs, ttl_attribute
 
 REGION = "us-east-1"
@@ -53,6 +54,7 @@ class EmbeddedAws:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        moto_ec2.install()  # EC2's iam-instance-profile.arn filter (the inventory uses it)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
         self.port = self._server.get_host_and_port()[1]

@@ -59,6 +59,9 @@ FAST_PARAMS = {
     "InstanceConfigTimeout": "30s",  # must stay below BootGrace (checked by the launch settings)
     "DrainBeforeLeaseEnd": "20s",
 }
+# Function variables the local stack sets itself: the sweeps work one item at a time (moto's backends are
+# not thread-safe) and the orphan sweep examines the whole (small) local fleet on every run.
+LOCAL_VARIABLES = {"SWEEP_WORKERS": "1", "ORPHAN_SEGMENTS": "1"}
 # Scheduled functions the local stack does not run, and why.
 NOT_SCHEDULED_LOCALLY = {
     "PricesFunction": "moto has no AWS Price List API; the stack loads the shipped price snapshot instead",
@@ -282,6 +285,7 @@ class LocalStack:
             **self.options.effective_params(),
             **self.network_parameters(prov),
             **LOCAL_API_IDS,
+            **LOCAL_VARIABLES,
         }
         env = stack_environment(
             table_name=prov.table_name,

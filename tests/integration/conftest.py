@@ -33,11 +33,16 @@ KEYS = {
     "admin": ("ASIAADMIN00000000003", "admin-secret-key", "admin-session-token"),
 }
 ARNS = {"alice": ALICE, "bob": BOB, "admin": ADMIN}
+# The stack's instance profile, named as create_pool names it: the inventory sees only instances launched
+# with it (the iam-instance-profile.arn filter).
+INSTANCE_PROFILE = "annex-instance"
+INSTANCE_PROFILE_ARN = f"arn:aws:iam::123456789012:instance-profile/{INSTANCE_PROFILE}"
 # Policy used by the integration tier: the template's defaults, with limits small enough to reach.
 POLICY = {
     "MAX_INSTANCES_PER_ANNEX": "10",
     "MAX_LIVE_INSTANCES_PER_OWNER": "12",
     "ADMIN_PRINCIPALS": "PoolAdmin",
+    "AnnexInstanceProfile.Arn": INSTANCE_PROFILE_ARN,
 }
 
 
@@ -109,11 +114,30 @@ def table_items(client) -> list[dict[str, Any]]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def instance_profile(name: str = INSTANCE_PROFILE) -> str:
+    """The ARN of this instance profile in moto, created if missing (as create_pool creates the stack's)."""
+    iam = boto3.client("iam", region_name="us-east-1")
+    try:
+        return str(iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"])
+    except iam.exceptions.NoSuchEntityException:
+        return str(iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"])
+
+
 def run_tagged_instances(
-    ec2, annex_id: str, n: int, *, stack: str = STACK, lease: str = "2030-01-01T00:00:00Z"
+    ec2,
+    annex_id: str,
+    n: int,
+    *,
+    stack: str = STACK,
+    lease: str = "2030-01-01T00:00:00Z",
+    profile: str | None = INSTANCE_PROFILE,
 ):
+    """`n` instances tagged as this stack tags them, launched with the instance profile `profile` (the
+    stack's unless told; None: none)."""
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    launched_with = {"IamInstanceProfile": {"Arn": instance_profile(profile)}} if profile else {}
     resp = ec2.run_instances(
+        **launched_with,
         ImageId=image,
         MinCount=n,
         MaxCount=n,

@@ -54,7 +54,11 @@ def test_each_function_settings_validate_against_the_template(logical_id, model)
         logical_id,
         table_name="t-table",
         stack_name="s",
-        overrides={"AnnexInstanceRole": "role-name", "LeaseTimerQueue": "https://sqs.local/q"},
+        overrides={
+            "AnnexInstanceRole": "role-name",
+            "LeaseTimerQueue": "https://sqs.local/q",
+            "AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profile/annex-instance",
+        },
     )
     model.from_env(env)
 

@@ -36,7 +36,13 @@ def actions(resource) -> set[str]:
 @pytest.mark.parametrize(("logical_id", "model"), SETTINGS.items())
 def test_settings_validate_against_the_template(logical_id, model):
     env = resolve_environment(
-        logical_id, table_name="t-table", stack_name="s", overrides={"LeaseTimerQueue": "https://sqs.local/q"}
+        logical_id,
+        table_name="t-table",
+        stack_name="s",
+        overrides={
+            "LeaseTimerQueue": "https://sqs.local/q",
+            "AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profile/annex-instance",
+        },
     )
     settings = model.from_env(env)
     assert settings.region == "us-east-1"

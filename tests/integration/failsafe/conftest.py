@@ -33,12 +33,21 @@ from annex.store import AnnexStore, InstanceKey, InstanceRecord
 from annex_local.events import FakeContext
 from annex_local.template import resolve_environment
 
-from tests.integration.conftest import ALICE, STACK, TABLE, run_tagged_instances
+from tests.integration.conftest import ALICE, INSTANCE_PROFILE_ARN, STACK, TABLE, run_tagged_instances
 
 EVENTS = Path(__file__).resolve().parents[3] / "events"
 ACCOUNT = "123456789012"
 INSTANCE_ROLE = "annex-test-stack-AnnexInstanceRole-TESTROLE"
-ROLE_OVERRIDES = {"AnnexInstanceRole": INSTANCE_ROLE, "LeaseTimerQueue": ""}
+ROLE_OVERRIDES = {
+    "AnnexInstanceRole": INSTANCE_ROLE,
+    "LeaseTimerQueue": "",
+    "AnnexInstanceProfile.Arn": INSTANCE_PROFILE_ARN,
+    # moto is not thread-safe: the sweeps' store work runs one item at a time here (the pool is proven
+    # in tests/unit/test_sweep_workers.py), and the orphan sweep examines the whole fleet on each run
+    # unless a test says otherwise (test_orphan_rotation.py runs the template's segments).
+    "SWEEP_WORKERS": "1",
+    "ORPHAN_SEGMENTS": "1",
+}
 _names = itertools.count(1)
 
 
@@ -189,7 +198,13 @@ def t0() -> datetime:
 @pytest.fixture
 def fleet(ddb, ec2, t0) -> Fleet:
     store = AnnexStore(ddb, TABLE)
-    return Fleet(store=store, ec2=Ec2Inventory(ec2, STACK), ec2_client=ec2, ddb=ddb, t0=t0)
+    return Fleet(
+        store=store,
+        ec2=Ec2Inventory(ec2, STACK, instance_profile_arn=INSTANCE_PROFILE_ARN),
+        ec2_client=ec2,
+        ddb=ddb,
+        t0=t0,
+    )
 
 
 class Handler:

@@ -1,6 +1,12 @@
 """EC2 inventory, for the sweeps and every termination: find, tag and terminate the instances this stack
 launched. Throttling is retried by botocore's standard retry mode (see clients.py). Launching is the
-launcher's own client (annex.launch.capacity)."""
+launcher's own client (annex.launch.capacity).
+
+"Launched by this stack" means: tagged `annex:stack` = the stack AND launched with the stack's instance
+profile. Anyone in the account with ec2:CreateTags can write the tag; only the launch role (PassRole on
+the stack's instance role) can start an instance with the profile. Every DescribeInstances filters on
+both (`iam-instance-profile.arn`), so an instance carrying the tag alone is never seen, tagged or
+terminated here; the roles' `ec2:InstanceProfile` conditions enforce the same on the IAM side."""
 
 from __future__ import annotations
 
@@ -23,12 +29,20 @@ TAG_STACK = "annex:stack"
 TAG_LEASE = "annex:lease-expires"
 FILTER_VALUES_MAX = 200  # values per DescribeInstances filter (the API's limit)
 LIVE_EC2_STATES = ("pending", "running", "stopping", "stopped")
-TERMINATE_BATCH = 500
+TERMINATE_BATCH = 1000  # instance ids per TerminateInstances (EC2's documented maximum per call)
+TAG_BATCH = 500  # resource ids per CreateTags
+PAGE_SIZE = 1000  # DescribeInstances MaxResults (EC2's maximum)
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def literal_filter_value(value: str) -> str:
+    """A filter value that matches only itself: EC2 filter values treat `*` and `?` as wildcards and `\\`
+    as their escape (an IAM path may contain any of them)."""
+    return "".join("\\" + c if c in "*?\\" else c for c in value)
 
 
 @dataclass(frozen=True)
@@ -45,9 +59,12 @@ class TaggedInstance:
 class Ec2Inventory:
     """DescribeInstances, CreateTags and TerminateInstances on the instances tagged by this stack."""
 
-    def __init__(self, client: EC2Client, stack_name: str) -> None:
+    def __init__(self, client: EC2Client, stack_name: str, *, instance_profile_arn: str) -> None:
+        if not instance_profile_arn:
+            raise ValueError("the inventory needs the stack's instance profile ARN")
         self._ec2 = client
         self.stack_name = stack_name
+        self.instance_profile_arn = instance_profile_arn
         self.calls = 0  # EC2 API calls made, for the sweep metrics and benchmarks
 
     def live_instances_of(self, annex_ids: Iterable[str]) -> Iterator[TaggedInstance]:
@@ -61,15 +78,30 @@ class Ec2Inventory:
     ) -> Iterator[TaggedInstance]:
         """Every not-terminated instance tagged by this stack (optionally: of one annex, or of up to
         FILTER_VALUES_MAX annexes). Paginated."""
-        filters: list[Any] = [
-            {"Name": f"tag:{TAG_STACK}", "Values": [self.stack_name]},
-            {"Name": "instance-state-name", "Values": list(LIVE_EC2_STATES)},
-        ]
         ids = [annex_id] if annex_id else list(annex_ids)
         if ids:
-            filters.append({"Name": f"tag:{TAG_ID}", "Values": ids})
+            return self._describe({"Name": f"tag:{TAG_ID}", "Values": [literal_filter_value(i) for i in ids]})
+        return self._describe()
+
+    def live_instances_matching(self, annex_id_patterns: Sequence[str]) -> Iterator[TaggedInstance]:
+        """The not-terminated instances of this stack whose `annex:id` tag matches one of these EC2
+        wildcard patterns (at most FILTER_VALUES_MAX): the orphan sweep's segments."""
+        if not annex_id_patterns or len(annex_id_patterns) > FILTER_VALUES_MAX:
+            raise ValueError(f"1 to {FILTER_VALUES_MAX} patterns per DescribeInstances filter")
+        return self._describe({"Name": f"tag:{TAG_ID}", "Values": list(annex_id_patterns)})
+
+    def _filters(self) -> list[Any]:
+        return [
+            {"Name": f"tag:{TAG_STACK}", "Values": [literal_filter_value(self.stack_name)]},
+            {"Name": "iam-instance-profile.arn", "Values": [literal_filter_value(self.instance_profile_arn)]},
+            {"Name": "instance-state-name", "Values": list(LIVE_EC2_STATES)},
+        ]
+
+    def _describe(self, *extra: Any) -> Iterator[TaggedInstance]:
         paginator = self._ec2.get_paginator("describe_instances")
-        for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000}):
+        filters = [*self._filters(), *extra]
+        pages = paginator.paginate(Filters=filters, PaginationConfig={"PageSize": PAGE_SIZE})
+        for page in pages:
             self.calls += 1
             for reservation in page.get("Reservations", []):
                 for raw in reservation.get("Instances", []):
@@ -116,7 +148,7 @@ class Ec2Inventory:
 
     def tag(self, instance_ids: Sequence[str], tags: dict[str, str]) -> None:
         """Set these tags on these instances (CreateTags, 500 instances per call)."""
-        for batch in chunks(list(instance_ids), TERMINATE_BATCH):
+        for batch in chunks(list(instance_ids), TAG_BATCH):
             self.calls += 1
             self._ec2.create_tags(
                 Resources=list(batch), Tags=[{"Key": k, "Value": v} for k, v in tags.items()]

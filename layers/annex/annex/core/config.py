@@ -84,6 +84,23 @@ class CommonSettings(_EnvModel):
     )
 
 
+class Ec2Scope(_EnvModel):
+    """Whose instances a function may see and end: those launched with the stack's instance profile."""
+
+    instance_profile_arn: str = Field(
+        alias="INSTANCE_PROFILE_ARN", pattern=r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$"
+    )
+
+
+class SweepScale(Ec2Scope):
+    """How a sweep spreads its work: `sweep_workers` threads for the per-annex/per-instance store
+    transactions (1: one at a time); the orphan sweep examines one of `orphan_segments` parts of the fleet
+    per run, so every instance is examined within that many runs."""
+
+    sweep_workers: int = Field(alias="SWEEP_WORKERS", ge=1, le=32)
+    orphan_segments: int = Field(default=1, alias="ORPHAN_SEGMENTS", ge=1, le=256)
+
+
 class Policy(_EnvModel):
     """The administrator's limits and defaults (template parameters)."""
 
@@ -150,7 +167,7 @@ class MoneySettings(_EnvModel):
     event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1, max_length=256)
 
 
-class RequestSettings(CommonSettings, Policy, MoneySettings):
+class RequestSettings(CommonSettings, Policy, MoneySettings, Ec2Scope):
     """The request (API) function."""
 
     notice_topic_arn: str = Field(
@@ -232,7 +249,7 @@ class HeartbeatSettings(CommonSettings, ReapTiming):
     drain_lead: Duration = Field(alias="DRAIN_LEAD")
 
 
-class LeaseCheckSettings(CommonSettings, MoneySettings):
+class LeaseCheckSettings(CommonSettings, MoneySettings, SweepScale):
     """The lease-check sweep (every minute): due leases and the orphan sweep; it arms the lease timers
     (empty: no timers, the minute sweep alone enforces leases)."""
 
@@ -250,7 +267,7 @@ class SilentBreaker(_EnvModel):
     silent_hold: Duration = Field(alias="SILENT_HOLD", default=timedelta(minutes=15))
 
 
-class IdleReapSettings(CommonSettings, ReapTiming, SilentBreaker):
+class IdleReapSettings(CommonSettings, ReapTiming, SilentBreaker, SweepScale):
     """The idle-reap sweep (every minute): idle and silent instances."""
 
 

@@ -27,6 +27,7 @@ from annex.core.models import EndReason, InstanceState
 from annex.failsafe.rules import decide, silent_after
 from annex.failsafe.sweeps import IDLE_REAP, SweepReport
 from annex.failsafe.termination import InstanceTarget, reap_instances
+from annex.failsafe.workers import SERIAL, Workers
 from annex.store import AnnexStore, InstanceKey
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def run_idle_reap(
     timing: ReapTiming,
     retention: timedelta,
     breaker: SilentBreaker | None = None,
+    workers: Workers = SERIAL,
 ) -> SweepReport:
     """One run. Records its success (shown by GET /health) only if every step succeeded."""
     report = SweepReport.start(IDLE_REAP, store, ec2)
@@ -56,7 +58,9 @@ def run_idle_reap(
         targets = []
     if targets:
         try:
-            result = reap_instances(store, ec2, targets, actor=ACTOR, now=now, retention=retention)
+            result = reap_instances(
+                store, ec2, targets, actor=ACTOR, now=now, retention=retention, workers=workers
+            )
         except Exception as exc:
             log.exception("could not terminate the reaped instances")
             report.fail("terminate", exc)

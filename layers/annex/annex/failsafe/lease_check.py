@@ -8,6 +8,14 @@
    terminated if its annex has ended or is missing, or if its own lease tag has passed (or is missing or
    mangled). The tag is the last line of defence when a record is lost; it is also what finishes the
    work of a run that crashed between ending an annex and terminating its instances.
+
+   Its cost does not grow with the fleet: the fleet is cut into `orphan_segments` parts by the last two
+   hex digits of the `annex:id` tag (annex ids are `ax-` + 16 random hex digits, so the parts are even;
+   EC2 filters the tag with wildcards, `ax-*3f`), and each run examines the part of its minute
+   (minute since the epoch mod `orphan_segments`). Every instance is examined once every
+   `orphan_segments` minutes; one run reads 1/orphan_segments of the instances and of their annex
+   records (docs/failsafe.md has the figures at 100,000 instances). With one segment, a run examines every
+   instance of the stack, whatever its `annex:id` tag.
 """
 
 from __future__ import annotations
@@ -27,14 +35,36 @@ from annex.failsafe.termination import (
     end_expired_leases,
     reap_instances,
 )
+from annex.failsafe.workers import SERIAL, Workers
 from annex.store import AnnexStore, InstanceKey
 
 log = logging.getLogger(__name__)
 ACTOR = "lease-check"
+SEGMENT_BUCKETS = 256  # the last two hex digits of an annex id
+
+
+def segment_of(now: datetime, segments: int) -> int:
+    """The orphan-sweep segment a run at `now` examines: its minute since the epoch, mod `segments`."""
+    return int(now.timestamp()) // 60 % segments
+
+
+def segment_patterns(segment: int, segments: int) -> list[str]:
+    """The `annex:id` tag patterns of one segment: a contiguous run of the 256 two-hex-digit endings (at
+    most 128 values, under EC2's 200 values per filter for any `segments` >= 2)."""
+    if not 2 <= segments <= SEGMENT_BUCKETS or not 0 <= segment < segments:
+        raise ValueError(f"segment {segment} of {segments}")
+    first, end = segment * SEGMENT_BUCKETS // segments, (segment + 1) * SEGMENT_BUCKETS // segments
+    return [f"ax-*{bucket:02x}" for bucket in range(first, end)]
 
 
 def run_lease_check(
-    store: AnnexStore, ec2: Ec2Inventory, *, now: datetime, retention: timedelta
+    store: AnnexStore,
+    ec2: Ec2Inventory,
+    *,
+    now: datetime,
+    retention: timedelta,
+    workers: Workers = SERIAL,
+    orphan_segments: int = 1,
 ) -> SweepReport:
     """One run. Records its success (shown by GET /health) only if every step succeeded."""
     report = SweepReport.start(LEASE_CHECK, store, ec2)
@@ -47,7 +77,9 @@ def run_lease_check(
     report.due = len(due)
     if due:
         try:
-            batch = end_expired_leases(store, ec2, due, actor=ACTOR, now=now, retention=retention)
+            batch = end_expired_leases(
+                store, ec2, due, actor=ACTOR, now=now, retention=retention, workers=workers
+            )
         except Exception as exc:
             log.exception("could not terminate the instances of expired annexes")
             report.fail("expired leases", exc)
@@ -55,13 +87,17 @@ def run_lease_check(
             report.absorb(batch)
     items_before, calls_before, started = store.items_read, ec2.calls, time.perf_counter()
     try:
-        orphans = sweep_orphans(store, ec2, now=now, retention=retention)
+        orphans = sweep_orphans(
+            store, ec2, now=now, retention=retention, workers=workers, segments=orphan_segments
+        )
     except Exception as exc:
         log.exception("the orphan sweep failed")
         report.fail("orphan sweep", exc)
     else:
         report.details.update(
             orphan_sweep_running=orphans.running,
+            orphan_sweep_segment=orphans.segment,
+            orphan_sweep_segments=orphan_segments,
             orphan_sweep_items_read=store.items_read - items_before,
             orphan_sweep_ec2_calls=ec2.calls - calls_before,
             orphan_sweep_ms=round((time.perf_counter() - started) * 1000),
@@ -73,6 +109,7 @@ def run_lease_check(
 @dataclass
 class OrphanSweep:
     running: int = 0
+    segment: int = 0
     termination: Termination = field(default_factory=Termination)
 
 
@@ -88,13 +125,25 @@ def orphan_reason(tagged: TaggedInstance, annex: Annex | None, now: datetime) ->
 
 
 def sweep_orphans(
-    store: AnnexStore, ec2: Ec2Inventory, *, now: datetime, retention: timedelta
+    store: AnnexStore,
+    ec2: Ec2Inventory,
+    *,
+    now: datetime,
+    retention: timedelta,
+    workers: Workers = SERIAL,
+    segments: int = 1,
 ) -> OrphanSweep:
-    """Every running instance of this stack against its annex record (one paginated DescribeInstances,
-    the records batch-read 100 at a time) and its own lease tag."""
-    running: Sequence[TaggedInstance] = list(ec2.live_instances())
+    """The running instances of this stack in this run's segment against their annex records (one
+    paginated DescribeInstances, the records batch-read 100 at a time) and their own lease tags."""
+    segment = segment_of(now, segments)
+    found = (
+        ec2.live_instances_matching(segment_patterns(segment, segments))
+        if segments > 1
+        else ec2.live_instances()
+    )
+    running: Sequence[TaggedInstance] = list(found)
     records = store.get_annexes({t.annex_id for t in running if t.annex_id})
-    sweep = OrphanSweep(running=len(running))
+    sweep = OrphanSweep(running=len(running), segment=segment)
     unrecorded: list[str] = []
     targets: list[InstanceTarget] = []
     for tagged in running:
@@ -124,6 +173,8 @@ def sweep_orphans(
         log.warning("terminating instances no annex record accounts for", extra={"instances": unrecorded})
         ec2.terminate(unrecorded)
     if targets:
-        sweep.termination = reap_instances(store, ec2, targets, actor=ACTOR, now=now, retention=retention)
+        sweep.termination = reap_instances(
+            store, ec2, targets, actor=ACTOR, now=now, retention=retention, workers=workers
+        )
     sweep.termination.add_terminated(EndReason.ORPHAN, unrecorded)
     return sweep

@@ -22,9 +22,10 @@ from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from annex.aws import clients
 from annex.aws.inventory import Ec2Inventory
 from annex.core.clock import utcnow
-from annex.core.config import CommonSettings
+from annex.core.config import CommonSettings, SweepScale
 from annex.core.models import EndReason
 from annex.failsafe.termination import Termination
+from annex.failsafe.workers import Workers
 from annex.store import AnnexStore
 
 if TYPE_CHECKING:
@@ -136,12 +137,18 @@ class SweepDeps:
 
     store: AnnexStore
     ec2: Ec2Inventory
+    workers: Workers
 
     @classmethod
-    def from_settings(cls, settings: CommonSettings) -> SweepDeps:
+    def from_settings[S: CommonSettings](cls, settings: S) -> SweepDeps:
+        if not isinstance(settings, SweepScale):
+            raise TypeError("a sweep's settings carry its scale (SweepScale)")
         return cls(
             store=AnnexStore(clients.dynamodb(), settings.table_name),
-            ec2=Ec2Inventory(clients.ec2(), settings.stack_name),
+            ec2=Ec2Inventory(
+                clients.ec2(), settings.stack_name, instance_profile_arn=settings.instance_profile_arn
+            ),
+            workers=Workers(settings.sweep_workers),
         )
 
 

@@ -12,6 +12,9 @@ started. Both return a `Termination`.
   transaction. A crash before the last step leaves the claim due: the next idle-reap finishes it, and the
   conditional transaction releases the unit exactly once. An annex whose last instance went ends too
   (reason all-instances-gone), through `end_annexes`.
+
+Both verbs run their per-annex and per-instance store transactions on `workers` (annex.failsafe.workers:
+bounded threads, SERIAL by default); EC2 calls stay on the caller's thread, batched.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from datetime import datetime, timedelta
 from annex.aws.inventory import Ec2Inventory
 from annex.core.errors import LeaseNotDue
 from annex.core.models import Annex, AnnexState, EndReason, InstanceState
+from annex.failsafe.workers import SERIAL, Workers
 from annex.store import AnnexStore, HeartbeatVersion, InstanceEnd, InstanceKey
 
 log = logging.getLogger(__name__)
@@ -70,36 +74,41 @@ def end_annexes(
     detail: str = "",
     due_by: datetime | None = None,
     final_state: AnnexState = AnnexState.ENDED,
+    workers: Workers = SERIAL,
 ) -> Termination:
     """End each annex (if still live), then terminate every instance they may have. Safe to repeat: an
     annex that has already ended only has its instances terminated. With `due_by` (the lease-check), an
     annex whose lease was extended past it since the index was read is left alone (`skipped`)."""
     out = Termination()
     annexes: list[Annex] = []
-    for annex_id in annex_ids:
-        try:
-            ended = store.end_annex(
-                annex_id,
-                reason=reason,
-                now=now,
-                actor=actor,
-                retention=retention,
-                detail=detail,
-                due_by=due_by,
-                final_state=final_state,
-            )
-            annexes.append(ended or store.get_annex(annex_id))
-        except LeaseNotDue:
-            out.skipped.append(annex_id)
-            continue
-        except Exception as exc:  # one bad record must not keep the others running
-            log.exception("could not end annex %s", annex_id)
-            out.failures[annex_id] = exc
-            continue
-        if ended is not None:
-            out.annexes_ended.append(annex_id)
+
+    def end_one(annex_id: str) -> tuple[Annex, bool]:
+        ended = store.end_annex(
+            annex_id,
+            reason=reason,
+            now=now,
+            actor=actor,
+            retention=retention,
+            detail=detail,
+            due_by=due_by,
+            final_state=final_state,
+        )
+        return (ended or store.get_annex(annex_id)), ended is not None
+
+    for outcome in workers.map(end_one, list(annex_ids)):
+        if isinstance(outcome.error, LeaseNotDue):
+            out.skipped.append(outcome.item)
+        elif outcome.error is not None:  # one bad record must not keep the others running
+            log.error("could not end annex %s", outcome.item, exc_info=outcome.error)
+            out.failures[outcome.item] = outcome.error
+        elif outcome.result is not None:
+            annex, ended_now = outcome.result
+            annexes.append(annex)
+            if ended_now:
+                out.annexes_ended.append(outcome.item)
     out.add_terminated(
-        reason, _terminate_annexes(store, ec2, annexes, reason=reason, now=now, retention=retention)
+        reason,
+        _terminate_annexes(store, ec2, annexes, reason=reason, now=now, retention=retention, workers=workers),
     )
     return out
 
@@ -112,25 +121,34 @@ def _terminate_annexes(
     reason: EndReason,
     now: datetime,
     retention: timedelta,
+    workers: Workers,
 ) -> list[str]:
     """Mark the instance records of these (ended) annexes, then terminate their instances: those on
     record and those EC2 knows by tag (a record may not have been written yet when a launch was
     interrupted). Returns the instances EC2 accepted to terminate."""
     if not annexes:
         return []
-    recorded: dict[str, list[str]] = {
-        a.id: [i.instance_id for i in store.list_instances(a.id) if i.state is not InstanceState.TERMINATED]
-        for a in annexes
-    }
+
+    def live_records(annex: Annex) -> list[str]:
+        return [
+            i.instance_id for i in store.list_instances(annex.id) if i.state is not InstanceState.TERMINATED
+        ]
+
+    recorded: dict[str, list[str]] = {}
+    for outcome in workers.map(live_records, annexes):
+        if outcome.error is not None:
+            raise outcome.error
+        recorded[outcome.item.id] = outcome.result or []
     targets: dict[str, set[str]] = {a.id: set(recorded[a.id]) for a in annexes}
     for tagged in ec2.live_instances_of(targets):
         if tagged.annex_id in targets:
             targets[tagged.annex_id].add(tagged.instance_id)
+
     # Mark the records first: a crash after this leaves running instances of an ended annex, which the
     # orphan sweep terminates. (Marking after TerminateInstances would leave live records of terminated
     # instances that no sweep of this annex would visit again.) Records whose instance EC2 no longer
     # knows are ended too: there is nothing left to stop.
-    for annex in annexes:
+    def mark(annex: Annex) -> None:
         store.mark_instances_ended(
             annex.id,
             sorted(recorded[annex.id]),
@@ -138,6 +156,10 @@ def _terminate_annexes(
             now=now,
             retention=retention,
         )
+
+    for marking in workers.map(mark, annexes):
+        if marking.error is not None:
+            raise marking.error
     every = sorted(i for ids in targets.values() for i in ids)
     accepted = set(ec2.terminate(every)) if every else set()
     return [i for i in every if i in accepted]
@@ -174,43 +196,56 @@ def reap_instances(
     actor: str,
     now: datetime,
     retention: timedelta,
+    workers: Workers = SERIAL,
 ) -> Termination:
     """Claim, terminate (batched), record with the quota unit back, and end emptied annexes."""
     out = Termination()
-    claimed: list[InstanceTarget] = []
-    for target in targets:
+
+    def claim(target: InstanceTarget) -> bool:
         if target.claim and target.annex is not None and target.annex.live:
-            try:
-                won = store.claim_for_termination(target.key, reason=target.reason, seen=target.seen)
-            except Exception as exc:
-                log.exception("could not claim instance %s", target.instance_id)
-                out.failures[target.instance_id] = exc
-                continue
-            if not won:
-                out.skipped.append(target.instance_id)
-                continue
-        claimed.append(target)
+            return store.claim_for_termination(target.key, reason=target.reason, seen=target.seen)
+        return True
+
+    claimed: list[InstanceTarget] = []
+    for claiming in workers.map(claim, targets):
+        if claiming.error is not None:
+            log.error("could not claim instance %s", claiming.item.instance_id, exc_info=claiming.error)
+            out.failures[claiming.item.instance_id] = claiming.error
+        elif not claiming.result:
+            out.skipped.append(claiming.item.instance_id)
+        else:
+            claimed.append(claiming.item)
     if not claimed:
         return out
     ec2.terminate([t.instance_id for t in claimed])
+
+    def record(target: InstanceTarget) -> bool:
+        return _record(store, target, actor=actor, now=now, retention=retention)
+
     touched: set[str] = set()
-    for target in claimed:
-        try:
-            _record(store, target, actor=actor, now=now, retention=retention, out=out)
-        except Exception as exc:
-            log.exception("could not record the termination of %s", target.instance_id)
-            out.failures[target.instance_id] = exc
+    for recording in workers.map(record, claimed):
+        target = recording.item
+        if recording.error is not None:
+            log.error("could not record the termination of %s", target.instance_id, exc_info=recording.error)
+            out.failures[target.instance_id] = recording.error
             continue
+        if recording.result:
+            out.released += 1
         out.add_terminated(target.reason, [target.instance_id])
         if target.annex is not None and target.annex.state is AnnexState.RUNNING:
             touched.add(target.key.annex_id)
-    for annex_id in sorted(touched):
-        try:
-            if _end_if_empty(store, ec2, annex_id, actor=actor, now=now, retention=retention):
-                out.annexes_ended.append(annex_id)
-        except Exception as exc:
-            log.exception("could not end emptied annex %s", annex_id)
-            out.failures[annex_id] = exc
+
+    def end_if_empty(annex_id: str) -> bool:
+        return _end_if_empty(store, ec2, annex_id, actor=actor, now=now, retention=retention)
+
+    # EC2 calls stay on this thread: an emptied annex has nothing left to terminate, so ending it is
+    # store work only (its DescribeInstances finds nothing), but it is done one at a time all the same.
+    for ending in SERIAL.map(end_if_empty, sorted(touched)):
+        if ending.error is not None:
+            log.error("could not end emptied annex %s", ending.item, exc_info=ending.error)
+            out.failures[ending.item] = ending.error
+        elif ending.result:
+            out.annexes_ended.append(ending.item)
     return out
 
 
@@ -221,15 +256,15 @@ def _record(
     actor: str,
     now: datetime,
     retention: timedelta,
-    out: Termination,
-) -> None:
+) -> bool:
+    """Record one termination; True when its quota unit came back."""
     if target.annex is None or not target.annex.live:
         # The annex has ended (or is gone): end_annex gave back everything it held.
         reason = (target.annex.end_reason if target.annex else None) or target.reason
         store.mark_instances_ended(
             target.key.annex_id, [target.instance_id], reason=reason, now=now, retention=retention
         )
-        return
+        return False
     result = store.end_instance(
         target.key,
         owner=target.annex.owner,
@@ -239,8 +274,7 @@ def _record(
         retention=retention,
         detail=target.detail,
     )
-    if result is InstanceEnd.RELEASED:
-        out.released += 1
+    return result is InstanceEnd.RELEASED
 
 
 def _end_if_empty(
@@ -277,6 +311,7 @@ def end_expired_leases(
     actor: str,
     now: datetime,
     retention: timedelta,
+    workers: Workers = SERIAL,
 ) -> Termination:
     """End annexes whose lease has passed by `now` (lease-check's sweep and the lease timers alike): an
     annex extended meanwhile is skipped by `due_by`."""
@@ -290,4 +325,5 @@ def end_expired_leases(
         retention=retention,
         detail="the lease expired",
         due_by=now,
+        workers=workers,
     )
