@@ -65,7 +65,9 @@ def ec2(aws):
 
 @pytest.fixture
 def request_env(monkeypatch, ddb):
-    env = resolve_environment("RequestFunction", table_name=TABLE, stack_name=STACK, overrides=POLICY)
+    # No lease-timer queue here (the request function then arms none); test_lease_timer gives it one.
+    overrides = {**POLICY, "LeaseTimerQueue": ""}
+    env = resolve_environment("RequestFunction", table_name=TABLE, stack_name=STACK, overrides=overrides)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

@@ -7,7 +7,9 @@ from pydantic import ValidationError
 
 
 def test_the_templates_defaults_make_valid_settings():
-    env = resolve_environment("RequestFunction", table_name="t-annex", stack_name="annex")
+    env = resolve_environment(
+        "RequestFunction", table_name="t-annex", stack_name="annex", overrides={"LeaseTimerQueue": ""}
+    )
     settings = RequestSettings.from_env(env)
     assert settings.default_instance_type in settings.allowed_instance_types
     assert settings.max_lease.total_seconds() == 24 * 3600
@@ -15,7 +17,9 @@ def test_the_templates_defaults_make_valid_settings():
 
 
 def test_a_missing_variable_is_named():
-    env = resolve_environment("RequestFunction", table_name="t-annex", stack_name="annex")
+    env = resolve_environment(
+        "RequestFunction", table_name="t-annex", stack_name="annex", overrides={"LeaseTimerQueue": ""}
+    )
     del env["MAX_LEASE"]
     with pytest.raises(ValidationError, match="MAX_LEASE"):
         RequestSettings.from_env(env)

@@ -9,7 +9,10 @@ from pydantic import ValidationError
 
 def env(**overrides: str) -> dict[str, str]:
     return resolve_environment(
-        "RequestFunction", table_name="t-annex", stack_name="annex", overrides=overrides
+        "RequestFunction",
+        table_name="t-annex",
+        stack_name="annex",
+        overrides={"LeaseTimerQueue": "", **overrides},
     )
 
 

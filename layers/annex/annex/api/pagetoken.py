@@ -55,13 +55,14 @@ def seal(inner: str | None, *, binding: str, key: bytes) -> str | None:
     return f"{_b64(data)}.{_b64(_mac(key, binding, data))}"
 
 
-def unseal(token: str | None, *, binding: str, key: bytes) -> str | None:
-    """The store's token inside `token`, if this API issued it for this `binding`; else PolicyViolation."""
+def unseal(token: str | None, *, binding: str, key: bytes, field: str = "next_token") -> str | None:
+    """The store's token inside `token`, if this API issued it for this `binding`; else PolicyViolation
+    naming `field` (the query parameter it came in)."""
     if token is None:
         return None
     refused = PolicyViolation(
-        "next_token is not a token this API returned for this listing; list again from the start",
-        field="next_token",
+        f"{field} is not a token this API returned for this listing; list again from the start",
+        field=field,
     )
     body, dot, mac = token.partition(".")
     if not dot or not body or not mac or not token.isascii():
