@@ -105,6 +105,20 @@ def test_a_retried_extension_with_its_client_token_moves_the_lease_once(api, ddb
     assert ec2_calls == Counter({"DescribeInstances": 1})  # the tag is checked, already in step
 
 
+def test_a_retried_extension_that_reached_the_cap_answers_as_the_first_did(api, ddb):
+    # Given an extension cut to the maximum lease, whose answer was lost
+    annex = create(api)
+    body = {"by": "3d", "client_token": "ext-cap"}
+    assert api.call("POST", f"/annexes/{annex['id']}/extend", body=body)[0] == 200
+    items = table_items(ddb)
+    # When the client retries it, the lease now at the cap
+    status, again = api.call("POST", f"/annexes/{annex['id']}/extend", body=body)
+    # Then it is answered as done (not refused as "within MinExtension of the cap"), and nothing changes
+    assert status == 200, again
+    assert "already made" in again["message"]
+    assert table_items(ddb) == items
+
+
 def test_a_client_token_reused_for_another_extension_is_refused(api, ddb):
     annex = create(api)
     api.call("POST", f"/annexes/{annex['id']}/extend", body={"by": "1h", "client_token": "ext-1"})
