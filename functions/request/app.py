@@ -79,6 +79,12 @@ def service() -> AnnexService:
     )
 
 
+@cache
+def page_token_key() -> bytes:
+    """The stack's page-token key, read once per container (the same in every container)."""
+    return pagetoken.check_key(service().store.page_token_key())
+
+
 def caller() -> Caller:
     identity = app.current_event.request_context.identity
     return caller_from_arn(identity.user_arn, settings().identity)
@@ -110,9 +116,9 @@ def list_annexes(
 ) -> AnnexListView:
     who = caller()
     binding = f"{who.arn}\n{scope}"  # a token works only for the caller and the scope it was issued for
-    inner = pagetoken.unseal(next_token, binding=binding, key=pagetoken.page_token_key())
+    inner = pagetoken.unseal(next_token, binding=binding, key=page_token_key())
     listing = service().list(who, everyone=scope == "all", limit=limit, page_token=inner, now=utcnow())
-    sealed = pagetoken.seal(listing.next_token, binding=binding, key=pagetoken.page_token_key())
+    sealed = pagetoken.seal(listing.next_token, binding=binding, key=page_token_key())
     return listing.model_copy(update={"next_token": sealed})
 
 
@@ -125,7 +131,7 @@ def get_annex(
     logger.set_correlation_id(annex_id)
     who = caller()
     binding = f"{who.arn}\nhistory\n{annex_id}"  # valid only for this caller and this annex's history
-    key = pagetoken.page_token_key()
+    key = page_token_key()
     inner = pagetoken.unseal(history_next_token, binding=binding, key=key, field="history_next_token")
     view = service().get(who, annex_id, now=utcnow(), history_limit=history_limit, history_token=inner)
     return view.model_copy(

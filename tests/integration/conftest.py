@@ -93,10 +93,12 @@ def api(request_env) -> Api:
     module = importlib.import_module("functions.request.app")
     module.settings.cache_clear()
     module.service.cache_clear()
+    module.page_token_key.cache_clear()
     clients.client.cache_clear()
     yield Api(module)
     module.settings.cache_clear()
     module.service.cache_clear()
+    module.page_token_key.cache_clear()
     clients.client.cache_clear()
 
 

@@ -2,10 +2,9 @@
 it leaves, and unsealed (verified) before it goes back to the store. A token someone crafted, changed, or
 got from another caller's or another scope's listing is refused with 422 and never reaches DynamoDB.
 
-The key is `PAGE_TOKEN_KEY` (at least 32 characters) when the environment sets it, so tokens stay valid
-across Lambda containers. Without it each container draws a random key at cold start: tokens are then
-valid only in the container that issued them, and a token from another answers 422 ("list again"). Both
-fail closed; neither accepts a token the API did not issue.
+The key is the stack's own (`AnnexStore.page_token_key`: drawn once, kept in the annex table), read once
+per container, so a token issued by one Lambda container is accepted by every other; a token sealed with
+any other key answers 422 ("list again").
 """
 
 from __future__ import annotations
@@ -14,25 +13,17 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
-import secrets
-from functools import cache
 
 from annex.core.errors import PolicyViolation
 
-KEY_VARIABLE = "PAGE_TOKEN_KEY"
-MIN_KEY_CHARS = 32
+MIN_KEY_BYTES = 32
 _MAC_BYTES = 16
 
 
-@cache
-def page_token_key() -> bytes:
-    configured = os.environ.get(KEY_VARIABLE)
-    if configured is None:
-        return secrets.token_bytes(32)
-    if len(configured) < MIN_KEY_CHARS:
-        raise ValueError(f"{KEY_VARIABLE} must be at least {MIN_KEY_CHARS} characters")
-    return configured.encode()
+def check_key(key: bytes) -> bytes:
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"a page-token key has at least {MIN_KEY_BYTES} bytes")
+    return key
 
 
 def _b64(data: bytes) -> str:
