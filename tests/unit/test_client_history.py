@@ -62,3 +62,21 @@ def test_history_all_reads_every_page_with_the_token_and_shows_them_oldest_first
     order = [next(tag for tag in ("m0", "m57", "m58", "m59") if tag in line) for line in lines]
     assert order == ["m0", "m57", "m58", "m59"]
     assert "--history all" not in out
+
+
+def test_events_within_one_second_are_shown_in_the_order_they_happened(capsys, monkeypatch):
+    # newest first from the API: "running" was recorded after "launching", in the same second
+    same_second = "2026-11-22T14:01:00Z"
+    history = [
+        {"at": same_second, "actor": "launch", "action": "running", "detail": "3 of 3 launched"},
+        {"at": same_second, "actor": "launch", "action": "launching", "detail": "launching 3"},
+        event(0, "requested"),
+    ]
+    Wire.install(monkeypatch).on("GET", f"/annexes/{AX}", (200, annex(state="running", history=history)))
+    code, out = run(capsys, "status", AX)
+    assert code == 0
+    actions = [
+        w for line in out.splitlines() for w in line.split() if w in ("requested", "launching", "running:")
+    ]
+    assert [a for a in actions if a != "running:"] == ["requested", "launching"]
+    assert out.index("launching 3") < out.index("3 of 3 launched")
