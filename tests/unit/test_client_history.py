@@ -75,8 +75,4 @@ def test_events_within_one_second_are_shown_in_the_order_they_happened(capsys, m
     Wire.install(monkeypatch).on("GET", f"/annexes/{AX}", (200, annex(state="running", history=history)))
     code, out = run(capsys, "status", AX)
     assert code == 0
-    actions = [
-        w for line in out.splitlines() for w in line.split() if w in ("requested", "launching", "running:")
-    ]
-    assert [a for a in actions if a != "running:"] == ["requested", "launching"]
-    assert out.index("launching 3") < out.index("3 of 3 launched")
+    assert out.index("m0") < out.index("launching 3") < out.index("3 of 3 launched")
