@@ -80,9 +80,9 @@ def service() -> AnnexService:
 
 
 @cache
-def page_token_key() -> bytes:
+def page_token_key() -> pagetoken.PageTokenKey:
     """The stack's page-token key, read once per container (the same in every container)."""
-    return pagetoken.check_key(service().store.page_token_key())
+    return pagetoken.PageTokenKey(service().store.page_token_key)
 
 
 def caller() -> Caller:
@@ -116,9 +116,9 @@ def list_annexes(
 ) -> AnnexListView:
     who = caller()
     binding = f"{who.arn}\n{scope}"  # a token works only for the caller and the scope it was issued for
-    inner = pagetoken.unseal(next_token, binding=binding, key=page_token_key())
+    inner = page_token_key().unseal(next_token, binding=binding)
     listing = service().list(who, everyone=scope == "all", limit=limit, page_token=inner, now=utcnow())
-    sealed = pagetoken.seal(listing.next_token, binding=binding, key=page_token_key())
+    sealed = page_token_key().seal(listing.next_token, binding=binding)
     return listing.model_copy(update={"next_token": sealed})
 
 
@@ -131,12 +131,10 @@ def get_annex(
     logger.set_correlation_id(annex_id)
     who = caller()
     binding = f"{who.arn}\nhistory\n{annex_id}"  # valid only for this caller and this annex's history
-    key = page_token_key()
-    inner = pagetoken.unseal(history_next_token, binding=binding, key=key, field="history_next_token")
+    keys = page_token_key()
+    inner = keys.unseal(history_next_token, binding=binding, field="history_next_token")
     view = service().get(who, annex_id, now=utcnow(), history_limit=history_limit, history_token=inner)
-    return view.model_copy(
-        update={"history_next_token": pagetoken.seal(view.history_next_token, binding=binding, key=key)}
-    )
+    return view.model_copy(update={"history_next_token": keys.seal(view.history_next_token, binding=binding)})
 
 
 @app.post("/annexes/<annex_id>/extend", summary="Extend the lease", responses=ERRORS)

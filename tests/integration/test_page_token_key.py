@@ -71,3 +71,20 @@ def test_two_stores_drawing_the_key_at_once_agree_on_one(ddb):
     assert len(first) == 32
     assert len(reads) == 2  # it read, lost the conditional write, and read the winner's key
     assert one.page_token_key() == first
+
+
+def test_a_refused_token_before_any_key_exists_writes_nothing(api, ddb):
+    from tests.integration.conftest import table_items
+
+    status, annex = api.call("POST", "/annexes", body={**BODY, "name": "one"})
+    assert status == 201
+    before = table_items(ddb)
+    forged = pagetoken.seal("e30", binding=f"{ALICE}\nmine", key=secrets.token_bytes(32))
+    for path, query in [
+        ("/annexes", {"next_token": forged}),
+        (f"/annexes/{annex['id']}", {"history_next_token": forged}),
+    ]:
+        status, body = api.call("GET", path, query=query)
+        assert status == 422, body
+    assert api.call("GET", f"/annexes/{annex['id']}")[0] == 200  # one page: no token to seal
+    assert table_items(ddb) == before  # no key item was drawn for a refusal

@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Callable
 
 from annex.core.errors import PolicyViolation
 
@@ -20,10 +21,38 @@ MIN_KEY_BYTES = 32
 _MAC_BYTES = 16
 
 
-def check_key(key: bytes) -> bytes:
-    if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"a page-token key has at least {MIN_KEY_BYTES} bytes")
-    return key
+class PageTokenKey:
+    """The key, loaded once per container from `load(create)`. Sealing creates it if the stack has none
+    yet; opening never does (no key yet: no token can be valid), so a refused request writes nothing."""
+
+    def __init__(self, load: Callable[..., bytes | None]) -> None:
+        self._load = load
+        self._key: bytes | None = None
+
+    def _get(self, *, create: bool) -> bytes | None:
+        if self._key is None:
+            key = self._load(create=create)
+            if key is not None and len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"a page-token key has at least {MIN_KEY_BYTES} bytes")
+            self._key = key
+        return self._key
+
+    def seal(self, inner: str | None, *, binding: str) -> str | None:
+        return None if inner is None else seal(inner, binding=binding, key=self._get(create=True) or b"")
+
+    def unseal(self, token: str | None, *, binding: str, field: str = "next_token") -> str | None:
+        if token is None:
+            return None
+        key = self._get(create=False)
+        if key is None:
+            raise _refused(field)
+        return unseal(token, binding=binding, key=key, field=field)
+
+
+def _refused(field: str) -> PolicyViolation:
+    return PolicyViolation(
+        f"{field} is not a token this API returned for this listing; list again from the start", field=field
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -51,10 +80,7 @@ def unseal(token: str | None, *, binding: str, key: bytes, field: str = "next_to
     naming `field` (the query parameter it came in)."""
     if token is None:
         return None
-    refused = PolicyViolation(
-        f"{field} is not a token this API returned for this listing; list again from the start",
-        field=field,
-    )
+    refused = _refused(field)
     body, dot, mac = token.partition(".")
     if not dot or not body or not mac or not token.isascii():
         raise refused

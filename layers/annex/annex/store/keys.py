@@ -16,12 +16,16 @@ KEY_BYTES = 32
 
 
 class KeyRecords(StoreBase):
-    def page_token_key(self) -> bytes:
-        """The stack's page-token key, created on first use (a racing creator's key wins for both)."""
+    def page_token_key(self, *, create: bool = True) -> bytes | None:
+        """The stack's page-token key, created on first use (a racing creator's key wins for both).
+        `create=False`: None while no key exists (then no token can be valid, and reading one must not
+        write to the table)."""
         for _attempt in range(2):
             item = self._table.get(KEY_ITEM)
             if item is not None:
                 return base64.b64decode(item["key"])
+            if not create:
+                return None
             drawn = base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
             pk, sk = KEY_ITEM
             if self._table.put({"pk": pk, "sk": sk, "key": drawn}, condition="attribute_not_exists(pk)"):
