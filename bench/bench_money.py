@@ -54,6 +54,7 @@ def main() -> None:
                 "MAX_LIVE_INSTANCES_PER_OWNER": "100000",
                 "MAX_INSTANCES_PER_ANNEX": "50",
                 "AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profile/bench",
+                "LeaseTimerQueue": "",
             },
         )
         os.environ.update(env)
@@ -95,7 +96,7 @@ def main() -> None:
             "LeaseCheckFunction",
             table_name="bench-annex",
             stack_name="bench",
-            overrides={"AnnexInstanceProfile.Arn": profile},
+            overrides={"AnnexInstanceProfile.Arn": profile, "LeaseTimerQueue": ""},
         )
         settings = LeaseCheckSettings.from_env(lease_env)
         notifier = Notifier(boto3.client("events"), "bench-events")

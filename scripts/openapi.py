@@ -1,6 +1,9 @@
-"""Print the API's OpenAPI document, generated from the Powertools routes of every API function.
+"""Print the user API's OpenAPI document, generated from the request function's Powertools routes.
 
-`make openapi` writes it to docs/openapi.json; tests/unit/test_openapi.py fails when the two differ.
+`make openapi` writes it to docs/openapi.json; tests/unit/test_openapi.py fails when the two differ. It
+describes AnnexApi only, the API researchers call: the heartbeat route is on its own API (HeartbeatApi),
+which only the instance role may call and only the agent on each instance does, so it has no spec here
+(its body is the heartbeat function's pydantic model).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
 
-# Every function behind AnnexApi whose routes belong in the document.
-API_MODULES = ("functions.request.app", "functions.heartbeat.app")
+# Every function behind AnnexApi (the user API) whose routes belong in the document.
+API_MODULES = ("functions.request.app",)
 TITLE = "Annex API"
 VERSION = "1"
 DESCRIPTION = (

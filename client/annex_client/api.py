@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import re
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -39,15 +40,34 @@ class AnnexApi:
                 return annexes
             query["next_token"] = page["next_token"]
 
-    def get(self, annex_id: str) -> dict[str, Any]:
-        return dict(self.transport.call("GET", f"/annexes/{quote(annex_id, safe='')}").body)
+    def get(self, annex_id: str, *, all_history: bool = False) -> dict[str, Any]:
+        """The annex with the newest page of its history; `all_history`: every page, newest first."""
+        path = f"/annexes/{quote(annex_id, safe='')}"
+        detail = dict(self.transport.call("GET", path).body)
+        if not all_history:
+            return detail
+        history = list(detail.get("history") or [])
+        while detail.get("history_next_token"):
+            query = {"history_limit": str(PAGE_SIZE), "history_next_token": str(detail["history_next_token"])}
+            page = self.transport.call("GET", path, query=query).body
+            history.extend(page.get("history") or [])
+            detail["history_next_token"] = page.get("history_next_token")
+        detail["history"] = history
+        return detail
 
-    def extend(self, annex_id: str, *, by: str | None = None, until: str | None = None) -> dict[str, Any]:
-        body = {"by": by} if by is not None else {"until": until}
-        # `by` adds to the current expiry: repeating it after a lost answer would extend twice.
-        reply = self.transport.call(
-            "POST", f"/annexes/{quote(annex_id, safe='')}/extend", body=body, idempotent=until is not None
-        )
+    def extend(
+        self,
+        annex_id: str,
+        *,
+        by: str | None = None,
+        until: str | None = None,
+        client_token: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"by": by} if by is not None else {"until": until}
+        # `by` adds to the current expiry: a retry after a lost answer is safe only with a client token,
+        # which makes the API answer the first extension instead of extending twice.
+        body["client_token"] = client_token or f"annex-client-{uuid.uuid4().hex}"
+        reply = self.transport.call("POST", f"/annexes/{quote(annex_id, safe='')}/extend", body=body)
         return dict(reply.body)
 
     def shorten(self, annex_id: str, *, to: str | None = None, until: str | None = None) -> dict[str, Any]:

@@ -229,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch", action="store_true", help="show it again every --every until it ends (Ctrl-C stops)"
     )
     p.add_argument("--every", type=_duration, default=timedelta(seconds=10), help="for --watch (10s)")
+    p.add_argument(
+        "--history",
+        choices=("recent", "all"),
+        default="recent",
+        help="the newest 50 events (recent, the default) or the whole history (all)",
+    )
 
     p = command("list", "your annexes, newest first")
     p.add_argument("--all", action="store_true", help="every owner's annexes (administrators)")

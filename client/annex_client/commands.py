@@ -657,11 +657,13 @@ def cmd_status(ctx: Ctx) -> int:
         return cmd_list(ctx)
     annex_id = ctx.api.resolve(ctx.args.name)
     if not getattr(ctx.args, "watch", False):
-        detail = ctx.api.get(annex_id)
+        detail = ctx.api.get(annex_id, all_history=getattr(ctx.args, "history", "recent") == "all")
         if ctx.json:
             ctx.emit(detail)
         else:
             ctx.say(render.status_text(detail, _now(), ctx.tz))
+            if detail.get("history_next_token"):
+                ctx.say(f"(older history: annex-client status {ctx.args.name} --history all)")
         return OK
     return _watch(ctx, annex_id)
 

@@ -152,7 +152,8 @@ def instance_table(detail: dict[str, Any], now: datetime) -> str:
 
 def history_table(detail: dict[str, Any], tz: tzinfo | None) -> str:
     rows = []
-    for event in sorted(detail.get("history") or [], key=lambda e: str(e.get("at", ""))):
+    # The API answers newest first (events within one second in their order): oldest first here.
+    for event in reversed(detail.get("history") or []):
         at = parse_api_time(event.get("at"))
         rows.append(
             [

@@ -26,6 +26,7 @@ from annex.core.models import (
     ShortenRequest,
     StopRequest,
 )
+from annex.failsafe.lease_timer import TimerQueue
 from annex.money.models import (
     MONTH_PATTERN,
     AnnexListView,
@@ -41,6 +42,7 @@ from annex.money.models import (
     SpendReport,
 )
 from annex.store import AnnexStore
+from annex.store.annexes import HISTORY_PAGE
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
@@ -69,8 +71,17 @@ def settings() -> RequestSettings:
 def service() -> AnnexService:
     cfg = settings()
     store = AnnexStore(clients.dynamodb(), cfg.table_name)
+    timers = (
+        TimerQueue(clients.client("sqs"), cfg.lease_timer_queue_url) if cfg.lease_timer_queue_url else None
+    )
     ec2 = Ec2Inventory(clients.ec2(), cfg.stack_name, instance_profile_arn=cfg.instance_profile_arn)
-    return AnnexService(store, ec2, cfg, sns=clients.client("sns"))
+    return AnnexService(store, ec2, cfg, sns=clients.client("sns"), timers=timers)
+
+
+@cache
+def page_token_key() -> pagetoken.PageTokenKey:
+    """The stack's page-token key, read once per container (the same in every container)."""
+    return pagetoken.PageTokenKey(service().store.page_token_key)
 
 
 def caller() -> Caller:
@@ -104,16 +115,25 @@ def list_annexes(
 ) -> AnnexListView:
     who = caller()
     binding = f"{who.arn}\n{scope}"  # a token works only for the caller and the scope it was issued for
-    inner = pagetoken.unseal(next_token, binding=binding, key=pagetoken.page_token_key())
+    inner = page_token_key().unseal(next_token, binding=binding)
     listing = service().list(who, everyone=scope == "all", limit=limit, page_token=inner, now=utcnow())
-    sealed = pagetoken.seal(listing.next_token, binding=binding, key=pagetoken.page_token_key())
+    sealed = page_token_key().seal(listing.next_token, binding=binding)
     return listing.model_copy(update={"next_token": sealed})
 
 
-@app.get("/annexes/<annex_id>", summary="One annex with its instances and history", responses=ERRORS)
-def get_annex(annex_id: AnnexIdParam) -> AnnexView:
+@app.get("/annexes/<annex_id>", summary="One annex, its instances and its history (paged)", responses=ERRORS)
+def get_annex(
+    annex_id: AnnexIdParam,
+    history_limit: Annotated[int, Query(ge=1, le=100)] = HISTORY_PAGE,
+    history_next_token: Annotated[str | None, Query(max_length=2048)] = None,
+) -> AnnexView:
     logger.set_correlation_id(annex_id)
-    return service().get(caller(), annex_id, now=utcnow())
+    who = caller()
+    binding = f"{who.arn}\nhistory\n{annex_id}"  # valid only for this caller and this annex's history
+    keys = page_token_key()
+    inner = keys.unseal(history_next_token, binding=binding, field="history_next_token")
+    view = service().get(who, annex_id, now=utcnow(), history_limit=history_limit, history_token=inner)
+    return view.model_copy(update={"history_next_token": keys.seal(view.history_next_token, binding=binding)})
 
 
 @app.post("/annexes/<annex_id>/extend", summary="Extend the lease", responses=ERRORS)

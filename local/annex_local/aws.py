@@ -122,11 +122,14 @@ class EmbeddedAws:
         sm = self.client("secretsmanager")
         for logical_id, spec in resources("AWS::SecretsManager::Secret").items():
             props = spec.get("Properties", {})
+            # As deployed: the stack's placeholder first, then the administrator stores a token (a
+            # second version), so the launch function's placeholder check passes as it would on AWS.
             arn = sm.create_secret(
                 Name=self._name(logical_id),
-                SecretString="local-pool-token-not-a-real-secret",
+                SecretString=str(props.get("SecretString", "placeholder")),
                 Description=str(props.get("Description", "")),
             )["ARN"]
+            sm.put_secret_value(SecretId=arn, SecretString="local-pool-token-not-a-real-secret")
             out.refs[logical_id] = arn
 
     def _instance_role(self, out: Provisioned) -> None:

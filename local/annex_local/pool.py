@@ -17,6 +17,7 @@ from annex.store import AnnexStore
 CENTRAL_MANAGER = "cm.pool.example.org:9618"
 API_ID = "a1b2c3d4e5"
 HEARTBEAT_API_ID = "h1b2c3d4e5"  # the heartbeat API (HeartbeatApi), separate from the user API
+PLACEHOLDER = "replace-me: condor_token_create -identity annex@POOL"  # what template.yaml creates it with
 POOL_TOKEN = "eyJhbGciOiJIUzI1NiJ9.annex-test-pool-token.c2lnbmF0dXJl"  # a fake IDTOKEN: never in user data
 
 
@@ -78,7 +79,9 @@ def create_pool(
     role = iam.create_role(RoleName="annex-instance", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
     profile = iam.create_instance_profile(InstanceProfileName="annex-instance")["InstanceProfile"]
     iam.add_role_to_instance_profile(InstanceProfileName="annex-instance", RoleName="annex-instance")
-    secret = secrets.create_secret(Name="annex-pool-token", SecretString=pool_token)
+    # As the template and the administrator do: the placeholder first, then the token (a second version).
+    secret = secrets.create_secret(Name="annex-pool-token", SecretString=PLACEHOLDER)
+    secrets.put_secret_value(SecretId=secret["ARN"], SecretString=pool_token)
     return Pool(
         subnet_ids=list(subnets),
         zones=subnets,

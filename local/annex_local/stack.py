@@ -52,6 +52,7 @@ LOCAL_PARAMS = {"AdminPrincipals": USERS["admin"]}
 # --fast: a lifecycle in minutes instead of hours.
 FAST_PARAMS = {
     "MinLease": "1m",
+    "MinExtension": "1m",
     "MinIdleTimeout": "20s",
     "DefaultIdleTimeout": "1m",
     "BootGrace": "45s",

@@ -61,7 +61,7 @@ def test_a_full_lifecycle(stack, annexes):
     final = status(stack, life)
     assert final["state"] == "ended"
     assert final["end_reason"] == "stopped"
-    actions = [e["action"] for e in final["history"]]
+    actions = [e["action"] for e in reversed(final["history"])]  # the API answers newest first
     assert actions[:3] == ["requested", "launching", "running"]
     assert "extended" in actions
     assert actions[-1] == "ended"

@@ -97,7 +97,6 @@ def session(fuzz_stack):
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_generated_request_causes_a_server_error(case, fuzz_stack, session):
-    # (/heartbeat too: alice is not an instance, so every generated heartbeat must be refused with a 4xx)
     case.call_and_validate(
         base_url=fuzz_stack.api,
         session=session,

@@ -70,7 +70,9 @@ def ec2(aws):
 
 @pytest.fixture
 def request_env(monkeypatch, ddb):
-    env = resolve_environment("RequestFunction", table_name=TABLE, stack_name=STACK, overrides=POLICY)
+    # No lease-timer queue here (the request function then arms none); test_lease_timer gives it one.
+    overrides = {**POLICY, "LeaseTimerQueue": ""}
+    env = resolve_environment("RequestFunction", table_name=TABLE, stack_name=STACK, overrides=overrides)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
@@ -96,10 +98,12 @@ def api(request_env) -> Api:
     module = importlib.import_module("functions.request.app")
     module.settings.cache_clear()
     module.service.cache_clear()
+    module.page_token_key.cache_clear()
     clients.client.cache_clear()
     yield Api(module)
     module.settings.cache_clear()
     module.service.cache_clear()
+    module.page_token_key.cache_clear()
     clients.client.cache_clear()
 
 

@@ -44,8 +44,8 @@ def test_shorten_to_moves_the_expiry_the_due_index_and_the_lease_tag(api, ddb, e
     assert annex["id"] in set(store.due_leases(now=new))
     assert annex["id"] not in set(store.due_leases(now=new - timedelta(seconds=1)))
     _, detail = api.call("GET", f"/annexes/{annex['id']}")
-    assert detail["history"][-1]["action"] == "shortened"
-    assert detail["history"][-1]["actor"] == ALICE
+    assert detail["history"][0]["action"] == "shortened"
+    assert detail["history"][0]["actor"] == ALICE
 
 
 def test_shorten_until_a_time(api):
@@ -85,7 +85,7 @@ def test_set_idle_timeout_changes_the_record_and_the_history(api):
     assert body["idle_timeout_seconds"] == 45 * 60
     _, detail = api.call("GET", f"/annexes/{annex['id']}")
     assert detail["idle_timeout_seconds"] == 45 * 60
-    assert detail["history"][-1]["action"] == "idle-timeout"
+    assert detail["history"][0]["action"] == "idle-timeout"
 
 
 @pytest.mark.parametrize("value", ["1s", "30d", "", "soon", 600])

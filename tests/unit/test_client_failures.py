@@ -260,19 +260,26 @@ def test_each_retry_is_signed_afresh(capsys, monkeypatch):
     assert "/eu-west-1/execute-api/aws4_request" in wire.calls[0].headers["Authorization"]
 
 
-def test_extend_by_is_not_repeated_when_it_may_have_arrived(capsys, monkeypatch):
+def test_extend_by_is_repeated_with_the_same_client_token_when_it_may_have_arrived(capsys, monkeypatch):
+    # `by` adds to the lease: the retry is safe only because the API answers a known token with the
+    # first extension instead of extending again
+    extended = {"annex": annex(state="running"), "capped": False, "message": "lease now ends at ..."}
     wire = Wire.install(monkeypatch).on(
-        "POST", "/annexes/ax-0123456789abcdef/extend", NetworkError("no answer in time", sent=True)
+        "POST",
+        "/annexes/ax-0123456789abcdef/extend",
+        NetworkError("no answer in time", sent=True),
+        (200, extended),
     )
     wire.on("GET", "/annexes/ax-0123456789abcdef", (200, annex(state="running"))).on(
         "GET", "/health", (200, HEALTH)
     )
     monkeypatch.setattr(commands, "_now", lambda: datetime(2026, 11, 22, 16, 0, tzinfo=UTC))
-    code, _, err = run(capsys, "extend", "ax-0123456789abcdef", "--by", "2h", "--yes")
-    assert code == 4
-    assert "may have arrived" in one_error_line(err)
-    extends = [path for path in wire.paths("POST") if path.endswith("/extend")]
-    assert len(extends) == 1  # repeating `by` could extend twice
+    code, _, _ = run(capsys, "extend", "ax-0123456789abcdef", "--by", "2h", "--yes")
+    assert code == 0
+    sent = [c.body for c in wire.calls if c.method == "POST" and c.path.endswith("/extend")]
+    assert len(sent) == 2
+    assert sent[0] == sent[1]
+    assert sent[0]["client_token"].startswith("annex-client-")
 
 
 def test_throttling_is_retried(capsys, monkeypatch):

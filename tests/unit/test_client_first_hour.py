@@ -171,7 +171,9 @@ def test_extend_asks_and_a_yes_extends(capsys, monkeypatch, at_now):
     code, out, err = run(capsys, "extend", AX, "--by", "2h")
     assert code == 0
     assert "Extend it? [y/N]" in err
-    assert wire.calls[-1].body == {"by": "2h"}
+    sent = wire.calls[-1].body
+    assert sent["by"] == "2h"
+    assert sent["client_token"].startswith("annex-client-")  # a retry after a lost answer extends once
     assert "now ends" in out
 
 

@@ -9,7 +9,12 @@ PROFILE = {"AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profi
 
 
 def test_the_templates_defaults_make_valid_settings():
-    env = resolve_environment("RequestFunction", table_name="t-annex", stack_name="annex", overrides=PROFILE)
+    env = resolve_environment(
+        "RequestFunction",
+        table_name="t-annex",
+        stack_name="annex",
+        overrides={**PROFILE, "LeaseTimerQueue": ""},
+    )
     settings = RequestSettings.from_env(env)
     assert settings.default_instance_type in settings.allowed_instance_types
     assert settings.max_lease.total_seconds() == 24 * 3600
@@ -17,7 +22,12 @@ def test_the_templates_defaults_make_valid_settings():
 
 
 def test_a_missing_variable_is_named():
-    env = resolve_environment("RequestFunction", table_name="t-annex", stack_name="annex", overrides=PROFILE)
+    env = resolve_environment(
+        "RequestFunction",
+        table_name="t-annex",
+        stack_name="annex",
+        overrides={**PROFILE, "LeaseTimerQueue": ""},
+    )
     del env["MAX_LEASE"]
     with pytest.raises(ValidationError, match="MAX_LEASE"):
         RequestSettings.from_env(env)

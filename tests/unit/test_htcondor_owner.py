@@ -21,6 +21,7 @@ BASE = {
     "MIN_LEASE": "10m",
     "DEFAULT_IDLE_TIMEOUT": "20m",
     "MIN_IDLE_TIMEOUT": "5m",
+    "MIN_EXTENSION": "5m",
 }
 POLICY = Policy.from_env(BASE)
 MAPPED = Policy.from_env(

@@ -101,6 +101,7 @@ def environment(**params: str) -> tuple[dict[str, str], dict[str, str]]:
         EVENT_BUS_NAME="annex-local-events",
         NOTICE_TOPIC_ARN="arn:aws:sns:us-east-1:123456789012:annex-local-notices",
         INSTANCE_PROFILE_ARN="arn:aws:iam::123456789012:instance-profile/annex-local-AnnexInstanceProfile",
+        LEASE_TIMER_QUEUE_URL="https://sqs.us-east-1.amazonaws.com/123456789012/annex-local-LeaseTimerQueue",
     )
     return env, values
 

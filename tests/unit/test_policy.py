@@ -19,6 +19,7 @@ POLICY = Policy.from_env(
         "MIN_LEASE": "10m",
         "DEFAULT_IDLE_TIMEOUT": "20m",
         "MIN_IDLE_TIMEOUT": "5m",
+        "MIN_EXTENSION": "5m",
     }
 )
 

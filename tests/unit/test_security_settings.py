@@ -14,6 +14,7 @@ def env(**overrides: str) -> dict[str, str]:
         stack_name="annex",
         overrides={
             "AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profile/annex-instance",
+            "LeaseTimerQueue": "",
             **overrides,
         },
     )

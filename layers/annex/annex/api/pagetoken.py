@@ -2,10 +2,9 @@
 it leaves, and unsealed (verified) before it goes back to the store. A token someone crafted, changed, or
 got from another caller's or another scope's listing is refused with 422 and never reaches DynamoDB.
 
-The key is `PAGE_TOKEN_KEY` (at least 32 characters) when the environment sets it, so tokens stay valid
-across Lambda containers. Without it each container draws a random key at cold start: tokens are then
-valid only in the container that issued them, and a token from another answers 422 ("list again"). Both
-fail closed; neither accepts a token the API did not issue.
+The key is the stack's own (`AnnexStore.page_token_key`: drawn once, kept in the annex table), read once
+per container, so a token issued by one Lambda container is accepted by every other; a token sealed with
+any other key answers 422 ("list again").
 """
 
 from __future__ import annotations
@@ -14,25 +13,46 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
-import secrets
-from functools import cache
+from collections.abc import Callable
 
 from annex.core.errors import PolicyViolation
 
-KEY_VARIABLE = "PAGE_TOKEN_KEY"
-MIN_KEY_CHARS = 32
+MIN_KEY_BYTES = 32
 _MAC_BYTES = 16
 
 
-@cache
-def page_token_key() -> bytes:
-    configured = os.environ.get(KEY_VARIABLE)
-    if configured is None:
-        return secrets.token_bytes(32)
-    if len(configured) < MIN_KEY_CHARS:
-        raise ValueError(f"{KEY_VARIABLE} must be at least {MIN_KEY_CHARS} characters")
-    return configured.encode()
+class PageTokenKey:
+    """The key, loaded once per container from `load(create)`. Sealing creates it if the stack has none
+    yet; opening never does (no key yet: no token can be valid), so a refused request writes nothing."""
+
+    def __init__(self, load: Callable[..., bytes | None]) -> None:
+        self._load = load
+        self._key: bytes | None = None
+
+    def _get(self, *, create: bool) -> bytes | None:
+        if self._key is None:
+            key = self._load(create=create)
+            if key is not None and len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"a page-token key has at least {MIN_KEY_BYTES} bytes")
+            self._key = key
+        return self._key
+
+    def seal(self, inner: str | None, *, binding: str) -> str | None:
+        return None if inner is None else seal(inner, binding=binding, key=self._get(create=True) or b"")
+
+    def unseal(self, token: str | None, *, binding: str, field: str = "next_token") -> str | None:
+        if token is None:
+            return None
+        key = self._get(create=False)
+        if key is None:
+            raise _refused(field)
+        return unseal(token, binding=binding, key=key, field=field)
+
+
+def _refused(field: str) -> PolicyViolation:
+    return PolicyViolation(
+        f"{field} is not a token this API returned for this listing; list again from the start", field=field
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -55,14 +75,12 @@ def seal(inner: str | None, *, binding: str, key: bytes) -> str | None:
     return f"{_b64(data)}.{_b64(_mac(key, binding, data))}"
 
 
-def unseal(token: str | None, *, binding: str, key: bytes) -> str | None:
-    """The store's token inside `token`, if this API issued it for this `binding`; else PolicyViolation."""
+def unseal(token: str | None, *, binding: str, key: bytes, field: str = "next_token") -> str | None:
+    """The store's token inside `token`, if this API issued it for this `binding`; else PolicyViolation
+    naming `field` (the query parameter it came in)."""
     if token is None:
         return None
-    refused = PolicyViolation(
-        "next_token is not a token this API returned for this listing; list again from the start",
-        field="next_token",
-    )
+    refused = _refused(field)
     body, dot, mac = token.partition(".")
     if not dot or not body or not mac or not token.isascii():
         raise refused

@@ -158,12 +158,26 @@ def resolve_extension(
             "extend again later",
             field="until" if until is not None else "by",
         )
+    field = "until" if until is not None else "by"
+    step = policy.min_extension
     if wanted > cap:
+        if cap - current_expiry < step:
+            raise PolicyViolation(
+                f"the lease already reaches within {format_duration(step)} (MinExtension, the smallest "
+                f"move) of the maximum of {format_duration(policy.max_lease)} ahead; extend again later",
+                field=field,
+            )
         return Extension(
             new_expiry=cap,
             capped=True,
             message=f"capped at {to_iso(cap)}: a lease may reach at most "
             f"{format_duration(policy.max_lease)} ahead; extend again later",
+        )
+    if wanted - current_expiry < step:
+        raise PolicyViolation(
+            f"an extension must move the lease by at least {format_duration(step)} (MinExtension); "
+            f"this one moves it by {format_duration(wanted - current_expiry)}",
+            field=field,
         )
     return Extension(new_expiry=wanted, capped=False, message=f"lease now ends at {to_iso(wanted)}")
 
@@ -189,6 +203,12 @@ def resolve_shortening(
         raise PolicyViolation(
             f"the new expiry {to_iso(wanted)} is not earlier than the current one {to_iso(current_expiry)}; "
             "use extend to lengthen a lease",
+            field=field,
+        )
+    if current_expiry - wanted < policy.min_extension:
+        raise PolicyViolation(
+            f"a shortening must move the lease by at least {format_duration(policy.min_extension)} "
+            f"(MinExtension); this one moves it by {format_duration(current_expiry - wanted)}",
             field=field,
         )
     floor = now + policy.min_lease

@@ -34,6 +34,7 @@ from annex.core.models import (
     SweepStatus,
 )
 from annex.failsafe.lease_tag import keep_lease_tag
+from annex.failsafe.lease_timer import TimerQueue, arm_if_due_soon
 from annex.failsafe.sweeps import IDLE_REAP, LEASE_CHECK
 from annex.failsafe.termination import end_annexes
 from annex.money.models import (
@@ -53,6 +54,7 @@ from annex.money.models import (
 from annex.money.service import MoneyService
 from annex.money.subscriptions import subscribe_owner
 from annex.store import AnnexStore, TokenTaken
+from annex.store.annexes import HISTORY_PAGE
 
 SWEEPS = (LEASE_CHECK, IDLE_REAP)
 
@@ -76,15 +78,32 @@ def fingerprint(spec: AnnexSpec, condor_user: str, budget: Decimal | None = None
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _extend_fingerprint(request: ExtendRequest) -> str:
+    fields = {
+        "by": int(request.by.total_seconds()) if request.by is not None else None,
+        "until": to_iso(request.until) if request.until is not None else None,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
 class AnnexService:
     def __init__(
-        self, store: AnnexStore, ec2: Ec2Inventory, settings: RequestSettings, sns: Any = None
+        self,
+        store: AnnexStore,
+        ec2: Ec2Inventory,
+        settings: RequestSettings,
+        sns: Any = None,
+        timers: TimerQueue | None = None,
     ) -> None:
         self.store = store
         self.ec2 = ec2
         self.settings = settings
         self.money = MoneyService(store, settings)
         self.sns = sns  # only POST /notifications uses it
+        self.timers = timers  # the lease-timer queue: a lease set to end within minutes ends to the second
+
+    def _arm_timer(self, annex: Annex, *, now: datetime) -> None:
+        arm_if_due_soon(self.timers, annex.id, annex.lease_expires_at, now=now)
 
     # --- create ---------------------------------------------------------------------------------
 
@@ -145,6 +164,7 @@ class AnnexService:
             if existing is None:  # pragma: no cover - the token item committed, so it is there
                 raise
             return existing, False
+        self._arm_timer(annex, now=now)
         return annex, True
 
     def _by_token(self, caller: Caller, token: str, fp: str) -> Annex | None:
@@ -166,8 +186,17 @@ class AnnexService:
             raise AnnexNotFound(f"no annex {annex_id}")  # do not leak that it exists
         return annex
 
-    def get(self, caller: Caller, annex_id: str, *, now: datetime) -> AnnexView:
-        detail = self.store.get_detail(annex_id)
+    def get(
+        self,
+        caller: Caller,
+        annex_id: str,
+        *,
+        now: datetime,
+        history_limit: int = HISTORY_PAGE,
+        history_token: str | None = None,
+    ) -> AnnexView:
+        """The annex, its instances and one page of its history (newest first)."""
+        detail = self.store.get_detail(annex_id, history_limit=history_limit, history_token=history_token)
         if not caller.may_access(detail.owner):
             raise AnnexNotFound(f"no annex {annex_id}")
         return self._drains(self.money.view(detail, now=now))
@@ -200,7 +229,13 @@ class AnnexService:
     # --- change ---------------------------------------------------------------------------------
 
     def extend(self, caller: Caller, annex_id: str, request: ExtendRequest, *, now: datetime) -> ExtendView:
+        """Move the lease later by at least MinExtension. A retry with the same client token answers
+        the first extension: no second move, no second history event."""
         annex = self._visible(caller, annex_id)
+        fp = _extend_fingerprint(request)
+        token = request.client_token
+        if token and (replay := self._extend_replay(annex, token, fp)):
+            return replay
         if not annex.live:
             raise LeaseConflict(f"annex {annex.name} has {annex.state.value}; request a new one instead")
         ext = resolve_extension(
@@ -208,17 +243,48 @@ class AnnexService:
         )
         # Admission control: refused (409, with the figures) if it would pass the owner's month budget.
         quote = self.money.quote_extend(annex, ext.new_expiry, now=now, enforce=True)
-        updated = self.store.extend_lease(
-            annex,
-            ext.new_expiry,
-            actor=caller.arn,
-            now=now,
-            note=f"{to_iso(annex.lease_expires_at)} -> {to_iso(ext.new_expiry)}"
-            + (" (capped)" if ext.capped else ""),
-        )
+        try:
+            updated = self.store.extend_lease(
+                annex,
+                ext.new_expiry,
+                actor=caller.arn,
+                now=now,
+                note=f"{to_iso(annex.lease_expires_at)} -> {to_iso(ext.new_expiry)}"
+                + (" (capped)" if ext.capped else ""),
+                client_token=token,
+                fingerprint=fp,
+                retention=self.settings.retention,
+            )
+        except TokenTaken:  # a concurrent retry with this token won: answer what it did
+            replay = self._extend_replay(annex, token or "", fp)
+            if replay is None:  # pragma: no cover - the token item committed, so it is there
+                raise
+            return replay
         # Move the lease tag too: the orphan sweep terminates instances whose own tag has passed.
         keep_lease_tag(self.ec2, updated)
+        self._arm_timer(updated, now=now)
         return ExtendView(annex=updated, capped=ext.capped, message=ext.message, quote=quote)
+
+    def _extend_replay(self, annex: Annex, token: str, fp: str) -> ExtendView | None:
+        """The answer to a retried extension (None: the token is new). The lease tag is brought in step
+        again, in case the first attempt failed between the record and the tag (a no-op otherwise)."""
+        record = self.store.find_extend_token(annex.id, token)
+        if record is None:
+            return None
+        if record.fingerprint != fp:
+            raise TokenReused(
+                "this client token was already used for a different extension; use a new token",
+                field="client_token",
+            )
+        current = self.store.get_annex(annex.id)
+        if current.live:
+            keep_lease_tag(self.ec2, current)
+        return ExtendView(
+            annex=current,
+            capped=False,
+            message=f"this extension was already made (same client_token); the lease ends at "
+            f"{to_iso(current.lease_expires_at)}",
+        )
 
     def _live(self, caller: Caller, annex_id: str, verb: str) -> Annex:
         annex = self._visible(caller, annex_id)
@@ -241,6 +307,7 @@ class AnnexService:
             note=f"{to_iso(annex.lease_expires_at)} -> {to_iso(new_expiry)}",
         )
         keep_lease_tag(self.ec2, updated)
+        self._arm_timer(updated, now=now)
         return updated
 
     def set_idle_timeout(

@@ -113,6 +113,9 @@ class Policy(_EnvModel):
     min_lease: Duration = Field(alias="MIN_LEASE")
     default_idle_timeout: Duration = Field(alias="DEFAULT_IDLE_TIMEOUT")
     min_idle_timeout: Duration = Field(alias="MIN_IDLE_TIMEOUT")
+    # The least an extend or a shorten must move the lease: each move is a history event and two EC2
+    # calls (find the instances, move their lease tag), so one-second moves cannot be repeated cheaply.
+    min_extension: Duration = Field(alias="MIN_EXTENSION")
     max_live_instances: int = Field(alias="MAX_LIVE_INSTANCES", ge=1)
     admin_principals: CsvList = Field(alias="ADMIN_PRINCIPALS", default=())
     # "ARN-pattern=htcondor-user" entries: the administrator's word on whose jobs an owner's annexes run.
@@ -132,6 +135,8 @@ class Policy(_EnvModel):
             raise ValueError("DEFAULT_INSTANCE_TYPE must be one of ALLOWED_INSTANCE_TYPES")
         if not self.min_lease <= self.default_lease <= self.max_lease:
             raise ValueError("MIN_LEASE <= DEFAULT_LEASE <= MAX_LEASE must hold")
+        if not timedelta(minutes=1) <= self.min_extension <= self.max_lease:
+            raise ValueError("MIN_EXTENSION must be at least 1m and at most MAX_LEASE")
         if self.default_idle_timeout < self.min_idle_timeout:
             raise ValueError("DEFAULT_IDLE_TIMEOUT must be at least MIN_IDLE_TIMEOUT")
         if self.max_instances_per_annex > self.max_live_instances_per_owner:
@@ -174,6 +179,9 @@ class RequestSettings(CommonSettings, Policy, MoneySettings, Ec2Scope):
         alias="NOTICE_TOPIC_ARN", pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[\w-]+$"
     )
     drain_lead: Duration = Field(alias="DRAIN_LEAD")
+    # Create, extend and shorten arm a lease timer themselves when the new expiry is near (empty: they
+    # leave it to the lease-check's minute).
+    lease_timer_queue_url: str = Field(alias="LEASE_TIMER_QUEUE_URL", max_length=1024)
 
 
 class ReapTiming(_EnvModel):

@@ -245,8 +245,8 @@ class CreateAnnexRequest(_Strict):
     )
 
 
-class ExtendRequest(_Strict):
-    """Body of POST /annexes/{id}/extend: exactly one of `by` or `until`."""
+class LeaseMove(_Strict):
+    """Exactly one of `by` or `until`: how far an extension moves the lease."""
 
     by: DurationIn | None = Field(default=None, description="Add this to the current lease expiry.")
     until: TimeIn | None = Field(default=None, description="Move the lease expiry to this time.")
@@ -257,6 +257,16 @@ class ExtendRequest(_Strict):
         if isinstance(data, dict) and (data.get("by") is None) == (data.get("until") is None):
             raise ValueError("give exactly one of 'by' (a duration) or 'until' (a time)")
         return data
+
+
+class ExtendRequest(LeaseMove):
+    """Body of POST /annexes/{id}/extend: exactly one of `by` or `until`, and a client token."""
+
+    client_token: str | None = Field(
+        default=None,
+        pattern=TOKEN_PATTERN,
+        description="Retrying with the same token answers the first extension instead of extending again.",
+    )
 
 
 class ShortenRequest(_Strict):
@@ -376,7 +386,12 @@ class Draining(BaseModel):
 
 class AnnexDetail(Annex):
     instances: list[Instance] = Field(default_factory=list)
-    history: list[HistoryEvent] = Field(default_factory=list)
+    history: list[HistoryEvent] = Field(
+        default_factory=list, description="Newest first, one page (?history_limit=, 50 unless given)."
+    )
+    history_next_token: str | None = Field(
+        default=None, description="Pass as ?history_next_token= for the next (older) page of history."
+    )
 
 
 class AnnexList(BaseModel):

@@ -18,11 +18,18 @@ def lease_tags(annex: Annex) -> dict[str, str]:
 
 def keep_lease_tag(ec2: Ec2Inventory, annex: Annex, instance_ids: Sequence[str] | None = None) -> None:
     """Bring the lease tag of this annex's instances (the given ones, or every live one tagged with its
-    id) in step with the record `annex` as it now stands."""
-    ids = (
-        list(instance_ids)
-        if instance_ids is not None
-        else [t.instance_id for t in ec2.live_instances(annex.id)]
-    )
+    id whose tag differs) in step with the record `annex` as it now stands. The tag's granularity is the
+    second of its ISO value: an instance already carrying it is not re-tagged (a retried extension costs
+    one DescribeInstances, no CreateTags); the API refuses lease moves under MinExtension, so a re-tag
+    happens at most once per such step."""
+    wanted = lease_tags(annex)
+    if instance_ids is not None:
+        ids = list(instance_ids)
+    else:
+        ids = [
+            t.instance_id
+            for t in ec2.live_instances(annex.id)
+            if t.lease_expires_at is None or to_iso(t.lease_expires_at) != wanted[TAG_LEASE]
+        ]
     if ids:
-        ec2.tag(ids, lease_tags(annex))
+        ec2.tag(ids, wanted)

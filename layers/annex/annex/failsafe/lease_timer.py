@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from annex.aws.inventory import Ec2Inventory
 from annex.failsafe.termination import Termination, end_expired_leases
 from annex.store import AnnexStore
@@ -89,6 +91,26 @@ def arm_due_soon(store: AnnexStore, queue: TimerQueue, *, now: datetime, horizon
         if expires > now
     ]
     return queue.arm(timers, now=now)
+
+
+def arm_if_due_soon(
+    queue: TimerQueue | None,
+    annex_id: str,
+    expires_at: datetime,
+    *,
+    now: datetime,
+    horizon: timedelta = HORIZON,
+) -> bool:
+    """Create, extend and shorten's part: a timer for this lease if it ends before `now + horizon` (the
+    lease-check would not arm it in time). Best effort: the record is already written, and a timer that
+    could not be sent costs at most the minute sweep's lag, so a failure is logged, never raised."""
+    if queue is None or not now < expires_at <= now + horizon:
+        return False
+    try:
+        return queue.arm([LeaseTimer(annex_id, expires_at)], now=now) == 1
+    except (ClientError, BotoCoreError) as exc:
+        log.warning("could not arm the lease timer of %s: %s", annex_id, exc)
+        return False
 
 
 def fire(

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from annex.aws.inventory import TAG_ID, TAG_STACK, Ec2Inventory
+from annex.aws.secrets import PoolTokenSecret
 from annex.core.config import LaunchSettings
 from annex.core.errors import AnnexNotFound, CapacityUnavailable, LaunchRejected
 from annex.core.models import (
@@ -54,6 +55,10 @@ from annex.launch.userdata import NodeConfig, render_user_data
 from annex.store import AnnexStore
 
 ACTOR = "launch"
+PLACEHOLDER_NOTE = (
+    "the pool token secret still holds the placeholder: an administrator must store a token "
+    "(condor_token_create; see the deploy guide, docs/launch.md). Nothing was launched."
+)
 
 
 @dataclass
@@ -70,12 +75,18 @@ class _Run:
 
 class Launcher:
     def __init__(
-        self, store: AnnexStore, ec2: Ec2Inventory, capacity: Ec2Capacity, settings: LaunchSettings
+        self,
+        store: AnnexStore,
+        ec2: Ec2Inventory,
+        capacity: Ec2Capacity,
+        settings: LaunchSettings,
+        pool_token: PoolTokenSecret | None = None,
     ) -> None:
         self.store = store
         self.ec2 = ec2
         self.capacity = capacity
         self.settings = settings
+        self.pool_token = pool_token  # None: not checked (the instance still refuses a placeholder)
         self._zones: dict[str, str] | None = None  # subnet -> zone, read once per container
 
     def launch(self, annex_id: str, *, now: datetime) -> LaunchOutcome:
@@ -116,6 +127,10 @@ class Launcher:
                 "are empty; the administrator must set them (see docs/launch.md)"
             )
             return self._fail(annex, now, note, config_errors=1)
+        if self.pool_token is not None and self.pool_token.placeholder():
+            # Every instance would boot, find no token, and power off unjoined: launch none.
+            outcome = self._fail(annex, now, PLACEHOLDER_NOTE, config_errors=0)  # its own alarm
+            return replace(outcome, placeholder_token=True)
         if annex.lease_expires_at <= now:
             detail = "the lease ended before the annex could launch"
             terminated = len(self._end(annex.id, EndReason.LEASE_EXPIRED, now, detail).instance_ids)

@@ -16,8 +16,8 @@ from annex.core.models import (
     AnnexId,
     CreateAnnexRequest,
     Draining,
-    ExtendRequest,
     ExtendResult,
+    LeaseMove,
 )
 from annex.money.cost import AnnexCost, usd
 from annex.money.units import BudgetIn, Usd
@@ -126,7 +126,7 @@ class BudgetRequest(BaseModel):
     budget: BudgetIn
 
 
-class ExtendEstimate(ExtendRequest):
+class ExtendEstimate(LeaseMove):
     annex_id: AnnexId
 
 

@@ -9,7 +9,7 @@ typed records (`records.py`), never items or keys. One module per record family:
 - `prices`: instance prices per region, type and market; `budgets`: when each budgeted annex is due
   for the budget check, and each owner's monthly budget; `notices`: which notices went out;
 - `history`: history events; `sweep_status`: when each sweep last succeeded; `due`: the sparse index
-  the sweeps read;
+  the sweeps read; `keys`: the API's page-token key;
 - `_table`: the key layout, items, batched reads, and transactions built from named operations.
 """
 
@@ -25,6 +25,7 @@ from annex.store.budgets import BudgetDue, BudgetRecords, OwnerBudgetRecord
 from annex.store.due import DueIndex
 from annex.store.history import History, Ticks
 from annex.store.instances import InstanceRecords
+from annex.store.keys import KeyRecords
 from annex.store.notices import NoticeRecords
 from annex.store.prices import PriceRecords
 from annex.store.records import (
@@ -63,6 +64,7 @@ class AnnexStore(
     PriceRecords,
     BudgetRecords,
     NoticeRecords,
+    KeyRecords,
 ):
     """All reads and writes of the annex table. `sleep` waits between throttled batch reads; `ticks`
     orders history events within a second (both injected so tests need not patch modules)."""

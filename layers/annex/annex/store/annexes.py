@@ -14,6 +14,7 @@ from annex.core.errors import (
     LeaseConflict,
     LeaseNotDue,
     NameInUse,
+    PolicyViolation,
     QuotaExceeded,
 )
 from annex.core.models import LIVE_STATES, Annex, AnnexDetail, AnnexState, EndReason, HistoryEvent, Instance
@@ -40,9 +41,19 @@ from annex.store._table import (
 )
 from annex.store.records import AnnexRecord, TokenRecord, TokenTaken
 
+HISTORY_PAGE = 50  # history events GET /annexes/{id} returns unless asked for fewer or more
+_EVENT = "EVENT#"
+_AFTER_EVENTS = "EVENT$"  # sorts after every EVENT# key: INST#, META and later prefixes are above it
+
 
 def annex_key(annex_id: str) -> Key:
     return (annex_pk(annex_id), META)
+
+
+def extend_token_key(annex_id: str, token: str) -> Key:
+    """A client token of an extension: in the annex's partition, below its history (not read by
+    get_detail), so the same token on another annex is another key."""
+    return (annex_pk(annex_id), f"CLIENTTOKEN#extend#{token}")
 
 
 def annex_item(annex: Annex, *, held: int, fingerprint: str | None = None) -> dict[str, Any]:
@@ -164,21 +175,60 @@ class AnnexRecords(StoreBase):
         items = self._table.get_many(annex_key(a) for a in annex_ids)
         return {record.id: record for record in map(annex_record, items.values())}
 
-    def get_detail(self, annex_id: str) -> AnnexDetail:
+    def get_detail(
+        self, annex_id: str, *, history_limit: int = HISTORY_PAGE, history_token: str | None = None
+    ) -> AnnexDetail:
+        """The annex, its instances, and one page of its history, newest first (`history_next_token`
+        for the older rest). Reading it costs the instances plus one page, however long the history."""
+        pk = annex_pk(annex_id)
         annex: dict[str, Any] | None = None
         instances: list[Instance] = []
-        history: list[HistoryEvent] = []
-        for item in self._table.query_partition(annex_pk(annex_id)):
+        above = self._table.query(
+            KeyConditionExpression="pk = :pk AND sk >= :above",
+            ExpressionAttributeValues=to_attrs({":pk": pk, ":above": _AFTER_EVENTS}),
+            ConsistentRead=True,
+        )
+        for item in above:
             sk = item["sk"]
             if sk == META:
                 annex = model_fields(item)
             elif sk.startswith("INST#"):
                 instances.append(Instance.model_validate(model_fields(item)))
-            elif sk.startswith("EVENT#"):
-                history.append(HistoryEvent.model_validate(model_fields(item)))
         if annex is None:
             raise AnnexNotFound(f"no annex {annex_id}")
-        return AnnexDetail.model_validate({**annex, "instances": instances, "history": history})
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :e)",
+            "ExpressionAttributeValues": to_attrs({":pk": pk, ":e": _EVENT}),
+            "ScanIndexForward": False,
+            "Limit": history_limit,
+            "ConsistentRead": True,
+        }
+        start = decode_page_token(history_token)
+        if start:
+            if start.get("pk") != {"S": pk} or not start.get("sk", {}).get("S", "").startswith(_EVENT):
+                raise PolicyViolation(
+                    "history_next_token belongs to another listing; start again without it",
+                    field="history_next_token",
+                )
+            kwargs["ExclusiveStartKey"] = start
+        resp = self._table.client.query(**kwargs)
+        history = [HistoryEvent.model_validate(model_fields(from_attrs(i))) for i in resp.get("Items", [])]
+        return AnnexDetail.model_validate(
+            {
+                **annex,
+                "instances": instances,
+                "history": history,
+                "history_next_token": encode_page_token(resp.get("LastEvaluatedKey")),
+            }
+        )
+
+    def find_extend_token(self, annex_id: str, token: str) -> TokenRecord | None:
+        """The extension a client token already made on this annex (None: not used yet)."""
+        item = self._table.get(extend_token_key(annex_id, token))
+        if item is None:
+            return None
+        return TokenRecord(annex_id=annex_id, fingerprint=item["fingerprint"])
 
     def find_token(self, owner: str, token: str) -> TokenRecord | None:
         item = self._table.get((owner_pk(owner), token_sk(token)))
@@ -222,9 +272,20 @@ class AnnexRecords(StoreBase):
     # --- state changes --------------------------------------------------------------------------
 
     def extend_lease(
-        self, annex: Annex, new_expiry: datetime, *, actor: str, now: datetime, note: str
+        self,
+        annex: Annex,
+        new_expiry: datetime,
+        *,
+        actor: str,
+        now: datetime,
+        note: str,
+        client_token: str | None = None,
+        fingerprint: str = "",
+        retention: timedelta | None = None,
     ) -> Annex:
-        """Move the lease expiry. Conditional on the version read and on the annex being live."""
+        """Move the lease expiry. Conditional on the version read and on the annex being live. With a
+        `client_token`, the token is written in the same transaction (TokenTaken: it was used already,
+        so this extension is a retry and changed nothing)."""
         updated = annex.model_copy(
             update={"lease_expires_at": new_expiry, "updated_at": now, "version": annex.version + 1}
         )
@@ -246,9 +307,25 @@ class AnnexRecords(StoreBase):
             },
         )
         self._history.add_to(tx, annex.id, at=now, actor=actor, action="extended", detail=note)
+        if client_token:
+            if retention is None:
+                raise ValueError("an extension with a client token needs the retention of its token")
+            pk, sk = extend_token_key(annex.id, client_token)
+            tx.put(
+                "token",
+                {
+                    "pk": pk,
+                    "sk": sk,
+                    "fingerprint": fingerprint,
+                    "expires_at": to_epoch(now + retention),
+                },
+                condition="attribute_not_exists(pk)",
+            )
         try:
             tx.commit(self._table.client)
         except Cancelled as exc:
+            if exc.failed("token"):
+                raise TokenTaken(client_token or "") from exc
             current = self.get_annex(annex.id)
             if not current.live:
                 raise LeaseConflict(
