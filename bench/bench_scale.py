@@ -77,6 +77,7 @@ from annex.failsafe.rules import next_check  # noqa: E402
 from annex.store import AnnexStore  # noqa: E402
 from annex.store._table import DUE_REAP, annex_pk, due_shard, instance_sk  # noqa: E402
 from annex.store.bulk import load  # noqa: E402
+from annex_local import moto_ec2  # noqa: E402
 from annex_local.events import FakeContext, rest_event  # noqa: E402
 from annex_local.pool import create_pool  # noqa: E402
 from annex_local.streams import StreamReader, filter_patterns, lambda_event, passes  # noqa: E402
@@ -423,9 +424,25 @@ class Measured:
     extend: Usage  # one extension
 
 
+def _orphan_segments() -> int:
+    """The template's orphan-sweep segments: one run examines 1/segments of the running fleet."""
+    variables = load_template()["Resources"]["LeaseCheckFunction"]["Properties"]["Environment"]["Variables"]
+    return int(variables["ORPHAN_SEGMENTS"])
+
+
+ORPHAN_SEGMENTS = _orphan_segments()
+
+
+def annex_id(n: int) -> str:
+    """The n-th seeded annex's id. Real ids are random; multiplying by an odd constant (a bijection mod
+    2**64) spreads consecutive n over every ending, as random ids are spread over the orphan sweep's
+    segments."""
+    return f"ax-{n * 0x9E3779B97F4A7C15 % 2**64:016x}"
+
+
 def _annex(n: int, now: datetime, *, lease_due: bool) -> Annex:
     return Annex(
-        id=f"ax-{n:016x}",
+        id=annex_id(n),
         name=f"bench-{n}",
         owner=f"arn:aws:iam::{ACCOUNT}:user/u{n % OWNERS}",
         state=AnnexState.RUNNING,
@@ -440,11 +457,14 @@ def _annex(n: int, now: datetime, *, lease_due: bool) -> Annex:
     )
 
 
-def _run_tagged(ec2: Any, n: int, lease: str, image: str) -> list[str]:
+def _run_tagged(ec2: Any, n: int, lease: str, image: str, profile_arn: str) -> list[str]:
+    """Instances as the launch function starts them: the stack's tags and its instance profile (the
+    inventory sees nothing else)."""
     ids: list[str] = []
     while n > 0:
         batch = min(n, 2_500)
         resp = ec2.run_instances(
+            IamInstanceProfile={"Arn": profile_arn},
             ImageId=image,
             MinCount=batch,
             MaxCount=batch,
@@ -468,6 +488,7 @@ def measure(n: int) -> Measured:
     annexes = n // PER_ANNEX
     lease_due = max(1, annexes // 20)  # 5% of the annexes
     silent = max(2, n // 50)  # 2% of the instances
+    moto_ec2.install()  # EC2's iam-instance-profile.arn filter, which the inventory uses
     with mock_aws():
         speed_up_moto()
         ddb = boto3.client("dynamodb", region_name="us-east-1")
@@ -476,7 +497,12 @@ def measure(n: int) -> Measured:
         pool = create_pool()
         image = pool.image_id
         now = utcnow()
-        reap_env = resolve_environment("IdleReapFunction", table_name=TABLE, stack_name=STACK)
+        reap_env = resolve_environment(
+            "IdleReapFunction",
+            table_name=TABLE,
+            stack_name=STACK,
+            overrides={"AnnexInstanceProfile.Arn": pool.instance_profile_arn},
+        )
         timing = IdleReapSettings.from_env(reap_env)
         hb_settings = HeartbeatSettings.from_env(
             resolve_environment(
@@ -490,9 +516,15 @@ def measure(n: int) -> Measured:
         # Seed: N instances running in EC2 and recorded, heard from 30 s ago; 5% of the annexes past their
         # lease; 2% of the instances silent (last heard 6 minutes ago, grace 5).
         store = AnnexStore(ddb, TABLE)
-        due_ids = _run_tagged(ec2, lease_due * PER_ANNEX, to_iso(now - timedelta(seconds=30)), image)
+        due_ids = _run_tagged(
+            ec2, lease_due * PER_ANNEX, to_iso(now - timedelta(seconds=30)), image, pool.instance_profile_arn
+        )
         other_ids = _run_tagged(
-            ec2, (annexes - lease_due) * PER_ANNEX, to_iso(now + timedelta(hours=3)), image
+            ec2,
+            (annexes - lease_due) * PER_ANNEX,
+            to_iso(now + timedelta(hours=3)),
+            image,
+            pool.instance_profile_arn,
         )
         seeded: list[tuple[Annex, list[tuple[Instance, Any]]]] = []
         silent_left = silent
@@ -528,7 +560,7 @@ def measure(n: int) -> Measured:
         for client in (ddb, ec2):
             meter.attach(client)
         meter.attach_reads(ddb)
-        inventory = Ec2Inventory(ec2, STACK)
+        inventory = Ec2Inventory(ec2, STACK, instance_profile_arn=pool.instance_profile_arn)
 
         # Heartbeats: a sample of busy, live instances over HB_ROUNDS rounds, 60 s apart.
         service = HeartbeatService(store, hb_settings)
@@ -555,9 +587,15 @@ def measure(n: int) -> Measured:
         # lease-check: with leases due, then with none (the orphan sweep looks at every running instance).
         timed = meter.timed
         lease, lease_due_usage = timed(
-            lambda: run_lease_check(store, inventory, now=now, retention=timing.retention)
+            lambda: run_lease_check(
+                store, inventory, now=now, retention=timing.retention, orphan_segments=ORPHAN_SEGMENTS
+            )
         )
-        _, lease_idle = timed(lambda: run_lease_check(store, inventory, now=now, retention=timing.retention))
+        _, lease_idle = timed(
+            lambda: run_lease_check(
+                store, inventory, now=now, retention=timing.retention, orphan_segments=ORPHAN_SEGMENTS
+            )
+        )
         assert lease.ok, lease.failures
         ended = sum(lease.terminated.values()) // PER_ANNEX
 
@@ -593,7 +631,12 @@ def _create_launch_extend(pool: Any, meter: Meter, annexes: int = 2) -> tuple[Us
         "RequestFunction",
         table_name=TABLE,
         stack_name=STACK,
-        overrides={"MAX_LIVE_INSTANCES_PER_OWNER": "100000", "MAX_LIVE_INSTANCES": "1000000"},
+        overrides={
+            "MAX_LIVE_INSTANCES_PER_OWNER": "100000",
+            "MAX_LIVE_INSTANCES": "1000000",
+            "AnnexInstanceProfile.Arn": pool.instance_profile_arn,
+            "LeaseTimerQueue": "",  # 4 h leases arm no timer
+        },
     )
     launch_env = resolve_environment(
         "LaunchFunction", table_name=TABLE, stack_name=STACK, overrides=pool.launch_overrides()
@@ -664,8 +707,7 @@ def key_class(target: str, key: str) -> str:
 def hottest_shard_share(n: int = TARGET_INSTANCES) -> float:
     """The largest share of n instance keys that one `due` shard holds (the store's own hash)."""
     shards = Counter(
-        due_shard(DUE_REAP, annex_pk(f"ax-{k // PER_ANNEX:016x}"), instance_sk(f"i-{k:017x}"))
-        for k in range(n)
+        due_shard(DUE_REAP, annex_pk(annex_id(k // PER_ANNEX)), instance_sk(f"i-{k:017x}")) for k in range(n)
     )
     return max(shards.values()) / n
 
@@ -715,7 +757,8 @@ def project(runs: list[Measured], lifetime: timedelta) -> Projection:
         fixed.calls.get("ec2:DescribeInstances", 0)
         + slope.calls.get("ec2:DescribeInstances", 0) * TARGET_INSTANCES
     )
-    lease_run.calls["ec2:DescribeInstances"] += max(0.0, math.ceil(TARGET_INSTANCES / 1000) - measured_pages)
+    examined = TARGET_INSTANCES / ORPHAN_SEGMENTS  # one segment of the fleet a run
+    lease_run.calls["ec2:DescribeInstances"] += max(0.0, math.ceil(examined / 1000) - measured_pages)
     rates = {
         "heartbeat": TARGET_INSTANCES / 60,
         "lease-check run": 1 / 60,
