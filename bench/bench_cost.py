@@ -247,7 +247,11 @@ def function(name: str, logical_id: str) -> Iterator[Any]:
         logical_id,
         table_name=TABLE,
         stack_name=STACK,
-        overrides={"AnnexInstanceRole": ROLE, "LeaseTimerQueue": ""},
+        overrides={
+            "AnnexInstanceRole": ROLE,
+            "LeaseTimerQueue": "",
+            "AnnexInstanceProfile.Arn": f"arn:aws:iam::123456789012:instance-profile/{STACK}",
+        },
     )
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -8,7 +8,8 @@ import pytest
 from annex_local.template import condition_holds, load_template
 
 # Every alarm of the default deployment, each watching one metric. What a user needs to hear is here:
-# a stalled fail-safe, anything dead-lettered, held silent terminations, live instances, spend rate.
+# a stalled fail-safe, anything dead-lettered, held silent terminations, live instances, spend rate,
+# a pool token still the placeholder.
 ALARMS = {
     "SweepsStalledAlarm",
     "FailsafeDeadLetterAlarm",
@@ -22,6 +23,7 @@ ALARMS = {
     "RequestErrorsAlarm",
     "PricesErrorsAlarm",
     "NoticesErrorsAlarm",
+    "PoolTokenPlaceholderAlarm",
 }
 
 
@@ -34,7 +36,7 @@ def deployed():
     }
 
 
-def test_the_default_deployment_pays_for_twelve_alarms_each_on_one_metric(deployed):
+def test_the_default_deployment_pays_for_thirteen_alarms_each_on_one_metric(deployed):
     alarms = {n: r["Properties"] for n, r in deployed.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
     assert set(alarms) == ALARMS
     for name, alarm in alarms.items():
