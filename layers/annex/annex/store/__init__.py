@@ -33,6 +33,7 @@ from annex.store.records import (
     InstanceEnd,
     InstanceKey,
     InstanceRecord,
+    ReplacementClaim,
     TokenRecord,
     TokenTaken,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "InstanceKey",
     "InstanceRecord",
     "OwnerBudgetRecord",
+    "ReplacementClaim",
     "TokenRecord",
     "TokenTaken",
 ]
