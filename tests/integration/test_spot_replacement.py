@@ -94,6 +94,10 @@ def test_an_interrupted_instance_is_replaced_once(api, launch, faults, ec2, ddb,
         f"{new['InstanceId']} replaced {victim} (spot interruption)"
     ]
     assert quota(ddb) == quota_before  # the unit the reclaim gave back went to the replacement
+    status, listed = api.call("GET", "/annexes")
+    assert status == 200
+    (row,) = listed["annexes"]
+    assert (row["interrupted_count"], row["replaced_count"]) == (1, 1)
     (fleet,) = faults.launches("CreateFleet")[1:]
     assert fleet["SpotOptions"]["AllocationStrategy"] == "capacity-optimized"
     assert fleet["TargetCapacitySpecification"]["TotalTargetCapacity"] == 1

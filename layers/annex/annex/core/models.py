@@ -334,6 +334,12 @@ class Annex(BaseModel):
         default=False,
         description="Each spot instance EC2 interrupts is replaced once (lease and budget allowing).",
     )
+    interrupted_count: int = Field(
+        default=0, description="Spot instances EC2 sent an interruption warning for."
+    )
+    replaced_count: int = Field(
+        default=0, description="Interrupted instances a replacement was launched for."
+    )
 
     @property
     def live(self) -> bool:

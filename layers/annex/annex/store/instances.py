@@ -244,6 +244,14 @@ class InstanceRecords(StoreBase):
         self._history.add_to(
             tx, key.annex_id, at=at, actor=actor, action=f"spot-{notice.value}", detail=detail
         )
+        if notice is SpotNotice.INTERRUPTION:  # counted once: the instance's condition admits it once
+            tx.update(
+                "annex",
+                (annex_pk(key.annex_id), META),
+                "ADD interrupted_count :one",
+                condition="attribute_exists(pk)",
+                values={":one": 1},
+            )
         try:
             tx.commit(self._table.client)
         except Cancelled as exc:
@@ -395,6 +403,13 @@ class InstanceRecords(StoreBase):
             actor=actor,
             action="instance-replaced",
             detail=f"{replacement_id} replaced {key.instance_id} (spot interruption)",
+        )
+        tx.update(
+            "annex",
+            (annex_pk(key.annex_id), META),
+            "ADD replaced_count :one",
+            condition="attribute_exists(pk)",
+            values={":one": 1},
         )
         return self._settle(tx)
 
