@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from annex.core.clock import parse_time, utcnow
 from annex.failsafe.interruption import InterruptionHandler, Outcome
-from annex.store import AnnexStore
+from annex.store import AnnexStore, InstanceKey, ReplacementClaim
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from tests.integration.conftest import ALICE, STACK, TABLE
@@ -243,3 +243,26 @@ def test_no_capacity_gives_the_unit_back_and_says_so(api, launch, faults, ec2, d
     assert quota(ddb) == quota_after_reclaim
     held = ddb.get_item(TableName=TABLE, Key={"pk": {"S": f"ANNEX#{annex['id']}"}, "sk": {"S": "META"}})
     assert held["Item"]["held"]["N"] == "1"
+
+
+def test_two_racing_deliveries_claim_one_unit(api, launch, faults, ec2, ddb, interruptions):
+    # Both read the record unclaimed, then both claim: the record's condition lets one through.
+    annex, (victim, _) = spot_annex(api, launch, count=2)
+    now = utcnow() + timedelta(minutes=30)
+    interrupt(ec2, interruptions, victim, now=now)
+    store, before = AnnexStore(ddb, TABLE), quota(ddb)
+    key = InstanceKey(annex["id"], victim)
+    claims = [
+        store.claim_replacement(
+            key,
+            owner=ALICE,
+            count=2,
+            lease_after=now,
+            now=now,
+            max_live_per_owner=12,
+            max_live_in_stack=1000,
+        )
+        for _ in range(2)
+    ]
+    assert claims == [ReplacementClaim.CLAIMED, ReplacementClaim.SETTLED]
+    assert quota(ddb) == before + 1
