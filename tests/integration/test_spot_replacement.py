@@ -14,12 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from annex.aws.inventory import Ec2Inventory
 from annex.core.clock import parse_time, utcnow
+from annex.core.config import HeartbeatSettings, IdleReapSettings
+from annex.core.models import HeartbeatRequest
+from annex.failsafe.heartbeat import HeartbeatService
+from annex.failsafe.idle_reap import run_idle_reap
 from annex.failsafe.interruption import InterruptionHandler, Outcome
 from annex.store import AnnexStore, InstanceKey, ReplacementClaim
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from tests.integration.conftest import ALICE, STACK, TABLE
+from tests.integration.failsafe.conftest import function_env, instance_arn
 from tests.integration.test_launch import detail, faults, history, instances_of, request, tags_of
 
 __all__ = ["faults"]  # the fixture, shared with the launch tests
@@ -266,3 +272,34 @@ def test_two_racing_deliveries_claim_one_unit(api, launch, faults, ec2, ddb, int
     ]
     assert claims == [ReplacementClaim.CLAIMED, ReplacementClaim.SETTLED]
     assert quota(ddb) == before + 1
+
+
+def test_a_lost_reclaim_event_is_made_good_by_idle_reap(api, launch, faults, ec2, ddb, interruptions):
+    # The warning arrives; EC2 reclaims the instance but its state change never reaches the queue.
+    annex, (victim, other) = spot_annex(api, launch, count=2)
+    now = utcnow() + timedelta(minutes=30)
+    store = AnnexStore(ddb, TABLE)
+    heartbeats = HeartbeatService(store, HeartbeatSettings.from_env(function_env("HeartbeatFunction")))
+    beat = HeartbeatRequest(instance_id=other, annex_id=annex["id"], claimed_slots=4, total_slots=4)
+    heartbeats.report(instance_arn(other), beat, now=now + timedelta(minutes=1))  # the other one lives
+    warning = event_for("spot-interruption-warning", victim)
+    assert interruptions.handle(warning, now=now) is Outcome.RECORDED
+    ec2.terminate_instances(InstanceIds=[victim])
+    timing = IdleReapSettings.from_env(function_env("IdleReapFunction"))
+
+    run_idle_reap(
+        store,
+        Ec2Inventory(ec2, STACK),
+        now=now + timedelta(minutes=2),
+        timing=timing,
+        retention=timing.retention,
+    )
+    assert record(api, annex["id"], victim)["end_reason"] == "silent"
+    launch.deliver(clock=at(now + timedelta(minutes=3)))
+
+    new = record(api, annex["id"], victim)["replaced_by"]
+    assert new is not None
+    assert (
+        tags_of(next(i for i in instances_of(ec2, annex["id"]) if i["InstanceId"] == new))["annex:replaces"]
+        == victim
+    )

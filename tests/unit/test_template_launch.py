@@ -108,10 +108,12 @@ def test_only_new_requested_annex_records_reach_the_function(record, reaches):
     assert passes(filter_patterns("LaunchFunction"), record) is reaches
 
 
-def _instance_change(old: str, new: str, reason: str | None) -> dict[str, object]:
+def _instance_change(old: str, new: str, reason: str | None, notice: str | None = None) -> dict[str, object]:
     image: dict[str, object] = {"state": {"S": new}}
     if reason:
         image["end_reason"] = {"S": reason}
+    if notice:
+        image["spot_notice"] = {"S": notice}
     return {
         "eventName": "MODIFY",
         "dynamodb": {
@@ -130,6 +132,10 @@ def _instance_change(old: str, new: str, reason: str | None) -> dict[str, object
         # Later changes of the ended record (the replacement's claim and outcome) never come back.
         (_instance_change("terminated", "terminated", "spot-interrupted"), False),
         (_instance_change("running", "terminated", "idle"), False),
+        # Silent after an interruption warning: the reclaim event was lost, idle-reap ended it.
+        (_instance_change("terminating", "terminated", "silent", "interruption"), True),
+        (_instance_change("terminating", "terminated", "silent", "rebalance"), False),
+        (_instance_change("terminating", "terminated", "silent"), False),
         (_instance_change("running", "running", None), False),
     ],
 )

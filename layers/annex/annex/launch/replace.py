@@ -2,8 +2,9 @@
 
 The trigger is the interrupted record's end: the interruption function ends the record when EC2 reclaims
 the instance (`spot-interrupted`), and that change reaches the launch function through the table's
-stream, which retries it until it is handled (then a dead-letter queue, alarmed). Nothing else can end a
-record with that reason, so there is exactly one trigger per interruption; a repeated delivery finds the
+stream, which retries it until it is handled (then a dead-letter queue, alarmed). If the reclaim event is
+lost, idle-reap ends the silent record, and a silent end after an interruption warning is a trigger too.
+A record ends once, so there is exactly one trigger per interruption; a repeated delivery finds the
 record settled and does nothing. The replacement's progress is kept on the interrupted record:
 
 1. decide: the annex must be running with a lease that ends after the drain lead, and its budget must
@@ -35,6 +36,7 @@ from annex.core.models import (
     Instance,
     InstanceState,
     Market,
+    SpotNotice,
 )
 from annex.failsafe.termination import end_annexes
 from annex.launch.capacity import Launched
@@ -220,11 +222,15 @@ _CLAIM_REFUSED = {
 
 
 def _unsettled(record: InstanceRecord) -> bool:
-    """Interrupted and reclaimed, and neither replaced nor declined yet."""
+    """Interrupted and reclaimed (or ended as silent after the warning: the reclaim event was lost),
+    and neither replaced nor declined yet."""
     instance = record.instance
+    reclaimed = instance.end_reason is EndReason.SPOT_INTERRUPTED or (
+        instance.end_reason is EndReason.SILENT and instance.spot_notice is SpotNotice.INTERRUPTION
+    )
     return (
         instance.state is InstanceState.TERMINATED
-        and instance.end_reason is EndReason.SPOT_INTERRUPTED
+        and reclaimed
         and instance.replaced_by is None
         and instance.replacement_note is None
     )

@@ -322,12 +322,18 @@ class InstanceRecords(StoreBase):
     # conditional on the one before, so a repeated delivery never claims, launches or releases twice.
 
     _UNSETTLED = (
-        "#s = :t AND end_reason = :spot AND attribute_not_exists(replaced_by)"
-        " AND attribute_not_exists(replacement_note)"
+        "#s = :t AND (end_reason = :spot OR (end_reason = :silent AND spot_notice = :warned))"
+        " AND attribute_not_exists(replaced_by) AND attribute_not_exists(replacement_note)"
     )
 
     def _interrupted_values(self) -> dict[str, Any]:
-        return {":t": InstanceState.TERMINATED.value, ":spot": EndReason.SPOT_INTERRUPTED.value}
+        """Ended by EC2's reclaim, or as silent after an interruption warning (the reclaim event lost)."""
+        return {
+            ":t": InstanceState.TERMINATED.value,
+            ":spot": EndReason.SPOT_INTERRUPTED.value,
+            ":silent": EndReason.SILENT.value,
+            ":warned": SpotNotice.INTERRUPTION.value,
+        }
 
     def claim_replacement(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from annex.store._table import annex_id_of
 from annex.store.records import InstanceKey
@@ -43,15 +43,24 @@ class LaunchTrigger(BaseModel):
 
 class ReplaceTrigger(BaseModel):
     """The stream record that asks for a replacement: an instance record that EC2's reclaim of a spot
-    instance just ended (live before, `terminated` with reason `spot-interrupted` now). There is one such
-    change per interrupted instance; the stream retries it until the launch function has settled it."""
+    instance just ended (live before, `terminated` with reason `spot-interrupted` now; or `silent` after an
+    interruption warning, when the reclaim event was lost and idle-reap ended it). There is one such change
+    per interrupted instance; the stream retries it until the launch function has settled it."""
 
     event_name: Literal["MODIFY"]
     pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
     sk: str = Field(pattern=r"^INST#i-[0-9a-f]{8,17}$")
     state: Literal["terminated"]
-    end_reason: Literal["spot-interrupted"]
+    end_reason: Literal["spot-interrupted", "silent"]
+    spot_notice: str | None = None
     old_state: Literal["pending", "running", "terminating"]
+
+    @model_validator(mode="after")
+    def _interrupted(self) -> ReplaceTrigger:
+        # Silent counts only after an interruption warning: the reclaim event was lost, idle-reap ended it.
+        if self.end_reason == "silent" and self.spot_notice != "interruption":
+            raise ValueError("a silent end without an interruption warning is no interruption")
+        return self
 
     @property
     def key(self) -> InstanceKey:
@@ -73,6 +82,7 @@ class ReplaceTrigger(BaseModel):
                     "sk": keys.get("sk"),
                     "state": new_image.get("state"),
                     "end_reason": new_image.get("end_reason"),
+                    "spot_notice": new_image.get("spot_notice"),
                     "old_state": old_image.get("state"),
                 }
             )
