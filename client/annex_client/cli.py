@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_count, required=True, help="how many instances")
     p.add_argument("--type", metavar="TYPE", help="an instance type the pool allows (default: the pool's)")
     p.add_argument("--spot", action="store_true", help="use spot capacity (cheaper, may be interrupted)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --spot: replace each instance EC2 interrupts, once, while the lease and budget last",
+    )
     p.add_argument("--lease", type=_duration, required=True, help="how long it may run, such as 4h")
     p.add_argument("--idle", type=_duration, help="stop an instance idle this long (default: the pool's)")
     p.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE", help="repeatable")

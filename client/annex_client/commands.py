@@ -239,6 +239,11 @@ def _request_summary(
         ("usage", f"up to {round(cost.instance_hours, 2):g} instance-hours"),
         ("cost", cost.text()),
         *budget_lines(args, quote),
+        *(
+            [("spot", "each interrupted instance is replaced once, while the lease and budget last")]
+            if getattr(args, "replace", False)
+            else []
+        ),
         ("idle stop", f"an instance with no claimed slot for {duration_text(idle)} is stopped"),
     ]
     jobs = f"{condor_user(args)}'s jobs " + (
@@ -278,6 +283,8 @@ def condor_user(args: Any) -> str:
 def cmd_request(ctx: Ctx) -> int:
     args = ctx.args
     check_name(args.name)
+    if getattr(args, "replace", False) and not args.spot:
+        raise UsageError("--replace needs --spot: only spot instances are interrupted")
     limits = ctx.api.health()["limits"]
     check_against_limits(args, limits)
     body: dict[str, Any] = {
@@ -296,6 +303,8 @@ def cmd_request(ctx: Ctx) -> int:
         body["idle_timeout"] = duration_text(args.idle)
     if getattr(args, "budget", None):
         body["budget"] = args.budget
+    if getattr(args, "replace", False):
+        body["replace"] = True
     quote = ctx.api.estimate({"request": body})
     ctx.err.write(_request_summary(args, limits, _now(), ctx.tz, quote) + "\n")
     if quote.get("allowed") is False:

@@ -58,9 +58,21 @@ def lease_left(annex: dict[str, Any], now: datetime) -> str:
 def instances_text(annex: dict[str, Any]) -> str:
     if annex.get("state") in ("requested", "launching"):
         return f"0/{annex.get('count', 0)}"
-    if annex.get("state") in LIVE_STATES:
-        return f"{annex.get('launched_count', 0)}/{annex.get('count', 0)}"
-    return "-"
+    text = (
+        f"{annex.get('launched_count', 0)}/{annex.get('count', 0)}"
+        if annex.get("state") in LIVE_STATES
+        else "-"
+    )
+    spot = spot_counts(annex)
+    return f"{text} ({spot})" if spot else text
+
+
+def spot_counts(annex: Mapping[str, Any]) -> str:
+    """`2 interrupted, 1 replaced`: the annex's spot interruptions (empty when there were none)."""
+    interrupted, replaced = int(annex.get("interrupted_count") or 0), int(annex.get("replaced_count") or 0)
+    if not interrupted and not replaced:
+        return ""
+    return f"{interrupted} interrupted" + (f", {replaced} replaced" if replaced else "")
 
 
 def usd_text(value: Any) -> str:
@@ -114,12 +126,22 @@ def types_text(types: Sequence[str]) -> str:
 
 def activity(instance: dict[str, Any], now: datetime) -> str:
     """busy 3/4, idle 0/4 (for 5m), or why there is nothing to say."""
+    replaces = f"; replaces {instance['replaces']}" if instance.get("replaces") else ""
     if instance.get("state") not in LIVE_INSTANCE_STATES:
         reason = instance.get("end_reason")
-        return f"ended ({reason})" if reason else "-"
+        text = f"ended ({reason})" if reason else "-"
+        if instance.get("replaced_by"):
+            text += f"; replaced by {instance['replaced_by']}"
+        elif instance.get("replacement_note"):
+            text += "; not replaced"
+        return text + replaces
     notice = instance.get("spot_notice")
     if notice:
-        return f"draining (spot {notice})"
+        return f"draining (spot {notice})" + replaces
+    return _slots(instance, now) + replaces
+
+
+def _slots(instance: dict[str, Any], now: datetime) -> str:
     claimed, total = instance.get("claimed_slots"), instance.get("total_slots")
     if claimed is None or total is None:
         return "no heartbeat yet"
@@ -214,6 +236,8 @@ def annex_summary(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> s
         ("jobs of", jobs_of(detail)),
         ("type", f"{', '.join(detail.get('instance_types') or [])}, {detail.get('market', '')}"),
     ]
+    if detail.get("replace"):
+        lines.append(("spot", "each interrupted instance is replaced once, while the lease and budget last"))
     if expires is not None:
         if detail.get("state") in LIVE_STATES:
             when = relative(expires, now)
@@ -254,10 +278,25 @@ def status_text(detail: dict[str, Any], now: datetime, tz: tzinfo | None) -> str
             f"{len(interrupted)} spot instance(s) interrupted by EC2: told to drain, their running jobs "
             "vacated (HTCondor reruns them elsewhere); the history has the notices."
         )
+        parts.append(replacement_text(detail, interrupted))
     parts.extend(problem_lines(detail))
     if detail.get("history"):
         parts.append(history_table(detail, tz))
     return "\n\n".join(parts)
+
+
+def replacement_text(detail: Mapping[str, Any], interrupted: Sequence[Mapping[str, Any]]) -> str:
+    """What became of the interrupted instances' capacity."""
+    if not detail.get("replace"):
+        return "This annex does not replace interrupted instances (request with --replace for that)."
+    replaced = [i for i in interrupted if i.get("replaced_by")]
+    declined = [i for i in interrupted if i.get("replacement_note")]
+    lines = [f"{i['replaced_by']} replaced {i['instance_id']}." for i in replaced]
+    lines += [f"{i['instance_id']} was not replaced: {i['replacement_note']}." for i in declined]
+    waiting = len(interrupted) - len(replaced) - len(declined)
+    if waiting:
+        lines.append(f"{waiting} replacement(s) to come once EC2 reclaims the instance.")
+    return "\n".join(lines)
 
 
 def problem_lines(detail: Mapping[str, Any]) -> list[str]:

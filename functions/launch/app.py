@@ -18,8 +18,9 @@ from annex.core.config import LaunchSettings
 from annex.launch.capacity import Ec2Capacity
 from annex.launch.launcher import Launcher
 from annex.launch.plan import LaunchOutcome
+from annex.launch.replace import Replacer
 from annex.store import AnnexStore
-from annex.store.stream import LaunchTrigger
+from annex.store.stream import LaunchTrigger, ReplaceTrigger
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -59,6 +60,19 @@ def record_handler(record: DynamoDBRecord, *, clock: Callable[[], datetime] = ut
         change.new_image if change else {},
     )
     if trigger is None:
+        replace = ReplaceTrigger.parse(
+            record.raw_event.get("eventName"),
+            change.keys if change else {},
+            change.new_image if change else {},
+            change.old_image if change else {},
+        )
+        if replace is not None:
+            logger.append_keys(annex_id=replace.key.annex_id)
+            replaced = Replacer(launcher()).replace(replace.key, now=clock())
+            logger.info("replacement %s", replaced.result, extra={"outcome": asdict(replaced)})
+            if replaced.result == "replaced":
+                metrics.add_metric(name="InstancesReplaced", unit=MetricUnit.Count, value=1)
+            return
         logger.info(
             "not a launch request; skipped", extra={"sequence_number": change and change.sequence_number}
         )

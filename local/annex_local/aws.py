@@ -180,6 +180,16 @@ class EmbeddedAws:
             bus = out.refs[props["EventBusName"]["Ref"]] if "EventBusName" in props else "default"
             name = self._name(logical_id)
             events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(props["EventPattern"]))
+            # Targets that are this stack's queues (`!GetAtt Queue.Arn`, the spot interruption rule): EC2's
+            # events put on the bus reach the queue as EventBridge delivers them, and the queue's poller
+            # invokes the function (moto matches the rule's pattern, $or included).
+            queues = [
+                {"Id": t["Id"], "Arn": out.refs[f"{t['Arn']['Fn::GetAtt'][0]}.Arn"]}
+                for t in props.get("Targets", [])
+                if "Fn::GetAtt" in t.get("Arn", {}) and f"{t['Arn']['Fn::GetAtt'][0]}.QueueName" in out.refs
+            ]
+            if queues:
+                events.put_targets(Rule=name, EventBusName=bus, Targets=queues)
             topics = [
                 out.refs[t["Arn"]["Ref"]] for t in props.get("Targets", []) if "Ref" in t.get("Arn", {})
             ]

@@ -1,5 +1,7 @@
 """API Gateway REST (v1) proxy events, as API Gateway builds them for an IAM-authorized route.
-Used by the tests and by the local gateway, so both feed the handlers the same shape."""
+Used by the tests and by the local gateway, so both feed the handlers the same shape. And the EC2 events
+the local "EC2" puts on the default bus when it interrupts a spot instance (`ec2_spot_entries`), in the
+shapes AWS documents (events/spot-*.json)."""
 
 from __future__ import annotations
 
@@ -72,6 +74,30 @@ def rest_event(
         "body": raw_body,
         "isBase64Encoded": False,
     }
+
+
+def ec2_event_entry(detail_type: str, instance_id: str, detail: dict[str, Any], *, at: datetime) -> Any:
+    """One PutEvents entry as EC2 emits it on the default bus: source aws.ec2, the instance's ARN in
+    resources (EventBridge adds version, id, account and region)."""
+    return {
+        "Source": "aws.ec2",
+        "DetailType": detail_type,
+        "Time": at,
+        "Resources": [f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/{instance_id}"],
+        "Detail": json.dumps({"instance-id": instance_id, **detail}),
+    }
+
+
+def spot_warning_entry(instance_id: str, *, at: datetime) -> Any:
+    """EC2 Spot Instance Interruption Warning: the two-minute notice (instance-action terminate)."""
+    return ec2_event_entry(
+        "EC2 Spot Instance Interruption Warning", instance_id, {"instance-action": "terminate"}, at=at
+    )
+
+
+def state_change_entry(instance_id: str, state: str, *, at: datetime) -> Any:
+    """EC2 Instance State-change Notification (shutting-down, terminated, ...)."""
+    return ec2_event_entry("EC2 Instance State-change Notification", instance_id, {"state": state}, at=at)
 
 
 class FakeContext:

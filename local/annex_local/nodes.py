@@ -13,9 +13,15 @@ Behaviour is chosen per annex by the user tag `annex-sim` (request with `--tag a
 | `silent` | never sends a heartbeat (a node that failed to boot or lost its network) |
 | `busy-then-idle:90s` | busy for that long after boot, then idle |
 | `broken-token` | reports a boot problem (the collector refused its token) in a heartbeat, then powers off |
+| `spot-interrupt:30s` | busy; EC2 interrupts it that long after boot (below) |
 
 A comma-separated list gives each instance of the annex its own behaviour, in launch order
-(`busy,busy,idle`).
+(`busy,busy,idle`); replacements of interrupted instances continue the list.
+
+A spot interruption, as the local EC2 plays it: EC2's warning goes on the default bus (the template's
+InterruptionRule sends it to its queue), the node sees the notice in its metadata, drains at once (its
+jobs are vacated) and reports the notice in a heartbeat; after the notice period (two minutes; 10 s with
+`--fast`) EC2 reclaims it: it terminates, and its state changes (shutting-down, terminated) go on the bus.
 
 Each node has one partitionable slot of `CPUS` CPUs, as HTCondor has by default since 23.0; a busy node
 runs one one-CPU job per CPU in dynamic slots. Its heartbeat counts them as the real agent does
@@ -38,6 +44,7 @@ from typing import Any
 
 from annex.core.clock import parse_duration
 
+from annex_local.events import spot_warning_entry, state_change_entry
 from annex_local.sigv4 import Identity, sign_headers
 
 log = logging.getLogger("annex_local.nodes")
@@ -49,7 +56,7 @@ DEAD_MAN_MARGIN = timedelta(seconds=30)
 def parse_behaviour(value: str) -> tuple[str, timedelta]:
     """`busy-then-idle:90s` -> ('busy-then-idle', 90s). Unknown values fall back to busy."""
     name, _, arg = value.strip().partition(":")
-    if name == "busy-then-idle":
+    if name in TIMED_BEHAVIOURS:
         try:
             return name, parse_duration(arg or "60s")
         except ValueError:
@@ -58,6 +65,8 @@ def parse_behaviour(value: str) -> tuple[str, timedelta]:
 
 
 BEHAVIOURS = ("busy", "idle", "silent", "broken-token")
+TIMED_BEHAVIOURS = ("busy-then-idle", "spot-interrupt")
+SPOT_NOTICE_PERIOD = timedelta(minutes=2)  # EC2's interruption warning comes two minutes ahead
 BROKEN_TOKEN_PROBLEM = (
     "the collector at cm.annex.local refused ADVERTISE_STARTD for annex@annex.local — see the deploy guide"
 )
@@ -92,6 +101,8 @@ class Node:
     powered_off: bool = False
     heartbeats: int = 0
     last_action: str = ""
+    spot_notice: str | None = None  # what the instance's metadata (IMDS spot/instance-action) shows
+    reclaim_at: datetime | None = None
     log: list[str] = field(default_factory=list)
 
     def jobs(self, now: datetime) -> int:
@@ -122,8 +133,12 @@ class SimulatedNodes:
         region: str = "us-east-1",
         account: str = "123456789012",
         credentials_file: Path | None = None,
+        events: Any = None,
+        spot_notice_period: timedelta = SPOT_NOTICE_PERIOD,
     ) -> None:
         self.ec2 = ec2
+        self.events = events  # EventBridge: where the local EC2 puts its spot and state-change events
+        self.spot_notice_period = spot_notice_period
         self.heartbeat_url = heartbeat_url
         self.identities = identities
         self.role_name = role_name
@@ -212,10 +227,50 @@ class SimulatedNodes:
             if node.behaviour == "broken-token":
                 self.report_problem(node, now, BROKEN_TOKEN_PROBLEM)
                 continue
+            if node.behaviour == "spot-interrupt" and self.spot_market(node, now):
+                continue
             if node.behaviour == "silent" or now < self._next_beat[node.instance_id]:
                 continue
             self._next_beat[node.instance_id] = now + timedelta(seconds=self.heartbeat_period)
             self.heartbeat(node, now)
+
+    # --- the local EC2's spot market ----------------------------------------------------------------
+
+    def spot_market(self, node: Node, now: datetime) -> bool:
+        """EC2 interrupts a `spot-interrupt` node once its time comes, then reclaims it after the notice
+        period. True when the node is gone (nothing more for it to do this tick)."""
+        if node.spot_notice is None and now - node.booted_at >= node.busy_for:
+            node.spot_notice = "interruption"
+            node.reclaim_at = now + self.spot_notice_period
+            self._put_events([spot_warning_entry(node.instance_id, at=now)])
+            # The agent's spot-watch sees the notice within seconds: condor_drain -quick vacates the
+            # jobs, and the notice is reported at once (not at the next minute's heartbeat).
+            node.draining = True
+            node.log.append(f"{now:%H:%M:%S} spot interruption notice: draining, jobs vacated")
+            self._next_beat[node.instance_id] = now
+            return False
+        if node.reclaim_at is not None and now >= node.reclaim_at:
+            node.powered_off = True
+            node.log.append(f"{now:%H:%M:%S} reclaimed by EC2 (spot interruption)")
+            log.info("node %s reclaimed by EC2 (spot interruption)", node.instance_id)
+            with self.lock:
+                self.ec2.terminate_instances(InstanceIds=[node.instance_id])
+            self._put_events(
+                [
+                    state_change_entry(node.instance_id, state, at=now)
+                    for state in ("shutting-down", "terminated")
+                ]
+            )
+            return True
+        return False
+
+    def _put_events(self, entries: list[Any]) -> None:
+        if self.events is None:
+            return
+        with self.lock:
+            resp = self.events.put_events(Entries=entries)
+        if resp.get("FailedEntryCount"):
+            log.error("EventBridge refused EC2 events: %s", resp.get("Entries"))
 
     def _still_running(self, node: Node) -> bool:
         with self.lock:
@@ -233,6 +288,8 @@ class SimulatedNodes:
         }
         if problem:
             body["problem"] = problem
+        if node.spot_notice:
+            body["spot_notice"] = node.spot_notice
         return json.dumps(body).encode()
 
     def report_problem(self, node: Node, now: datetime, problem: str) -> None:

@@ -11,13 +11,14 @@ import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from annex_local.aws import ACCOUNT, REGION, EmbeddedAws, Provisioned
 from annex_local.gateway import Gateway, stage_name
 from annex_local.http_api import INVOKE, IdentityPolicies, invoke_arn, researcher_statements, role_statements
-from annex_local.nodes import SimulatedNodes
+from annex_local.nodes import SPOT_NOTICE_PERIOD, SimulatedNodes
 from annex_local.notices import NoticeCourier
 from annex_local.queues import QueuePoller, queue_mappings
 from annex_local.runtime import LocalRuntime, install_code_paths, stack_environment
@@ -69,6 +70,7 @@ NOT_SCHEDULED_LOCALLY = {
 }
 FAST_SWEEP_SECONDS = 5.0
 FAST_HEARTBEAT_SECONDS = 5.0
+FAST_SPOT_NOTICE = timedelta(seconds=10)  # EC2's two-minute spot warning, shortened like the rest
 
 
 @dataclass
@@ -440,6 +442,8 @@ class LocalStack:
             region=REGION,
             account=ACCOUNT,
             credentials_file=self.options.state_dir.resolve() / "instance-credentials",
+            events=self.aws.client("events"),
+            spot_notice_period=FAST_SPOT_NOTICE if self.options.fast else SPOT_NOTICE_PERIOD,
         )
         self._thread(self.nodes.run, self.stop_event, min(1.0, period), name="nodes")
 

@@ -27,6 +27,9 @@ ENV = {
     "CONFIG_TIMEOUT": "10m",
     "DRAIN_LEAD": "5m",
     "USE_CCB": "true",
+    "REGION": "us-east-1",
+    "MAX_LIVE_INSTANCES_PER_OWNER": "50",
+    "MAX_LIVE_INSTANCES": "500",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from annex_local.streams import filter_patterns, matches
+from annex_local.streams import filter_patterns, passes
 from annex_local.template import load_template
 
 STACK = {"Ref": "AWS::StackName"}
@@ -106,9 +106,42 @@ def test_stream_trigger_is_filtered_bounded_and_dead_lettered(resources):
     ],
 )
 def test_only_new_requested_annex_records_reach_the_function(record, reaches):
-    (pattern,) = filter_patterns("LaunchFunction")
+    assert passes(filter_patterns("LaunchFunction"), record) is reaches
 
-    assert matches(pattern, record) is reaches
+
+def _instance_change(old: str, new: str, reason: str | None, notice: str | None = None) -> dict[str, object]:
+    image: dict[str, object] = {"state": {"S": new}}
+    if reason:
+        image["end_reason"] = {"S": reason}
+    if notice:
+        image["spot_notice"] = {"S": notice}
+    return {
+        "eventName": "MODIFY",
+        "dynamodb": {
+            "Keys": {"pk": {"S": "ANNEX#ax-1"}, "sk": {"S": "INST#i-1"}},
+            "NewImage": image,
+            "OldImage": {"state": {"S": old}},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("record", "reaches"),
+    [
+        (_instance_change("running", "terminated", "spot-interrupted"), True),
+        (_instance_change("pending", "terminated", "spot-interrupted"), True),
+        # Later changes of the ended record (the replacement's claim and outcome) never come back.
+        (_instance_change("terminated", "terminated", "spot-interrupted"), False),
+        (_instance_change("running", "terminated", "idle"), False),
+        # Silent after an interruption warning: the reclaim event was lost, idle-reap ended it.
+        (_instance_change("terminating", "terminated", "silent", "interruption"), True),
+        (_instance_change("terminating", "terminated", "silent", "rebalance"), False),
+        (_instance_change("terminating", "terminated", "silent"), False),
+        (_instance_change("running", "running", None), False),
+    ],
+)
+def test_the_end_of_an_interrupted_instance_reaches_the_function_once(record, reaches):
+    assert passes(filter_patterns("LaunchFunction"), record) is reaches
 
 
 def test_role_is_the_functions_own_and_not_sams_generated_one(resources):

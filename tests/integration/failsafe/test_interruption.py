@@ -10,11 +10,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from annex.core.models import EndReason, HeartbeatAction, InstanceState, SpotNotice
+from annex.core.models import EndReason, HeartbeatAction, HeartbeatRequest, InstanceState, SpotNotice
+from annex.failsafe.heartbeat import HeartbeatService
 from annex.failsafe.interruption import InterruptionHandler, Outcome
 
 from tests.integration.conftest import ALICE, STACK, run_tagged_instances
-from tests.integration.failsafe.conftest import Fleet, Handler, _handler, load_event
+from tests.integration.failsafe.conftest import Fleet, Handler, _handler, instance_arn, load_event
 
 
 def event_for(name: str, instance_id: str) -> dict[str, Any]:
@@ -140,3 +141,50 @@ def test_the_deployed_handler_drains_then_ends_the_record(fleet: Fleet, interrup
     assert interruption_fn({"Records": [gone]}, at=at + timedelta(minutes=2)) == {"batchItemFailures": []}
     assert fleet.instance(annex.id, ids[0]).instance.state is InstanceState.TERMINATED
     assert fleet.quota() == quota - 1
+
+
+# --- the instance's own notice (its heartbeat's spot_notice): recorded in the same one place ----------
+
+
+def beat_with_notice(fleet: Fleet, annex, instance_id: str, notice: str, *, at) -> HeartbeatAction:
+    service = HeartbeatService(fleet.store, fleet.heartbeat_settings)
+    request = HeartbeatRequest(
+        instance_id=instance_id, annex_id=annex.id, claimed_slots=0, total_slots=4, spot_notice=notice
+    )
+    return service.report(instance_arn(instance_id), request, now=at).action
+
+
+def test_the_instances_own_notice_is_recorded_once_whichever_path_comes_first(fleet: Fleet) -> None:
+    annex, (victim, other) = fleet.annex(count=2)
+    at = fleet.t0 + timedelta(minutes=30)
+
+    assert beat_with_notice(fleet, annex, victim, "interruption", at=at) is HeartbeatAction.DRAIN
+    record = fleet.instance(annex.id, victim).instance
+    assert record.spot_notice is SpotNotice.INTERRUPTION
+    assert record.spot_notice_at == at
+    # The next heartbeat repeats the notice, and EC2's own event arrives: neither records it again.
+    assert (
+        beat_with_notice(fleet, annex, victim, "interruption", at=at + timedelta(minutes=1))
+        is HeartbeatAction.DRAIN
+    )
+    warning = event_for("spot-interruption-warning", victim)
+    assert handler_for(fleet).handle(warning, now=at + timedelta(minutes=1)) is Outcome.DUPLICATE
+    notices = [d for a, d in history(fleet, annex.id) if a == "spot-interruption"]
+    assert len(notices) == 1
+    assert victim in notices[0]
+    assert fleet.store.get_annex(annex.id).interrupted_count == 1
+    assert (
+        fleet.heartbeat(annex, other, at=at + timedelta(minutes=1), claimed=4).action is HeartbeatAction.RUN
+    )
+
+
+def test_the_instance_reports_a_rebalance_then_ec2_warns(fleet: Fleet) -> None:
+    annex, (victim,) = fleet.annex(count=1)
+    at = fleet.t0 + timedelta(minutes=30)
+    beat_with_notice(fleet, annex, victim, "rebalance", at=at)
+    assert fleet.instance(annex.id, victim).instance.spot_notice is SpotNotice.REBALANCE
+    assert fleet.store.get_annex(annex.id).interrupted_count == 0
+    warning = event_for("spot-interruption-warning", victim)
+    assert handler_for(fleet).handle(warning, now=at + timedelta(minutes=1)) is Outcome.RECORDED
+    assert fleet.instance(annex.id, victim).instance.spot_notice is SpotNotice.INTERRUPTION
+    assert fleet.store.get_annex(annex.id).interrupted_count == 1

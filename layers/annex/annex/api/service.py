@@ -59,7 +59,9 @@ from annex.store.annexes import HISTORY_PAGE
 SWEEPS = (LEASE_CHECK, IDLE_REAP)
 
 
-def fingerprint(spec: AnnexSpec, condor_user: str, budget: Decimal | None = None) -> str:
+def fingerprint(
+    spec: AnnexSpec, condor_user: str, budget: Decimal | None = None, *, replace: bool = False
+) -> str:
     fields: dict[str, object] = {
         "name": spec.name,
         "count": spec.count,
@@ -74,6 +76,8 @@ def fingerprint(spec: AnnexSpec, condor_user: str, budget: Decimal | None = None
     }
     if budget is not None:  # only when set, so the fingerprints of requests without one are unchanged
         fields["budget"] = format(budget, "f")
+    if replace:  # likewise only when asked for
+        fields["replace"] = True
     canonical = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -111,7 +115,7 @@ class AnnexService:
         """Returns (annex, created). A retry with the same client token returns the first annex."""
         spec = resolve_create(request, self.settings)
         condor_user = resolve_owner(spec, caller.arn, request.condor_user, self.settings)
-        fp = fingerprint(spec, condor_user, request.budget)
+        fp = fingerprint(spec, condor_user, request.budget, replace=request.replace)
         token = request.client_token
         if token:
             existing = self._by_token(caller, token, fp)
@@ -146,6 +150,7 @@ class AnnexService:
             client_token=token,
             tags=spec.tags,
             budget_usd=request.budget,
+            replace=request.replace,
         )
         # The budget's due time goes first: if the create then fails, the budget check finds no annex
         # and drops it; the other order could leave a budgeted annex nobody watches.

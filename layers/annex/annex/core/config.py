@@ -235,6 +235,11 @@ class LaunchSettings(CommonSettings, ReapTiming):
     config_timeout: Duration = Field(alias="CONFIG_TIMEOUT")
     drain_lead: Duration = Field(alias="DRAIN_LEAD")
     use_ccb: bool = Field(alias="USE_CCB")
+    # Replacing interrupted spot instances: the quota a replacement takes, and the prices its budget
+    # check reads.
+    region: str = Field(alias="REGION", min_length=1)
+    max_live_instances_per_owner: int = Field(alias="MAX_LIVE_INSTANCES_PER_OWNER", ge=1)
+    max_live_instances: int = Field(alias="MAX_LIVE_INSTANCES", ge=1)
 
     @model_validator(mode="after")
     def _config_before_reap(self) -> Self:

@@ -15,7 +15,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -243,6 +245,17 @@ class CreateAnnexRequest(_Strict):
     budget: BudgetIn | None = Field(
         default=None, description="USD: the annex ends (budget-reached) before its cost passes this."
     )
+    replace: bool = Field(
+        default=False,
+        description="Spot only: replace each instance EC2 interrupts, once, while the lease and budget last.",
+    )
+
+    @field_validator("replace")
+    @classmethod
+    def _replace_needs_spot(cls, replace: bool, info: ValidationInfo) -> bool:
+        if replace and info.data.get("market") is not Market.SPOT:
+            raise ValueError("applies to spot annexes only (market spot): on-demand is not interrupted")
+        return replace
 
 
 class LeaseMove(_Strict):
@@ -327,6 +340,16 @@ class Annex(BaseModel):
     end_reason: EndReason | None = None
     ended_at: Time | None = None
     budget_usd: BudgetIn | None = None
+    replace: bool = Field(
+        default=False,
+        description="Each spot instance EC2 interrupts is replaced once (lease and budget allowing).",
+    )
+    interrupted_count: int = Field(
+        default=0, description="Spot instances EC2 sent an interruption warning for."
+    )
+    replaced_count: int = Field(
+        default=0, description="Interrupted instances a replacement was launched for."
+    )
 
     @property
     def live(self) -> bool:
@@ -360,6 +383,12 @@ class Instance(BaseModel):
     # A spot interruption warning or rebalance recommendation EC2 sent for it (the next heartbeat drains).
     spot_notice: SpotNotice | None = None
     spot_notice_at: Time | None = None
+    # Replacement of an interrupted instance (annexes requested with `replace`): the claim (a quota unit
+    # taken for it), then either the replacement's id or why there is none. `replaces` is on the new one.
+    replacement_claimed_at: Time | None = None
+    replaced_by: str | None = Field(default=None, pattern=INSTANCE_ID_PATTERN)
+    replacement_note: str | None = None
+    replaces: str | None = Field(default=None, pattern=INSTANCE_ID_PATTERN)
     problem: str | None = Field(
         default=None, description="The boot problem the instance reported before powering off, if any."
     )

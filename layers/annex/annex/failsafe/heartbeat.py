@@ -20,7 +20,9 @@ from annex.core.models import (
     HeartbeatResponse,
     Instance,
     InstanceState,
+    SpotNotice,
 )
+from annex.failsafe.interruption import record_notice
 from annex.failsafe.rules import idle_after, idle_since_after_report, next_check, stored_check
 from annex.store import AnnexStore, InstanceKey
 
@@ -134,7 +136,26 @@ class HeartbeatService:
             )
             if written and request.problem is not None and request.problem != instance.problem:
                 self.store.add_problem_event(key, problem=request.problem, now=now)
+            if written and request.spot_notice is not None:
+                reported = self._spot_notice(key, reported, SpotNotice(request.spot_notice), now)
             if written:
                 return answer(annex, reported, now=now, drain_lead=self.settings.drain_lead)
             # Another report or a sweep changed the record between the read and the write: read again.
         raise ConcurrentUpdate(f"instance {request.instance_id} kept changing; report again")
+
+    def _spot_notice(
+        self, key: InstanceKey, instance: Instance, notice: SpotNotice, now: datetime
+    ) -> Instance:
+        """The instance saw a spot notice in its metadata (IMDS): recorded as EC2's event would be (once,
+        whichever arrives first), and the answer drains it."""
+        if instance.spot_notice is notice or instance.spot_notice is SpotNotice.INTERRUPTION:
+            return instance  # already known (a stronger or the same notice): nothing to write
+        record_notice(
+            self.store,
+            key,
+            notice,
+            at=now,
+            actor=key.instance_id,
+            source=f"spot {notice.value} notice seen by the instance",
+        )
+        return instance.model_copy(update={"spot_notice": notice, "spot_notice_at": now})

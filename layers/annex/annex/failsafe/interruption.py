@@ -55,6 +55,16 @@ class Ec2Event(BaseModel):
     detail: _Detail
 
 
+def record_notice(
+    store: AnnexStore, key: InstanceKey, notice: SpotNotice, *, at: datetime, actor: str, source: str
+) -> bool:
+    """The one place a spot notice is recorded, whoever saw it first (EC2's event, or the instance's own
+    heartbeat): the notice on the instance and a history event, once (a rebalance recommendation may
+    still be followed by an interruption warning). False: it was already recorded."""
+    detail = f"{key.instance_id}: {source}"
+    return store.record_spot_notice(key, notice=notice, at=at, actor=actor, detail=detail)
+
+
 @dataclass(frozen=True)
 class InterruptionHandler:
     store: AnnexStore
@@ -92,10 +102,10 @@ class InterruptionHandler:
             return Outcome.NOT_OURS  # tagged, but never recorded by our launch: never touch it
         notice = NOTICES.get(event.detail_type)
         if notice is not None:
-            detail = f"{instance_id}: EC2 {notice.value} notice at {event.time.isoformat()}"
+            source = f"EC2 {notice.value} notice at {event.time.isoformat()}"
             if event.detail.instance_action:
-                detail += f" (instance-action {event.detail.instance_action})"
-            written = self.store.record_spot_notice(key, notice=notice, at=now, actor=ACTOR, detail=detail)
+                source += f" (instance-action {event.detail.instance_action})"
+            written = record_notice(self.store, key, notice, at=now, actor=ACTOR, source=source)
             return Outcome.RECORDED if written else Outcome.DUPLICATE
         if event.detail_type == STATE_CHANGE and event.detail.state in RECLAIMED_STATES:
             if record.instance.spot_notice is None:

@@ -231,7 +231,7 @@ class Launcher:
         )
         del instance_ids[annex.count :]
 
-    def _spec(self, annex: Annex) -> InstanceSpec:
+    def spec(self, annex: Annex) -> InstanceSpec:
         return InstanceSpec(
             image_id=self.settings.image_id,
             instance_profile_arn=self.settings.instance_profile_arn,
@@ -240,7 +240,7 @@ class Launcher:
             tags=annex_tags(annex, self.settings.stack_name),
         )
 
-    def _slots(self, annex: Annex) -> list[Slot]:
+    def slots(self, annex: Annex) -> list[Slot]:
         if self._zones is None:
             self._zones = self.capacity.subnet_zones(self.settings.subnet_ids)
         zones = self._zones
@@ -255,7 +255,7 @@ class Launcher:
         """RunInstances in batches of at most 100 (MinCount = MaxCount). A batch no slot can take is
         halved and tried again, so capacity spread over zones is still found; a slot that refused n
         instances is not asked for n or more again in this run."""
-        spec, slots = self._spec(annex), self._slots(annex)
+        spec, slots = self.spec(annex), self.slots(annex)
         refused: dict[Slot, int] = {}  # slot -> smallest count it refused
         queue = deque(batch_sizes(annex.count - offset))
         while queue:
@@ -288,7 +288,7 @@ class Launcher:
     def _launch_spot(self, annex: Annex, *, offset: int, now: datetime, run: _Run) -> None:
         """EC2 Fleet `instant`, capacity-optimized across every allowed type in every subnet, in calls of
         at most 100. A call that gets fewer than it asked for means the pools are drained: stop there."""
-        spec, slots = self._spec(annex), self._slots(annex)
+        spec, slots = self.spec(annex), self.slots(annex)
         template = f"annex-{annex.id}"
         owner_tags = {TAG_STACK: self.settings.stack_name, TAG_ID: annex.id}
         self.capacity.create_launch_template(template, spec, owner_tags)

@@ -34,6 +34,7 @@ from annex.store.records import (
     InstanceEnd,
     InstanceKey,
     InstanceRecord,
+    ReplacementClaim,
     TokenRecord,
     TokenTaken,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "InstanceKey",
     "InstanceRecord",
     "OwnerBudgetRecord",
+    "ReplacementClaim",
     "TokenRecord",
     "TokenTaken",
 ]

@@ -9,7 +9,14 @@ from typing import Any
 
 from annex.core.clock import from_epoch, to_epoch, to_iso
 from annex.core.errors import ConcurrentUpdate
-from annex.core.models import LIVE_INSTANCE_STATES, EndReason, Instance, InstanceState, SpotNotice
+from annex.core.models import (
+    LIVE_INSTANCE_STATES,
+    AnnexState,
+    EndReason,
+    Instance,
+    InstanceState,
+    SpotNotice,
+)
 from annex.store import quota
 from annex.store._table import (
     DUE_REAP,
@@ -18,6 +25,7 @@ from annex.store._table import (
     Cancelled,
     Key,
     StoreBase,
+    Transaction,
     annex_id_of,
     annex_pk,
     due_shard,
@@ -26,7 +34,14 @@ from annex.store._table import (
     model_fields,
 )
 from annex.store.annexes import annex_record
-from annex.store.records import AnnexRecord, HeartbeatVersion, InstanceEnd, InstanceKey, InstanceRecord
+from annex.store.records import (
+    AnnexRecord,
+    HeartbeatVersion,
+    InstanceEnd,
+    InstanceKey,
+    InstanceRecord,
+    ReplacementClaim,
+)
 
 _ENDED = "SET #s = :t, end_reason = :r, ended_at = :now, expires_at = :ttl REMOVE due_kind, due_at"
 
@@ -87,8 +102,9 @@ class InstanceRecords(StoreBase):
         ]
 
     def get_instance(self, key: InstanceKey) -> InstanceRecord | None:
-        found, _ = self.get_instances_with_annexes([key])
-        return found.get(key)
+        """One instance record (a consistent GetItem), or None."""
+        item = self._table.get(instance_key(key))
+        return instance_record(item) if item is not None else None
 
     def get_instances_with_annexes(
         self, keys: Iterable[InstanceKey], *, consistent: bool = True
@@ -246,6 +262,14 @@ class InstanceRecords(StoreBase):
         self._history.add_to(
             tx, key.annex_id, at=at, actor=actor, action=f"spot-{notice.value}", detail=detail
         )
+        if notice is SpotNotice.INTERRUPTION:  # counted once: the instance's condition admits it once
+            tx.update(
+                "annex",
+                (annex_pk(key.annex_id), META),
+                "ADD interrupted_count :one",
+                condition="attribute_exists(pk)",
+                values={":one": 1},
+            )
         try:
             tx.commit(self._table.client)
         except Cancelled as exc:
@@ -309,3 +333,152 @@ class InstanceRecords(StoreBase):
                 raise
             return InstanceEnd.RELEASED
         raise ConcurrentUpdate(f"instance {key.instance_id} kept changing; the next sweep will finish it")
+
+    # --- replacing an interrupted instance --------------------------------------------------------
+    # The interrupted record carries the replacement's progress: `replacement_claimed_at` (a quota unit
+    # taken for it), then `replaced_by` (launched) or `replacement_note` (why not). Each step is
+    # conditional on the one before, so a repeated delivery never claims, launches or releases twice.
+
+    _UNSETTLED = (
+        "#s = :t AND (end_reason = :spot OR (end_reason = :silent AND spot_notice = :warned))"
+        " AND attribute_not_exists(replaced_by) AND attribute_not_exists(replacement_note)"
+    )
+
+    def _interrupted_values(self) -> dict[str, Any]:
+        """Ended by EC2's reclaim, or as silent after an interruption warning (the reclaim event lost)."""
+        return {
+            ":t": InstanceState.TERMINATED.value,
+            ":spot": EndReason.SPOT_INTERRUPTED.value,
+            ":silent": EndReason.SILENT.value,
+            ":warned": SpotNotice.INTERRUPTION.value,
+        }
+
+    def claim_replacement(
+        self,
+        key: InstanceKey,
+        *,
+        owner: str,
+        count: int,
+        lease_after: datetime,
+        now: datetime,
+        max_live_per_owner: int,
+        max_live_in_stack: int,
+    ) -> ReplacementClaim:
+        """Claim the replacement of an instance EC2 reclaimed, taking one quota unit for it, in one
+        transaction: the record (ended by the interruption, not yet claimed or settled), the annex's
+        held units (running, below its count, its lease ending after `lease_after`), and the owner's and
+        the stack's quota (within their limits)."""
+        tx = self._table.transaction()
+        tx.update(
+            "instance",
+            instance_key(key),
+            "SET replacement_claimed_at = :now",
+            condition=f"{self._UNSETTLED} AND attribute_not_exists(replacement_claimed_at)",
+            names={"#s": "state"},
+            values={":now": to_iso(now), **self._interrupted_values()},
+        )
+        quota.take_one_held(
+            tx, key.annex_id, count=count, running=AnnexState.RUNNING.value, lease_after=to_iso(lease_after)
+        )
+        quota.reserve(tx, owner, 1, limit=max_live_per_owner, stack_limit=max_live_in_stack)
+        try:
+            tx.commit(self._table.client)
+        except Cancelled as exc:
+            if exc.failed("instance"):
+                return ReplacementClaim.SETTLED
+            if exc.failed("held"):
+                return ReplacementClaim.NO_ROOM
+            if exc.failed(quota.OWNER_OP) or exc.failed(quota.STACK_OP):
+                return ReplacementClaim.OVER_QUOTA
+            raise
+        return ReplacementClaim.CLAIMED
+
+    def decline_replacement(self, key: InstanceKey, *, note: str, now: datetime, actor: str) -> bool:
+        """Record why an unclaimed interrupted instance is not replaced (once), with a history event."""
+        tx = self._table.transaction()
+        tx.update(
+            "instance",
+            instance_key(key),
+            "SET replacement_note = :note",
+            condition=f"{self._UNSETTLED} AND attribute_not_exists(replacement_claimed_at)",
+            names={"#s": "state"},
+            values={":note": note, **self._interrupted_values()},
+        )
+        self._history.add_to(
+            tx, key.annex_id, at=now, actor=actor, action="not-replaced", detail=f"{key.instance_id}: {note}"
+        )
+        return self._settle(tx)
+
+    def finish_replacement(self, key: InstanceKey, *, replacement_id: str, now: datetime, actor: str) -> bool:
+        """The claimed replacement is running and recorded: name it on the interrupted record, once."""
+        tx = self._table.transaction()
+        tx.update(
+            "instance",
+            instance_key(key),
+            "SET replaced_by = :new",
+            condition=f"{self._UNSETTLED} AND attribute_exists(replacement_claimed_at)",
+            names={"#s": "state"},
+            values={":new": replacement_id, **self._interrupted_values()},
+        )
+        self._history.add_to(
+            tx,
+            key.annex_id,
+            at=now,
+            actor=actor,
+            action="instance-replaced",
+            detail=f"{replacement_id} replaced {key.instance_id} (spot interruption)",
+        )
+        tx.update(
+            "annex",
+            (annex_pk(key.annex_id), META),
+            "ADD replaced_count :one",
+            condition="attribute_exists(pk)",
+            values={":one": 1},
+        )
+        return self._settle(tx)
+
+    def release_replacement(
+        self, key: InstanceKey, *, owner: str, note: str, now: datetime, actor: str
+    ) -> bool:
+        """The claimed replacement could not be launched: record why and give its quota unit back, once
+        (if the annex ended meanwhile, `end_annex` gave back everything it held: only the note is set)."""
+        for release in (True, False):
+            tx = self._table.transaction()
+            tx.update(
+                "instance",
+                instance_key(key),
+                "SET replacement_note = :note",
+                condition=f"{self._UNSETTLED} AND attribute_exists(replacement_claimed_at)",
+                names={"#s": "state"},
+                values={":note": note, **self._interrupted_values()},
+            )
+            if release:
+                quota.release_one_held(tx, key.annex_id)
+                quota.release(tx, owner, 1)
+            self._history.add_to(
+                tx,
+                key.annex_id,
+                at=now,
+                actor=actor,
+                action="not-replaced",
+                detail=f"{key.instance_id}: {note}",
+            )
+            try:
+                tx.commit(self._table.client)
+            except Cancelled as exc:
+                if exc.failed("instance"):
+                    return False
+                if release and exc.failed("held"):
+                    continue
+                raise
+            return True
+        return False
+
+    def _settle(self, tx: Transaction) -> bool:
+        try:
+            tx.commit(self._table.client)
+        except Cancelled as exc:
+            if exc.failed("instance"):
+                return False
+            raise
+        return True

@@ -63,6 +63,21 @@ def release_one_held(tx: Transaction, annex_id: str) -> None:
     )
 
 
+def take_one_held(tx: Transaction, annex_id: str, *, count: int, running: str, lease_after: str) -> None:
+    """One unit more held by a running annex (operation `held`), for a replacement instance: only while
+    it holds fewer than its `count` (never more live instances than asked for) and its lease ends after
+    `lease_after` (ISO 8601 UTC, as stored). The caller takes the owner's and the stack's unit with
+    `reserve` in the same transaction."""
+    tx.update(
+        "held",
+        (annex_pk(annex_id), META),
+        "ADD held :one",
+        condition="#s = :running AND held < :count AND lease_expires_at > :after",
+        names={"#s": "state"},
+        values={":one": 1, ":running": running, ":count": count, ":after": lease_after},
+    )
+
+
 def live_units(item: dict[str, Any] | None) -> int:
     """The owner's units in use, from their QUOTA item (None: they never had any)."""
     return int(item.get(LIVE, 0)) if item else 0

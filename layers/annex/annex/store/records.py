@@ -69,5 +69,14 @@ class InstanceEnd(StrEnum):
     UNCHANGED = "unchanged"  # it was already recorded as terminated (or was never recorded)
 
 
+class ReplacementClaim(StrEnum):
+    """What `claim_replacement` did."""
+
+    CLAIMED = "claimed"  # the record is claimed and one quota unit is taken for its replacement
+    SETTLED = "settled"  # already claimed, replaced or declined (a repeated delivery), or not interrupted
+    NO_ROOM = "no-room"  # the annex is not running, holds its count already, or its lease ends too soon
+    OVER_QUOTA = "over-quota"  # the owner's (or the stack's) live-instance limit
+
+
 class TokenTaken(Exception):
     """A concurrent create with the same client token committed first."""

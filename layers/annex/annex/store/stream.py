@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from annex.store._table import annex_id_of
+from annex.store.records import InstanceKey
 
 
 class LaunchTrigger(BaseModel):
@@ -34,6 +35,55 @@ class LaunchTrigger(BaseModel):
                     "pk": keys.get("pk"),
                     "sk": keys.get("sk"),
                     "state": new_image.get("state"),
+                }
+            )
+        except ValidationError:
+            return None
+
+
+class ReplaceTrigger(BaseModel):
+    """The stream record that asks for a replacement: an instance record that EC2's reclaim of a spot
+    instance just ended (live before, `terminated` with reason `spot-interrupted` now; or `silent` after an
+    interruption warning, when the reclaim event was lost and idle-reap ended it). There is one such change
+    per interrupted instance; the stream retries it until the launch function has settled it."""
+
+    event_name: Literal["MODIFY"]
+    pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
+    sk: str = Field(pattern=r"^INST#i-[0-9a-f]{8,17}$")
+    state: Literal["terminated"]
+    end_reason: Literal["spot-interrupted", "silent"]
+    spot_notice: str | None = None
+    old_state: Literal["pending", "running", "terminating"]
+
+    @model_validator(mode="after")
+    def _interrupted(self) -> ReplaceTrigger:
+        # Silent counts only after an interruption warning: the reclaim event was lost, idle-reap ended it.
+        if self.end_reason == "silent" and self.spot_notice != "interruption":
+            raise ValueError("a silent end without an interruption warning is no interruption")
+        return self
+
+    @property
+    def key(self) -> InstanceKey:
+        return InstanceKey(annex_id_of(self.pk), self.sk.removeprefix("INST#"))
+
+    @classmethod
+    def parse(
+        cls,
+        event_name: object,
+        keys: dict[str, object],
+        new_image: dict[str, object],
+        old_image: dict[str, object],
+    ) -> ReplaceTrigger | None:
+        try:
+            return cls.model_validate(
+                {
+                    "event_name": event_name,
+                    "pk": keys.get("pk"),
+                    "sk": keys.get("sk"),
+                    "state": new_image.get("state"),
+                    "end_reason": new_image.get("end_reason"),
+                    "spot_notice": new_image.get("spot_notice"),
+                    "old_state": old_image.get("state"),
                 }
             )
         except ValidationError:
