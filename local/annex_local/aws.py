@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import urllib.request
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -55,6 +56,7 @@ class EmbeddedAws:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
+        self._server._server.app = OneRequestAtATime(self._server._server.app)
         self.port = self._server.get_host_and_port()[1]
         # moto's backends live in this process: a second stack here would see the first one's resources.
         reset = urllib.request.Request(f"{self.endpoint}/moto-api/reset", data=b"", method="POST")  # noqa: S310
@@ -198,6 +200,28 @@ class EmbeddedAws:
         )["GroupId"]
         images = ec2.describe_images(Owners=["amazon"])["Images"]
         out.image_id = sorted(images, key=lambda i: i["ImageId"])[0]["ImageId"]
+
+
+class OneRequestAtATime:
+    """The embedded AWS answers one request at a time: moto's backends are not thread-safe, while the
+    functions run concurrently (annex_local.runtime) as they do on Lambda. Each AWS call stays atomic, as
+    on AWS. An SQS long poll is the exception (moto's queues guard their own messages, and a poll that
+    waits must not stop every other call)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
+            return self.app(environ, start_response)
+        with self.lock:
+            body = self.app(environ, start_response)
+            try:
+                return [b"".join(body)]
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
 
 
 def _plain_policy(doc: Any) -> Any:

@@ -1,7 +1,7 @@
-"""SQS event sources from template.yaml (`Type: SQS`): each queue is long-polled against the embedded
-moto (which holds a message back for its DelaySeconds, as SQS does) and its batches handed to the
-function; with ReportBatchItemFailures only the failed messages stay for a retry, the others are
-deleted, as Lambda's event source mapping does. The queue's own redrive policy dead-letters repeats."""
+"""SQS event sources from template.yaml (`Type: SQS`): each queue is polled against the embedded moto
+(which holds a message back for its DelaySeconds, as SQS does) and its batches handed to the function;
+with ReportBatchItemFailures only the failed messages stay for a retry, the others are deleted,
+as Lambda's event source mapping does. The queue's own redrive policy dead-letters repeats."""
 
 from __future__ import annotations
 
@@ -57,15 +57,21 @@ class QueuePoller:
         self.invoke = invoke
         self.region = region
 
-    def run(self, stop: threading.Event, wait: float = 1.0) -> None:
+    def run(self, stop: threading.Event, interval: float = 0.1) -> None:
+        """Lambda's event source mapping long-polls, and SQS answers a long poll as soon as a message is
+        visible. moto's long poll only looks again once a second (a delayed message turning visible
+        wakes nobody), so this polls without waiting, every `interval` while the queue is empty and at
+        once after a batch."""
         while not stop.is_set():
             try:
-                self.poll_once(wait)
+                handled = self.poll_once()
             except Exception:
                 log.exception("polling %s failed", self.mapping.queue_logical_id)
-                stop.wait(wait)
+                handled = 0
+            if not handled:
+                stop.wait(interval)
 
-    def poll_once(self, wait: float = 1.0) -> int:
+    def poll_once(self, wait: float = 0.0) -> int:
         resp = self.sqs.receive_message(
             QueueUrl=self.url,
             MaxNumberOfMessages=min(10, self.mapping.batch_size),
