@@ -14,6 +14,8 @@ from typing import Any
 from annex_local.template import events_of_type
 
 log = logging.getLogger("annex_local.queues")
+# Lambda's SQS event source mapping starts with five concurrent batches (and scales up from there).
+POLLERS = 5
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class QueuePoller:
         """Lambda's event source mapping long-polls, and SQS answers a long poll as soon as a message is
         visible. moto's long poll only looks again once a second (a delayed message turning visible
         wakes nobody), so this polls without waiting, every `interval` while the queue is empty and at
-        once after a batch."""
+        once after a batch. The stack runs POLLERS of these per queue, as the mapping processes several
+        batches at once (a batch that takes seconds does not hold back the messages behind it)."""
         while not stop.is_set():
             try:
                 handled = self.poll_once()

@@ -1,13 +1,14 @@
 """Runs the real Lambda handlers in this process. Handlers are found from template.yaml.
 
-Functions run concurrently, as on Lambda (a lease timer does not wait behind a minute's sweep or a
-launch), each function one invocation at a time; the embedded AWS answers one call at a time
+Invocations run concurrently, as on Lambda (a lease timer does not wait behind a minute's sweep, a
+launch, or another batch of timers); the embedded AWS answers one call at a time
 (annex_local.aws.OneRequestAtATime), so moto, which is not thread-safe, sees no concurrency. Functions
-that use Powertools Metrics share one lock: its metric store is one per process here (one per function
-on Lambda), and two of them flushing at once would mix or lose metrics."""
+that use Powertools Metrics take turns under one lock: its metric store is one per process here (one
+per execution environment on Lambda), and two of them flushing at once would mix or lose metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -16,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from annex_local.events import FakeContext
@@ -66,7 +68,7 @@ class LocalRuntime:
         # The lock of the functions that share process-wide state (Powertools Metrics), and of the
         # simulated nodes' EC2 calls.
         self.lock = threading.RLock()
-        self._own_locks: dict[str, threading.Lock] = {}
+        self._concurrent: set[str] = set()
         self._counts = threading.Lock()
         self.invocations: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -87,13 +89,13 @@ class LocalRuntime:
                 module = importlib.import_module(module_name)
                 self._handlers[logical_id] = getattr(module, attribute)
                 if not _uses_shared_state(module):
-                    self._own_locks[logical_id] = threading.Lock()
+                    self._concurrent.add(logical_id)
             return self._handlers[logical_id]
 
-    def lock_of(self, logical_id: str) -> threading.Lock | threading.RLock:
-        """The lock an invocation of this function holds: its own, or the shared one."""
+    def lock_of(self, logical_id: str) -> AbstractContextManager[Any]:
+        """What an invocation of this function holds: nothing, or the shared lock."""
         self.handler(logical_id)
-        return self._own_locks.get(logical_id, self.lock)
+        return contextlib.nullcontext() if logical_id in self._concurrent else self.lock
 
     def preload(self) -> None:
         """Import every function's handler module once, in this thread (call after `configure`: the
