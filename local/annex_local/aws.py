@@ -4,6 +4,7 @@ topic), plus the network an administrator would supply (default VPC subnets, a s
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -205,15 +206,15 @@ class EmbeddedAws:
 class OneRequestAtATime:
     """The embedded AWS answers one request at a time: moto's backends are not thread-safe, while the
     functions run concurrently (annex_local.runtime) as they do on Lambda. Each AWS call stays atomic, as
-    on AWS. An SQS long poll is the exception (moto's queues guard their own messages, and a poll that
-    waits must not stop every other call)."""
+    on AWS. An SQS receive that waits (a long poll) is the exception: it must not stop every other call,
+    and moto's queues guard their messages for it."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
+        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage" and _waits(environ):
             return self.app(environ, start_response)
         with self.lock:
             body = self.app(environ, start_response)
@@ -222,6 +223,17 @@ class OneRequestAtATime:
             finally:
                 if hasattr(body, "close"):
                     body.close()
+
+
+def _waits(environ: dict[str, Any]) -> bool:
+    """Whether a ReceiveMessage request (JSON protocol) asks to wait; the body is put back for moto."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    try:
+        return int(json.loads(body or b"{}").get("WaitTimeSeconds") or 0) > 0
+    except (ValueError, AttributeError):
+        return False
 
 
 def _plain_policy(doc: Any) -> Any:

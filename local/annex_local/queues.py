@@ -15,7 +15,7 @@ from annex_local.template import events_of_type
 
 log = logging.getLogger("annex_local.queues")
 # Lambda's SQS event source mapping starts with five concurrent batches (and scales up from there).
-POLLERS = 5
+BATCHES_AT_ONCE = 5
 
 
 @dataclass(frozen=True)
@@ -63,27 +63,52 @@ class QueuePoller:
         """Lambda's event source mapping long-polls, and SQS answers a long poll as soon as a message is
         visible. moto's long poll only looks again once a second (a delayed message turning visible
         wakes nobody), so this polls without waiting, every `interval` while the queue is empty and at
-        once after a batch. The stack runs POLLERS of these per queue, as the mapping processes several
-        batches at once (a batch that takes seconds does not hold back the messages behind it)."""
+        once after a batch. Like the mapping, it processes up to BATCHES_AT_ONCE batches at a time (a
+        batch that takes seconds does not hold back the messages behind it), and receives no more than
+        it can process."""
+        free = threading.Semaphore(BATCHES_AT_ONCE)
         while not stop.is_set():
+            if not free.acquire(timeout=interval):
+                continue
             try:
-                handled = self.poll_once()
+                messages = self._receive()
             except Exception:
                 log.exception("polling %s failed", self.mapping.queue_logical_id)
-                handled = 0
-            if not handled:
+                messages = []
+            if not messages:
+                free.release()
                 stop.wait(interval)
+                continue
+            threading.Thread(
+                target=self._process_then_release,
+                args=(messages, free),
+                name=f"batch-{self.mapping.function_id}",
+                daemon=True,
+            ).start()
 
     def poll_once(self, wait: float = 0.0) -> int:
+        """Receive one batch and process it in this thread; returns how many messages were done."""
+        messages = self._receive(wait)
+        return self._process(messages) if messages else 0
+
+    def _receive(self, wait: float = 0.0) -> list[dict[str, Any]]:
         resp = self.sqs.receive_message(
             QueueUrl=self.url,
             MaxNumberOfMessages=min(10, self.mapping.batch_size),
             WaitTimeSeconds=max(0, min(20, int(wait))),
             AttributeNames=["All"],
         )
-        messages = resp.get("Messages", [])
-        if not messages:
-            return 0
+        return list(resp.get("Messages", []))
+
+    def _process_then_release(self, messages: list[dict[str, Any]], free: threading.Semaphore) -> None:
+        try:
+            self._process(messages)
+        except Exception:
+            log.exception("%s: a batch could not be processed", self.mapping.function_id)
+        finally:
+            free.release()
+
+    def _process(self, messages: list[dict[str, Any]]) -> int:
         event = {"Records": [self._record(m) for m in messages]}
         try:
             result = self.invoke(self.mapping.function_id, event)

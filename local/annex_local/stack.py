@@ -18,7 +18,7 @@ from annex_local.aws import ACCOUNT, REGION, EmbeddedAws, Provisioned
 from annex_local.gateway import Gateway
 from annex_local.nodes import SimulatedNodes
 from annex_local.notices import NoticeCourier
-from annex_local.queues import POLLERS, QueuePoller, queue_mappings
+from annex_local.queues import QueuePoller, queue_mappings
 from annex_local.runtime import LocalRuntime, install_code_paths, stack_environment
 from annex_local.scheduler import Scheduler, schedules_from_template
 from annex_local.sigv4 import Identity
@@ -345,8 +345,7 @@ class LocalStack:
                 self.runtime.invoke,
                 region=REGION,
             )
-            for n in range(POLLERS):
-                self._thread(poller.run, self.stop_event, 0.1, name=f"queue-{mapping.function_id}-{n}")
+            self._thread(poller.run, self.stop_event, 0.1, name=f"queue-{mapping.function_id}")
 
     def _load_prices(self, prov: Provisioned) -> None:
         """The shipped, dated price snapshot into the table, as the prices function would store prices."""

@@ -4,6 +4,8 @@ that share Powertools' process-wide metric store still take turns."""
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 import time
 from types import SimpleNamespace
@@ -76,6 +78,8 @@ def test_the_embedded_aws_answers_one_request_at_a_time_except_an_sqs_long_poll(
 
     def app(environ, start_response):
         nonlocal running, most
+        length = int(environ["CONTENT_LENGTH"])
+        assert json.loads(environ["wsgi.input"].read(length))["QueueUrl"] == "q"  # the body reaches moto
         with guard:
             running += 1
             most = max(most, running)
@@ -87,13 +91,19 @@ def test_the_embedded_aws_answers_one_request_at_a_time_except_an_sqs_long_poll(
 
     serialized = OneRequestAtATime(app)
 
-    def call(target: str) -> None:
-        assert serialized({"HTTP_X_AMZ_TARGET": target}, lambda *a: None) == [b"{}"]
+    def call(target: str, wait: int) -> None:
+        body = json.dumps({"QueueUrl": "q", "WaitTimeSeconds": wait}).encode()
+        environ = {
+            "HTTP_X_AMZ_TARGET": target,
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+        }
+        assert serialized(environ, lambda *a: None) == [b"{}"]
 
-    def burst(target: str) -> int:
+    def burst(target: str, wait: int = 0) -> int:
         nonlocal most
         most = 0
-        threads = [threading.Thread(target=call, args=(target,)) for _ in range(6)]
+        threads = [threading.Thread(target=call, args=(target, wait)) for _ in range(6)]
         for t in threads:
             t.start()
         for t in threads:
@@ -101,4 +111,5 @@ def test_the_embedded_aws_answers_one_request_at_a_time_except_an_sqs_long_poll(
         return most
 
     assert burst("DynamoDB_20120810.TransactWriteItems") == 1
-    assert burst("AmazonSQS.ReceiveMessage") > 1  # a poll that waits must not stop every other call
+    assert burst("AmazonSQS.ReceiveMessage", wait=0) == 1
+    assert burst("AmazonSQS.ReceiveMessage", wait=20) > 1  # a poll that waits must not stop every other call
