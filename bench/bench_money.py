@@ -48,7 +48,11 @@ def main() -> None:
             "RequestFunction",
             table_name="bench-annex",
             stack_name="bench",
-            overrides={"MAX_LIVE_INSTANCES_PER_OWNER": "100000", "MAX_INSTANCES_PER_ANNEX": "50"},
+            overrides={
+                "MAX_LIVE_INSTANCES": "100000",
+                "MAX_LIVE_INSTANCES_PER_OWNER": "100000",
+                "MAX_INSTANCES_PER_ANNEX": "50",
+            },
         )
         os.environ.update(env)
         import functions.request.app as app
@@ -84,7 +88,13 @@ def main() -> None:
         # The budget check: 20 budgeted annexes due now, and a growing population that is not due.
         store = AnnexStore(ddb, "bench-annex")
         now = utcnow()
-        lease_env = resolve_environment("LeaseCheckFunction", table_name="bench-annex", stack_name="bench")
+        # No lease-timer queue here: the budget check is what is measured.
+        lease_env = resolve_environment(
+            "LeaseCheckFunction",
+            table_name="bench-annex",
+            stack_name="bench",
+            overrides={"LeaseTimerQueue": ""},
+        )
         settings = LeaseCheckSettings.from_env(lease_env)
         notifier = Notifier(boto3.client("events"), "bench-events")
         from annex.aws.inventory import Ec2Inventory
