@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -37,7 +36,6 @@ from annex_local.sigv4 import sign_headers  # noqa: E402
 from annex_local.stack import LocalStack, Options  # noqa: E402
 
 LEASE_SECONDS = 60  # the shortest lease the --fast parameters allow (MinLease=1m)
-SETUP_SECONDS = 180  # the first lease falls due this long after the first request
 
 
 def post(stack: LocalStack, path: str, body: dict) -> dict:
@@ -84,32 +82,22 @@ def measure(annexes: int, sweep_period: float | None) -> list[float]:
         stack.start()
         try:
             clients.ec2().meta.events.register("before-parameter-build.ec2.TerminateInstances", on_terminate)
-            # Every lease is aimed at its own second of one minute that begins SETUP_SECONDS from now, so
-            # all fall due within that minute however long the requests take, and none falls due while
-            # the bench is still creating annexes (the requests and launches would compete with the
-            # lease timers, which is not what is measured). A lease cannot be shorter than MinLease; if
-            # the requests fall that far behind, the run says so.
-            stagger = 60.0 / annexes
-            first_due = time.time() + SETUP_SECONDS
+            stagger = 60.0 / annexes  # all leases fall due within the same minute
             created = []
-            late = 0
             for i in range(annexes):
-                lease = math.ceil(first_due + i * stagger - time.time())
-                if lease < LEASE_SECONDS:
-                    late += 1
-                    lease = LEASE_SECONDS
                 created.append(
                     post(
                         stack,
                         "/annexes",
-                        {"name": f"lag-{i}", "count": 1, "lease": f"{lease}s", "tags": {"annex-sim": "busy"}},
+                        {
+                            "name": f"lag-{i}",
+                            "count": 1,
+                            "lease": f"{LEASE_SECONDS}s",
+                            "tags": {"annex-sim": "busy"},
+                        },
                     )
                 )
-            if late:
-                print(
-                    f"  {late} of {annexes} requests came too late to fall due within the minute",
-                    file=sys.__stdout__,
-                )
+                time.sleep(stagger)
             ec2 = stack.aws.client("ec2")
             expiry = {a["id"]: parse_time(a["lease_expires_at"]).timestamp() for a in created}
             deadline = max(expiry.values()) + 3 * period + 30
