@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -136,7 +137,7 @@ def main() -> None:
         lags = measure(args.annexes, period)
         print(
             f"  {label:38s} min {min(lags):6.1f} s  median {statistics.median(lags):6.1f} s  "
-            f"max {max(lags):6.1f} s  (n={len(lags)})",
+            f"max {max(lags):6.1f} s  (n={len(lags)}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)",
             file=sys.__stdout__,
         )
     print(

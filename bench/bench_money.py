@@ -51,6 +51,7 @@ def main() -> None:
             table_name="bench-annex",
             stack_name="bench",
             overrides={
+                "MAX_LIVE_INSTANCES": "100000",
                 "MAX_LIVE_INSTANCES_PER_OWNER": "100000",
                 "MAX_INSTANCES_PER_ANNEX": "50",
                 "AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profile/bench",

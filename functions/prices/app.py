@@ -7,7 +7,6 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-import boto3
 from annex.aws import clients
 from annex.core.clock import utcnow
 from annex.core.config import PricesSettings
@@ -35,9 +34,7 @@ def settings() -> PricesSettings:
 @cache
 def pricing() -> Any:
     """The Price List Query API is served from a few regions only (PRICE_LIST_REGION)."""
-    return boto3.session.Session().client(
-        "pricing", region_name=settings().price_list_region, config=clients.CLIENT_CONFIG
-    )
+    return clients.client("pricing", settings().price_list_region)
 
 
 @cache

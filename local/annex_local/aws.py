@@ -4,8 +4,10 @@ topic), plus the network an administrator would supply (default VPC subnets, a s
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import threading
 import urllib.request
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -57,6 +59,7 @@ class EmbeddedAws:
         moto_ec2.install()  # EC2's iam-instance-profile.arn filter (the inventory uses it)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
+        self._server._server.app = OneRequestAtATime(self._server._server.app)
         self.port = self._server.get_host_and_port()[1]
         # moto's backends live in this process: a second stack here would see the first one's resources.
         reset = urllib.request.Request(f"{self.endpoint}/moto-api/reset", data=b"", method="POST")  # noqa: S310
@@ -213,6 +216,39 @@ class EmbeddedAws:
         )["GroupId"]
         images = ec2.describe_images(Owners=["amazon"])["Images"]
         out.image_id = sorted(images, key=lambda i: i["ImageId"])[0]["ImageId"]
+
+
+class OneRequestAtATime:
+    """The embedded AWS answers one request at a time: moto's backends are not thread-safe, while the
+    functions run concurrently (annex_local.runtime) as they do on Lambda. Each AWS call stays atomic, as
+    on AWS. An SQS receive that waits (a long poll) is the exception: it must not stop every other call,
+    and moto's queues guard their messages for it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage" and _waits(environ):
+            return self.app(environ, start_response)
+        with self.lock:
+            body = self.app(environ, start_response)
+            try:
+                return [b"".join(body)]
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
+
+
+def _waits(environ: dict[str, Any]) -> bool:
+    """Whether a ReceiveMessage request (JSON protocol) asks to wait; the body is put back for moto."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    try:
+        return int(json.loads(body or b"{}").get("WaitTimeSeconds") or 0) > 0
+    except (ValueError, AttributeError):
+        return False
 
 
 def _plain_policy(doc: Any) -> Any:

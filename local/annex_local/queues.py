@@ -1,7 +1,7 @@
-"""SQS event sources from template.yaml (`Type: SQS`): each queue is long-polled against the embedded
-moto (which holds a message back for its DelaySeconds, as SQS does) and its batches handed to the
-function; with ReportBatchItemFailures only the failed messages stay for a retry, the others are
-deleted, as Lambda's event source mapping does. The queue's own redrive policy dead-letters repeats."""
+"""SQS event sources from template.yaml (`Type: SQS`): each queue is polled against the embedded moto
+(which holds a message back for its DelaySeconds, as SQS does) and its batches handed to the function;
+with ReportBatchItemFailures only the failed messages stay for a retry, the others are deleted,
+as Lambda's event source mapping does. The queue's own redrive policy dead-letters repeats."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 from annex_local.template import events_of_type
 
 log = logging.getLogger("annex_local.queues")
+# Lambda's SQS event source mapping starts with five concurrent batches (and scales up from there).
+BATCHES_AT_ONCE = 5
 
 
 @dataclass(frozen=True)
@@ -57,24 +59,56 @@ class QueuePoller:
         self.invoke = invoke
         self.region = region
 
-    def run(self, stop: threading.Event, wait: float = 1.0) -> None:
+    def run(self, stop: threading.Event, interval: float = 0.1) -> None:
+        """Lambda's event source mapping long-polls, and SQS answers a long poll as soon as a message is
+        visible. moto's long poll only looks again once a second (a delayed message turning visible
+        wakes nobody), so this polls without waiting, every `interval` while the queue is empty and at
+        once after a batch. Like the mapping, it processes up to BATCHES_AT_ONCE batches at a time (a
+        batch that takes seconds does not hold back the messages behind it), and receives no more than
+        it can process."""
+        free = threading.Semaphore(BATCHES_AT_ONCE)
         while not stop.is_set():
+            if not free.acquire(timeout=interval):
+                continue
             try:
-                self.poll_once(wait)
+                messages = self._receive()
             except Exception:
                 log.exception("polling %s failed", self.mapping.queue_logical_id)
-                stop.wait(wait)
+                messages = []
+            if not messages:
+                free.release()
+                stop.wait(interval)
+                continue
+            threading.Thread(
+                target=self._process_then_release,
+                args=(messages, free),
+                name=f"batch-{self.mapping.function_id}",
+                daemon=True,
+            ).start()
 
-    def poll_once(self, wait: float = 1.0) -> int:
+    def poll_once(self, wait: float = 0.0) -> int:
+        """Receive one batch and process it in this thread; returns how many messages were done."""
+        messages = self._receive(wait)
+        return self._process(messages) if messages else 0
+
+    def _receive(self, wait: float = 0.0) -> list[dict[str, Any]]:
         resp = self.sqs.receive_message(
             QueueUrl=self.url,
             MaxNumberOfMessages=min(10, self.mapping.batch_size),
             WaitTimeSeconds=max(0, min(20, int(wait))),
             AttributeNames=["All"],
         )
-        messages = resp.get("Messages", [])
-        if not messages:
-            return 0
+        return list(resp.get("Messages", []))
+
+    def _process_then_release(self, messages: list[dict[str, Any]], free: threading.Semaphore) -> None:
+        try:
+            self._process(messages)
+        except Exception:
+            log.exception("%s: a batch could not be processed", self.mapping.function_id)
+        finally:
+            free.release()
+
+    def _process(self, messages: list[dict[str, Any]]) -> int:
         event = {"Records": [self._record(m) for m in messages]}
         try:
             result = self.invoke(self.mapping.function_id, event)

@@ -1,8 +1,14 @@
-"""Runs the real Lambda handlers in this process, one invocation at a time (one lock: moto is not
-thread-safe, and it keeps the local stack's logs readable). Handlers are found from template.yaml."""
+"""Runs the real Lambda handlers in this process. Handlers are found from template.yaml.
+
+Invocations run concurrently, as on Lambda (a lease timer does not wait behind a minute's sweep, a
+launch, or another batch of timers); the embedded AWS answers one call at a time
+(annex_local.aws.OneRequestAtATime), so moto, which is not thread-safe, sees no concurrency. Functions
+that use Powertools Metrics take turns under one lock: its metric store is one per process here (one
+per execution environment on Lambda), and two of them flushing at once would mix or lose metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -11,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from annex_local.events import FakeContext
@@ -58,7 +65,11 @@ def stack_environment(
 
 class LocalRuntime:
     def __init__(self) -> None:
+        # The lock of the functions that share process-wide state (Powertools Metrics), and of the
+        # simulated nodes' EC2 calls.
         self.lock = threading.RLock()
+        self._concurrent: set[str] = set()
+        self._counts = threading.Lock()
         self.invocations: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self._handlers: dict[str, Callable[..., Any]] = {}
@@ -74,9 +85,17 @@ class LocalRuntime:
     def handler(self, logical_id: str) -> Callable[..., Any]:
         with self._import_lock:
             if logical_id not in self._handlers:
-                module, attribute = handler_path(logical_id)
-                self._handlers[logical_id] = getattr(importlib.import_module(module), attribute)
+                module_name, attribute = handler_path(logical_id)
+                module = importlib.import_module(module_name)
+                self._handlers[logical_id] = getattr(module, attribute)
+                if not _uses_shared_state(module):
+                    self._concurrent.add(logical_id)
             return self._handlers[logical_id]
+
+    def lock_of(self, logical_id: str) -> AbstractContextManager[Any]:
+        """What an invocation of this function holds: nothing, or the shared lock."""
+        self.handler(logical_id)
+        return contextlib.nullcontext() if logical_id in self._concurrent else self.lock
 
     def preload(self) -> None:
         """Import every function's handler module once, in this thread (call after `configure`: the
@@ -86,13 +105,15 @@ class LocalRuntime:
 
     def invoke(self, logical_id: str, event: Any) -> Any:
         fn = self.handler(logical_id)
-        with self.lock:
+        with self.lock_of(logical_id):
             started = time.monotonic()
-            self.invocations[logical_id] += 1
+            with self._counts:
+                self.invocations[logical_id] += 1
             try:
                 return fn(event, FakeContext(logical_id))
             except Exception:
-                self.errors[logical_id] += 1
+                with self._counts:
+                    self.errors[logical_id] += 1
                 raise
             finally:
                 for hook in self.on_invoke:
@@ -100,3 +121,11 @@ class LocalRuntime:
 
     def as_gateway_handler(self, logical_id: str) -> Callable[[Any, Any], Any]:
         return lambda event, _context: self.invoke(logical_id, event)
+
+
+def _uses_shared_state(module: Any) -> bool:
+    """Whether a handler module holds a Powertools Metrics (its store is shared by every instance in a
+    process)."""
+    from aws_lambda_powertools import Metrics  # noqa: PLC0415 - the functions' own dependency
+
+    return any(isinstance(value, Metrics) for value in vars(module).values())

@@ -389,7 +389,7 @@ class LocalStack:
                 self.runtime.invoke,
                 region=REGION,
             )
-            self._thread(poller.run, self.stop_event, 1.0, name=f"queue-{mapping.function_id}")
+            self._thread(poller.run, self.stop_event, 0.1, name=f"queue-{mapping.function_id}")
 
     def _load_prices(self, prov: Provisioned) -> None:
         """The shipped, dated price snapshot into the table, as the prices function would store prices."""

@@ -13,14 +13,15 @@ from annex.failsafe.lease_timer import HORIZON, TimerQueue, arm_due_soon, fire
 SECOND = timedelta(seconds=1)
 
 
-def queue():
+def queue(clock):
+    """The lease-timer queue with its sends recorded; `clock` tells the time at each send."""
     sqs = boto3.client("sqs", region_name="us-east-1")
     url = sqs.create_queue(QueueName="lease-timers")["QueueUrl"]
     sent: list[dict] = []
     sqs.meta.events.register(
         "provide-client-params.sqs.SendMessageBatch", lambda params, **_: sent.extend(params["Entries"])
     )
-    return TimerQueue(sqs, url), sent
+    return TimerQueue(sqs, url, clock=clock), sent
 
 
 def fire_at(fleet, annex_id, at):
@@ -30,8 +31,8 @@ def fire_at(fleet, annex_id, at):
 def test_the_lease_check_arms_a_timer_for_each_lease_ending_within_the_horizon(fleet):
     soon, _ = fleet.annex(count=1, lease=timedelta(hours=1))
     later, _ = fleet.annex(count=1, lease=timedelta(hours=2))
-    timers, sent = queue()
     now = soon.lease_expires_at - timedelta(seconds=100.5)
+    timers, sent = queue(clock=lambda: now)
 
     armed = arm_due_soon(fleet.store, timers, now=now)
 
@@ -39,6 +40,19 @@ def test_the_lease_check_arms_a_timer_for_each_lease_ending_within_the_horizon(f
     assert [json.loads(e["MessageBody"])["annex_id"] for e in sent] == [soon.id]
     assert sent[0]["DelaySeconds"] == 101  # rounded up: never before the expiry
     assert arm_due_soon(fleet.store, timers, now=later.lease_expires_at - HORIZON - SECOND) == 0
+
+
+def test_a_timer_counts_its_delay_from_when_it_is_sent_not_from_when_the_sweep_began(fleet):
+    # Given a lease ending 100 s after the lease-check started, and a sweep that took 7.3 s before arming
+    soon, _ = fleet.annex(count=1, lease=timedelta(hours=1))
+    started = soon.lease_expires_at - timedelta(seconds=100)
+    timers, sent = queue(clock=lambda: started + timedelta(seconds=7.3))
+
+    # When the lease-check arms its timers
+    arm_due_soon(fleet.store, timers, now=started)
+
+    # Then the message waits until the expiry from the time it was sent (92.7 s, rounded up), not 100 s
+    assert [e["DelaySeconds"] for e in sent] == [93]
 
 
 def test_a_timer_ends_the_annex_at_its_expiry_and_not_a_second_before(fleet):

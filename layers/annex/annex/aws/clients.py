@@ -1,12 +1,17 @@
 """Cached AWS clients. Nothing is created at import time, so tests import handlers without AWS around.
-`AWS_ENDPOINT_URL` (honoured by botocore) points every client at the local stack."""
+`AWS_ENDPOINT_URL` (honoured by botocore) points every client at the local stack.
+
+Clients come from botocore sessions, not boto3: a boto3 session adds nothing to a client (its extras are
+resources and S3 transfers), and `import boto3` costs every cold start about 30 ms more (s3transfer,
+multiprocessing; bench/bench_coldstart.py). Each client gets its own session, as
+`boto3.session.Session().client(...)` did."""
 
 from __future__ import annotations
 
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import boto3
+import botocore.session
 from botocore.config import Config
 
 if TYPE_CHECKING:
@@ -22,8 +27,9 @@ LAUNCH_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1}, connect_
 
 
 @cache
-def client(service: str) -> Any:
-    return boto3.session.Session().client(service, config=CLIENT_CONFIG)  # type: ignore[call-overload]
+def client(service: str, region: str | None = None) -> Any:
+    """A client with CLIENT_CONFIG, in the function's region unless `region` is given."""
+    return botocore.session.Session().create_client(service, region_name=region, config=CLIENT_CONFIG)
 
 
 def dynamodb() -> DynamoDBClient:
@@ -37,4 +43,4 @@ def ec2() -> EC2Client:
 @cache
 def ec2_launch() -> EC2Client:
     """EC2 for RunInstances/CreateFleet: no botocore retries (see LAUNCH_CONFIG)."""
-    return boto3.session.Session().client("ec2", config=LAUNCH_CONFIG)
+    return botocore.session.Session().create_client("ec2", config=LAUNCH_CONFIG)  # type: ignore[return-value]

@@ -58,7 +58,7 @@ def _role_patterns(variable: str) -> Callable[[tuple[str, ...]], tuple[str, ...]
 
 
 class _EnvModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, defer_build=True)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:

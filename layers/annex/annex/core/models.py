@@ -199,7 +199,7 @@ ShareWith = Annotated[list[CondorUser], Field(max_length=MAX_SHARE_WITH), AfterV
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 # --- API inputs -----------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ class StopRequest(_Strict):
 class Annex(BaseModel):
     """An annex as stored and as returned by the API."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     id: AnnexId
     name: AnnexName
@@ -365,7 +365,7 @@ class Annex(BaseModel):
 
 
 class Instance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     instance_id: str = Field(pattern=INSTANCE_ID_PATTERN)
     annex_id: AnnexId
@@ -395,7 +395,7 @@ class Instance(BaseModel):
 
 
 class HistoryEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     at: Time
     actor: str

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from annex.aws.inventory import Ec2Inventory
+from annex.core.clock import utcnow
 from annex.failsafe.termination import Termination, end_expired_leases
 from annex.store import AnnexStore
 
@@ -56,11 +57,16 @@ def parse_timer(body: str) -> str:
 
 
 class TimerQueue:
-    """The lease-timer queue. `send` batches 10 messages per SendMessageBatch call."""
+    """The lease-timer queue. `send` batches 10 messages per SendMessageBatch call.
 
-    def __init__(self, sqs: Any, queue_url: str) -> None:
+    A delay counts from when its message is sent, not from the caller's `now`: the lease-check decides at
+    its start and sends after its sweep, seconds later at scale, and every second of that would be added
+    to the lease (`clock` tells the time at each send; tests inject it)."""
+
+    def __init__(self, sqs: Any, queue_url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._sqs = sqs
         self._url = queue_url
+        self._clock = clock
 
     def arm(self, timers: Iterable[LeaseTimer], *, now: datetime) -> int:
         """Send one delayed message per timer whose expiry is within the SQS delay limit; returns how
@@ -69,10 +75,11 @@ class TimerQueue:
         sent = 0
         for start in range(0, len(pending), SEND_BATCH):
             chunk = pending[start : start + SEND_BATCH]
+            sending_at = max(now, self._clock())
             resp = self._sqs.send_message_batch(
                 QueueUrl=self._url,
                 Entries=[
-                    {"Id": str(i), "MessageBody": t.body(), "DelaySeconds": t.delay(now)}
+                    {"Id": str(i), "MessageBody": t.body(), "DelaySeconds": t.delay(sending_at)}
                     for i, t in enumerate(chunk)
                 ],
             )

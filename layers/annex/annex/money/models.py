@@ -97,7 +97,7 @@ class AnnexListView(BaseModel):
 class Quote(BaseModel):
     """What a request or an extension adds, and the owner's month against their budget."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     adds_usd: Usd | None = Field(description="The most this adds (None: no price known).")
     usd_per_hour: Usd | None = None
@@ -121,7 +121,7 @@ class ExtendView(ExtendResult):
 class BudgetRequest(BaseModel):
     """Body of POST /annexes/{id}/budget: set or change a live annex's budget (USD)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     budget: BudgetIn
 
@@ -133,7 +133,7 @@ class ExtendEstimate(LeaseMove):
 class EstimateRequest(BaseModel):
     """Body of POST /estimates: exactly one of `request` (a POST /annexes body) or `extend`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     request: CreateAnnexRequest | None = None
     extend: ExtendEstimate | None = None
@@ -150,7 +150,7 @@ class EstimateRequest(BaseModel):
 class NotificationRequest(BaseModel):
     """Body of POST /notifications: e-mail me the notices of my annexes."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, defer_build=True)
 
     email: str = Field(
         pattern=r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -170,7 +170,7 @@ class NotificationSubscription(BaseModel):
 class OwnerBudgetRequest(BaseModel):
     """Body of PUT /admin/budgets: an owner's monthly budget (administrators only)."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, defer_build=True)
 
     owner: str = Field(
         pattern=r"^(arn:aws[a-z-]*:(iam|sts)::\d{12}:[A-Za-z0-9+=,.@_/-]+|identity-center:\d{12}:[A-Za-z0-9+=,.@_-]+)$",

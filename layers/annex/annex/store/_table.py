@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from annex.aws.attribute_values import TypeDeserializer, TypeSerializer
 from annex.core.errors import PolicyViolation, Throttled
 
 if TYPE_CHECKING:
