@@ -16,7 +16,7 @@ from annex.core.models import AnnexState
 from annex.failsafe.lease_timer import HORIZON, fire
 from annex.store import AnnexStore
 
-from tests.integration.conftest import STACK, TABLE
+from tests.integration.conftest import INSTANCE_PROFILE_ARN, STACK, TABLE
 
 SECOND = timedelta(seconds=1)
 RETENTION = timedelta(days=30)
@@ -62,7 +62,9 @@ def create(api, lease: str, name: str = "short") -> dict:
 
 def fire_at(annex_id: str, at):
     store = AnnexStore(boto3.client("dynamodb", region_name="us-east-1"), TABLE)
-    ec2 = Ec2Inventory(boto3.client("ec2", region_name="us-east-1"), STACK)
+    ec2 = Ec2Inventory(
+        boto3.client("ec2", region_name="us-east-1"), STACK, instance_profile_arn=INSTANCE_PROFILE_ARN
+    )
     return store, fire(store, ec2, [annex_id], now=at, retention=RETENTION)
 
 

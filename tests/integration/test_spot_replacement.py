@@ -24,7 +24,7 @@ from annex.failsafe.interruption import InterruptionHandler, Outcome
 from annex.store import AnnexStore, InstanceKey, ReplacementClaim
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from tests.integration.conftest import ALICE, STACK, TABLE
+from tests.integration.conftest import ALICE, INSTANCE_PROFILE_ARN, STACK, TABLE
 from tests.integration.failsafe.conftest import function_env, instance_arn
 from tests.integration.test_launch import detail, faults, history, instances_of, request, tags_of
 
@@ -289,7 +289,7 @@ def test_a_lost_reclaim_event_is_made_good_by_idle_reap(api, launch, faults, ec2
 
     run_idle_reap(
         store,
-        Ec2Inventory(ec2, STACK),
+        Ec2Inventory(ec2, STACK, instance_profile_arn=INSTANCE_PROFILE_ARN),
         now=now + timedelta(minutes=2),
         timing=timing,
         retention=timing.retention,
