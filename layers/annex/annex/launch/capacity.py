@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from annex.core.errors import CapacityUnavailable, ConcurrentUpdate, LaunchRejected, Throttled
+from annex.core.models import Instance, InstanceState, Market
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -101,6 +102,19 @@ class Launched:
     zone: str | None
     market: str  # "on-demand" or "spot"
     launch_time: datetime | None = None
+
+    def record(self, annex_id: str, at: datetime, *, replaces: str | None = None) -> Instance:
+        """The instance's record as written when EC2 answers: pending, launched `at`."""
+        return Instance(
+            instance_id=self.instance_id,
+            annex_id=annex_id,
+            instance_type=self.instance_type,
+            zone=self.zone,
+            market=Market(self.market),
+            state=InstanceState.PENDING,
+            launched_at=at,
+            replaces=replaces,
+        )
 
 
 @dataclass(frozen=True)

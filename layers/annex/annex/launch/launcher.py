@@ -29,8 +29,6 @@ from annex.core.models import (
     Annex,
     AnnexState,
     EndReason,
-    Instance,
-    InstanceState,
     Market,
 )
 from annex.failsafe.lease_tag import keep_lease_tag
@@ -321,18 +319,7 @@ class Launcher:
         if not launched:
             return
         at = max([now, *(i.launch_time for i in launched if i.launch_time)])
-        instances = [
-            Instance(
-                instance_id=i.instance_id,
-                annex_id=annex.id,
-                instance_type=i.instance_type,
-                zone=i.zone,
-                market=Market(i.market),
-                state=InstanceState.PENDING,
-                launched_at=at,
-            )
-            for i in launched
-        ]
+        instances = [i.record(annex.id, at) for i in launched]
         self.store.put_instances(instances, reap_at=at + self.settings.boot_grace)
 
     def _still_launching(self, annex_id: str) -> bool:

@@ -149,19 +149,7 @@ class Replacer:
             return ReplaceOutcome(key.instance_id, "failed", note=launched)
         at = max(now, launched.launch_time or now)
         self.store.put_instances(
-            [
-                Instance(
-                    instance_id=launched.instance_id,
-                    annex_id=annex.id,
-                    instance_type=launched.instance_type,
-                    zone=launched.zone,
-                    market=Market(launched.market),
-                    state=InstanceState.PENDING,
-                    launched_at=at,
-                    replaces=key.instance_id,
-                )
-            ],
-            reap_at=at + self.settings.boot_grace,
+            [launched.record(annex.id, at, replaces=key.instance_id)], reap_at=at + self.settings.boot_grace
         )
         self.store.finish_replacement(key, replacement_id=launched.instance_id, now=now, actor=ACTOR)
         current = self.store.get_annex_record(annex.id)
