@@ -30,14 +30,21 @@ def main() -> None:
 
     import boto3
     from annex.aws import clients
+    from annex_local import moto_ec2
     from annex_local.events import FakeContext, rest_event
     from annex_local.template import resolve_environment, table_create_kwargs
     from moto import mock_aws
 
+    moto_ec2.install()  # EC2's iam-instance-profile.arn filter, which the inventory uses
     with mock_aws():
         boto3.client("dynamodb").create_table(**table_create_kwargs(TABLE))
+        profile = boto3.client("iam").create_instance_profile(InstanceProfileName="annex-bench")
+        profile_arn = profile["InstanceProfile"]["Arn"]
         env = resolve_environment(
-            "RequestFunction", table_name=TABLE, stack_name=STACK, overrides={"LeaseTimerQueue": ""}
+            "RequestFunction",
+            table_name=TABLE,
+            stack_name=STACK,
+            overrides={"LeaseTimerQueue": "", "AnnexInstanceProfile.Arn": profile_arn},
         )
         os.environ.update(env)
         import functions.request.app as app
@@ -83,6 +90,7 @@ def main() -> None:
             {"Key": "annex:lease-expires", "Value": annex["lease_expires_at"]},
         ]
         ec2.run_instances(
+            IamInstanceProfile={"Arn": profile_arn},  # as the launch function starts them
             ImageId=image,
             MinCount=2,
             MaxCount=2,
