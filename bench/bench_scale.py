@@ -627,19 +627,20 @@ def measure(n: int) -> Measured:
 def _create_launch_extend(pool: Any, meter: Meter, annexes: int = 2) -> tuple[Usage, Usage]:
     """POST /annexes (10 instances) and the launch function on its stream record, then an extension: the
     functions' own handlers with their template environments."""
+    # The seeded fleet is already past the template's default caps: both functions read them.
+    caps = {"MAX_LIVE_INSTANCES_PER_OWNER": "100000", "MAX_LIVE_INSTANCES": "1000000"}
     request_env = resolve_environment(
         "RequestFunction",
         table_name=TABLE,
         stack_name=STACK,
         overrides={
-            "MAX_LIVE_INSTANCES_PER_OWNER": "100000",
-            "MAX_LIVE_INSTANCES": "1000000",
+            **caps,
             "AnnexInstanceProfile.Arn": pool.instance_profile_arn,
             "LeaseTimerQueue": "",  # 4 h leases arm no timer
         },
     )
     launch_env = resolve_environment(
-        "LaunchFunction", table_name=TABLE, stack_name=STACK, overrides=pool.launch_overrides()
+        "LaunchFunction", table_name=TABLE, stack_name=STACK, overrides={**pool.launch_overrides(), **caps}
     )
     os.environ.update({**request_env, **launch_env, "POWERTOOLS_LOG_LEVEL": "ERROR"})
     boto3.client("events", region_name="us-east-1").create_event_bus(Name=request_env["EVENT_BUS_NAME"])
