@@ -56,29 +56,45 @@ def test_the_sweeps_read_every_shard_and_the_key_written_before_sharding():
     assert DUE_REAP in partitions  # the migration: entries written before sharding
 
 
-def test_a_stored_check_that_is_early_and_far_enough_ahead_stays():
-    now = T0 + 10 * M
-    stored = now + 4 * M  # the exact deadline moved on to now + 5m
-    assert stored_check(stored, now + 5 * M, now=now, timing=TIMING) is None
+S = timedelta(seconds=1)
 
 
-def test_a_stored_check_that_comes_near_moves_to_the_exact_deadline():
+def test_a_stored_check_that_is_early_and_far_enough_beyond_the_next_refresh_stays():
+    # Given a report that writes now (grace 5m: R = 2.5m, so the next refresh is at now + 2.5m)
     now = T0 + 10 * M
-    assert stored_check(now + M, now + 5 * M, now=now, timing=TIMING) == now + 5 * M
+    exact = now + 7 * M + 30 * S  # the exact deadline moved on to now + grace + R
+    # Then a stored check 100 s or more beyond that refresh stays
+    assert stored_check(now + 5 * M, exact, now=now, timing=TIMING, refreshed=now) is None
+    assert stored_check(now + 4 * M + 10 * S, exact, now=now, timing=TIMING, refreshed=now) is None
+
+
+def test_a_stored_check_that_would_come_near_before_the_next_refresh_moves_to_the_exact_deadline():
+    now = T0 + 10 * M
+    exact = now + 7 * M + 30 * S
+    # 4 minutes ahead, but only 90 s beyond the next refresh: the next write may come too late to move it
+    assert stored_check(now + 4 * M, exact, now=now, timing=TIMING, refreshed=now) == exact
+    assert stored_check(now + M, exact, now=now, timing=TIMING, refreshed=now) == exact
+
+
+def test_a_report_that_writes_nothing_counts_from_the_stored_refresh():
+    # Given a record last written a minute ago (next refresh at now + 1.5m) and an unchanged deadline
+    now = T0 + 10 * M
+    refreshed = now - M
+    exact = refreshed + 7 * M + 30 * S
+    # Then a check 100 s beyond that refresh stays, one 90 s beyond it must move now
+    assert stored_check(now + 3 * M + 10 * S, exact, now=now, timing=TIMING, refreshed=refreshed) is None
+    assert stored_check(now + 3 * M, exact, now=now, timing=TIMING, refreshed=refreshed) == exact
 
 
 def test_a_stored_check_later_than_the_deadline_moves_earlier_at_once():
     now = T0 + 10 * M
-    assert stored_check(now + 5 * M, now + 2 * M, now=now, timing=TIMING) == now + 2 * M
+    assert stored_check(now + 5 * M, now + 2 * M, now=now, timing=TIMING, refreshed=now) == now + 2 * M
 
 
 def test_a_missing_stored_check_is_written_and_an_exact_one_is_left():
     now = T0 + 10 * M
-    assert stored_check(None, now + 5 * M, now=now, timing=TIMING) == now + 5 * M
-    assert (
-        stored_check(now + 30 * timedelta(seconds=1), now + 30 * timedelta(seconds=1), now=now, timing=TIMING)
-        is None
-    )
+    assert stored_check(None, now + 5 * M, now=now, timing=TIMING, refreshed=now) == now + 5 * M
+    assert stored_check(now + 30 * S, now + 30 * S, now=now, timing=TIMING, refreshed=now) is None
 
 
 def test_the_due_index_projects_keys_only():

@@ -28,6 +28,7 @@ from annex.core.models import (
     Market,
 )
 from annex.failsafe.heartbeat import HeartbeatService
+from annex.failsafe.rules import refresh_interval
 from annex.failsafe.sweeps import sweep_handler
 from annex.store import AnnexStore, InstanceKey, InstanceRecord
 from annex_local.events import FakeContext
@@ -165,6 +166,12 @@ class Fleet:
             instance_id=instance_id, annex_id=annex.id, claimed_slots=claimed, total_slots=total
         )
         return service.report(instance_arn(instance_id), request, now=at)
+
+    def silent_at(self, last_written: datetime) -> datetime:
+        """When an instance whose record was last written at `last_written` counts as silent: the loss
+        grace plus R, the most the stored last-seen time may lag the instance's last report."""
+        timing = self.reap_settings
+        return last_written + timing.heartbeat_loss_grace + refresh_interval(timing)
 
     # --- what a user would see ------------------------------------------------------------------
 

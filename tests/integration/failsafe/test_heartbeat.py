@@ -43,7 +43,7 @@ def test_report_is_recorded_and_answered_with_the_lease(fleet, recorded, heartbe
     assert (item.instance.claimed_slots, item.instance.total_slots) == (3, 4)
     assert item.instance.idle_since is None
     # busy: the next check is when it would count as silent
-    assert to_epoch(item.due_at) == to_epoch(at + fleet.heartbeat_settings.heartbeat_loss_grace)
+    assert to_epoch(item.due_at) == to_epoch(fleet.silent_at(at))
 
 
 def test_idle_since_is_set_once_and_cleared_by_a_claim(fleet, heartbeat_fn):

@@ -83,11 +83,13 @@ def test_an_instance_never_heard_from_is_reaped_as_silent_after_the_boot_grace(f
 def test_an_instance_that_stops_reporting_is_reaped_as_silent_after_the_loss_grace(fleet):
     annex, (lost,) = fleet.annex(count=1)
     last = fleet.t0 + timedelta(minutes=4)
-    fleet.heartbeat(annex, lost, at=last, claimed=2)
+    fleet.heartbeat(annex, lost, at=last, claimed=2)  # its first report: written
     grace = fleet.reap_settings.heartbeat_loss_grace
 
-    assert reap(fleet, last + grace - timedelta(seconds=1)).terminated == {}
-    report = reap(fleet, last + grace)
+    # Never before the loss grace; silent once its stored time is grace + R old
+    assert reap(fleet, last + grace).terminated == {}
+    assert reap(fleet, fleet.silent_at(last) - timedelta(seconds=1)).terminated == {}
+    report = reap(fleet, fleet.silent_at(last))
 
     assert report.terminated == {"silent": 1}
     assert fleet.running([lost]) == set()
@@ -113,9 +115,7 @@ def test_an_instance_due_but_neither_idle_nor_silent_is_rescheduled(fleet):
 
     assert report.terminated == {}
     assert report.rescheduled == 1
-    assert to_epoch(fleet.instance(annex.id, iid).due_at) == to_epoch(
-        at - MINUTE + fleet.reap_settings.heartbeat_loss_grace
-    )
+    assert to_epoch(fleet.instance(annex.id, iid).due_at) == to_epoch(fleet.silent_at(at - MINUTE))
     assert fleet.running([iid]) == {iid}
 
 

@@ -26,7 +26,7 @@ def test_a_fleet_going_silent_at_once_is_held_then_reaped_when_the_hold_ends(fle
     annex, ids = fleet.annex(count=n)
     last = fleet.t0 + MINUTE
     all_report(fleet, annex, ids, last)
-    silent_at = last + s.heartbeat_loss_grace  # every one of them misses its deadline in this run
+    silent_at = fleet.silent_at(last)  # every one of them misses its deadline in this run
 
     report = reap(fleet, silent_at)
 
@@ -50,10 +50,10 @@ def test_a_single_silent_instance_is_reaped_at_once(fleet):
     last = fleet.t0 + MINUTE
     all_report(fleet, annex, ids, last)
     at = last
-    while at < last + s.heartbeat_loss_grace:
+    while at < fleet.silent_at(last):
         at += MINUTE
         all_report(fleet, annex, talkers, at)
-    report = reap(fleet, last + s.heartbeat_loss_grace)
+    report = reap(fleet, fleet.silent_at(last))
     assert report.terminated == {"silent": 1}
     assert "silent_held" not in report.details
     assert fleet.running(ids) == set(talkers)
@@ -66,5 +66,5 @@ def test_a_silent_fleet_below_the_share_of_the_stack_is_reaped(fleet):
     fleet.annex(count=int(n / s.silent_hold_share) + 1, launch=False)  # more live units elsewhere
     last = fleet.t0 + MINUTE
     all_report(fleet, annex, ids, last)
-    report = reap(fleet, last + s.heartbeat_loss_grace)
+    report = reap(fleet, fleet.silent_at(last))
     assert report.terminated == {"silent": n}

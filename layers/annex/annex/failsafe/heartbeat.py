@@ -23,8 +23,14 @@ from annex.core.models import (
     SpotNotice,
 )
 from annex.failsafe.interruption import record_notice
-from annex.failsafe.rules import idle_after, idle_since_after_report, next_check, stored_check
-from annex.store import AnnexStore, InstanceKey
+from annex.failsafe.rules import (
+    idle_after,
+    idle_since_after_report,
+    needs_refresh,
+    next_check,
+    stored_check,
+)
+from annex.store import AnnexStore, InstanceKey, InstanceRecord
 
 _ATTEMPTS = 3
 
@@ -80,12 +86,14 @@ class HeartbeatService:
     def report(
         self, caller_arn: str | None, request: HeartbeatRequest, *, now: datetime
     ) -> HeartbeatResponse:
-        """Authorize, record (one conditional write, after one batched read) and answer.
+        """Authorize, record (at most one conditional write, after one batched read) and answer.
 
         Forbidden (403, nothing written) unless the caller is the instance itself and the instance is
         recorded in that annex. An instance of an ended or missing annex is told to terminate, and
         nothing is written. A duplicate or late report (no later than the last one recorded) writes
-        nothing and gets the current answer.
+        nothing and gets the current answer. A report that changes nothing stored writes nothing either
+        while the stored last-seen time is younger than R (`rules.refresh_interval`): the answer is the
+        same as if it had written (it is computed from the annex read now and the reported state).
         """
         authorize_instance_report(
             caller_arn, role_name=self.settings.instance_role_name, instance_id=request.instance_id
@@ -118,6 +126,11 @@ class HeartbeatService:
                     "problem": request.problem or instance.problem,
                 }
             )
+            notice = SpotNotice(request.spot_notice) if request.spot_notice is not None else None
+            if not self._must_write(record, reported, notice, annex, now=now):
+                # Nothing stored would change and the stored last-seen time is recent enough: answer
+                # from what was read (the annex is read on every report), write nothing.
+                return answer(annex, reported, now=now, drain_lead=self.settings.drain_lead)
             written = self.store.apply_heartbeat(
                 key,
                 now=now,
@@ -129,6 +142,7 @@ class HeartbeatService:
                     next_check(reported, annex.idle_timeout, self.settings),
                     now=now,
                     timing=self.settings,
+                    refreshed=now,
                 ),
                 seen=record.heartbeat,
                 seen_due=record.due_at,
@@ -136,19 +150,49 @@ class HeartbeatService:
             )
             if written and request.problem is not None and request.problem != instance.problem:
                 self.store.add_problem_event(key, problem=request.problem, now=now)
-            if written and request.spot_notice is not None:
-                reported = self._spot_notice(key, reported, SpotNotice(request.spot_notice), now)
+            if written and notice is not None:
+                reported = self._spot_notice(key, reported, notice, now)
             if written:
                 return answer(annex, reported, now=now, drain_lead=self.settings.drain_lead)
             # Another report or a sweep changed the record between the read and the write: read again.
         raise ConcurrentUpdate(f"instance {request.instance_id} kept changing; report again")
+
+    def _must_write(
+        self,
+        record: InstanceRecord,
+        reported: Instance,
+        notice: SpotNotice | None,
+        annex: Annex,
+        *,
+        now: datetime,
+    ) -> bool:
+        """Whether this report must write: it changes what is stored (state, slots, idle_since, a
+        problem, a new spot notice), the stored last-seen time is R old (`needs_refresh`), or the
+        record's `due` entry must move even though nothing else does."""
+        stored = record.instance
+        fields = ("state", "claimed_slots", "total_slots", "idle_since", "problem")
+        if any(getattr(stored, f) != getattr(reported, f) for f in fields):
+            return True
+        if notice is not None and not _known_notice(stored, notice):
+            return True
+        seen = stored.last_heartbeat_at
+        if seen is None or needs_refresh(seen, now=now, timing=self.settings):
+            return True
+        kept = stored_check(
+            record.due_at,
+            next_check(stored, annex.idle_timeout, self.settings),
+            now=now,
+            timing=self.settings,
+            refreshed=seen,
+        )
+        return kept is not None
 
     def _spot_notice(
         self, key: InstanceKey, instance: Instance, notice: SpotNotice, now: datetime
     ) -> Instance:
         """The instance saw a spot notice in its metadata (IMDS): recorded as EC2's event would be (once,
         whichever arrives first), and the answer drains it."""
-        if instance.spot_notice is notice or instance.spot_notice is SpotNotice.INTERRUPTION:
+        if _known_notice(instance, notice):
             return instance  # already known (a stronger or the same notice): nothing to write
         record_notice(
             self.store,
@@ -159,3 +203,8 @@ class HeartbeatService:
             source=f"spot {notice.value} notice seen by the instance",
         )
         return instance.model_copy(update={"spot_notice": notice, "spot_notice_at": now})
+
+
+def _known_notice(instance: Instance, notice: SpotNotice) -> bool:
+    """The instance's record already holds this notice or a stronger one (an interruption warning)."""
+    return instance.spot_notice is notice or instance.spot_notice is SpotNotice.INTERRUPTION
