@@ -13,10 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from annex.core.clock import to_epoch
 from annex.core.models import EndReason, HeartbeatAction, HeartbeatRequest, HeartbeatResponse, SpotNotice
 from annex.failsafe.heartbeat import HeartbeatService
 from annex.failsafe.idle_reap import run_idle_reap
 from annex.failsafe.rules import refresh_interval
+from annex.store._table import annex_pk, instance_sk  # the layout, to write what the previous release wrote
 
 from tests.integration.failsafe.conftest import instance_arn
 
@@ -80,27 +82,36 @@ def stored(fleet, annex, instance_id):
 
 
 def test_a_steady_instance_is_written_at_most_every_r_and_never_reaped_as_silent(fleet, calls):
-    # Given a busy instance whose agent reports on its timer, with jitter, for two hours, and idle-reap
+    # Given a busy instance whose agent reports on its timer, with jitter, for two hours (three reports
+    # in a row lost after the first hour, right after a report that was not written), and idle-reap
     # running every minute
     annex, (iid,) = fleet.annex(count=1, lease=timedelta(hours=4))
+    grace = fleet.reap_settings.heartbeat_loss_grace
     r = refresh_interval(fleet.heartbeat_settings)
     start = fleet.t0 + MINUTE
     end = start + timedelta(hours=2)
     reports = list(agent_times(start, end))
     sweeps = [start + k * MINUTE for k in range(1, 121)]
     written_at: list[datetime] = []
+    delivered: list[datetime] = []
+    lose = 0
+    lost = False
     # When the reports and the sweeps run in time order
-    for at in sorted([(t, "report") for t in reports] + [(t, "reap") for t in sweeps]):
-        when, what = at
+    for when, what in sorted([(t, "report") for t in reports] + [(t, "reap") for t in sweeps]):
         if what == "reap":
             result = reap(fleet, when)
             # Then no sweep ever finds it silent (or anything else to end)
             assert result.terminated == {}, (when, result.terminated)
             continue
+        if lose:
+            lose -= 1
+            continue
         calls.counts.clear()
         answer = report(fleet, annex, iid, at=when, claimed=2)
+        delivered.append(when)
         assert answer.action is HeartbeatAction.RUN
         record = stored(fleet, annex, iid)
+        assert record.last_heartbeat_at is not None
         if record.last_heartbeat_at == when:
             written_at.append(when)
             assert calls.writes() == 1
@@ -108,15 +119,20 @@ def test_a_steady_instance_is_written_at_most_every_r_and_never_reaped_as_silent
             assert calls.writes() == 0  # skipped: one read, no write
             assert calls.counts["BatchGetItem"] == 1
             # the stored last-seen time lags this report by less than R
-            assert record.last_heartbeat_at is not None
             assert when - record.last_heartbeat_at < r
+            if not lost and when > start + timedelta(hours=1) and when - record.last_heartbeat_at >= 100 * S:
+                lose, lost = 3, True
 
+    # (the loss happened, and left a gap within the loss grace: the instance was alive throughout)
+    assert lost
+    longest = max(b - a for a, b in itertools.pairwise(delivered))
+    assert 3 * MINUTE < longest < grace, longest
     # and the record was written at most every R: from the first report on, each write at least R after
     # the one before (no change forced one in between), a third of the reports or fewer
     assert written_at[0] == reports[0]
     gaps = [b - a for a, b in itertools.pairwise(written_at)]
     assert min(gaps) >= r, min(gaps)
-    assert len(written_at) <= len(reports) // 3 + 1, (len(written_at), len(reports))
+    assert len(written_at) <= len(delivered) // 3 + 1, (len(written_at), len(delivered))
     assert stored(fleet, annex, iid).state == "running"
     assert fleet.running([iid]) == {iid}
 
@@ -222,3 +238,31 @@ def test_an_extension_is_answered_at_the_next_report_even_when_it_writes_nothing
     assert stored(fleet, annex, iid).last_heartbeat_at == heard  # nothing written
     assert answer.action is HeartbeatAction.RUN
     assert answer.lease_expires_at == new_expiry
+
+
+def test_a_report_that_changes_nothing_still_moves_a_due_entry_about_to_come_due(fleet):
+    # Given a record written by the previous release (a write per report): last heard a minute ago, its
+    # `due` entry kept early, 110 s after that report
+    annex, (iid,) = fleet.annex(count=1)
+    heard = fleet.t0 + MINUTE
+    report(fleet, annex, iid, at=heard, claimed=2)
+    early = heard + 110 * S
+    fleet.ddb.update_item(
+        TableName=fleet.store.table_name,
+        Key={"pk": {"S": annex_pk(annex.id)}, "sk": {"S": instance_sk(iid)}},
+        UpdateExpression="SET due_at = :d",
+        ExpressionAttributeValues={":d": {"N": str(to_epoch(early))}},
+    )
+
+    # When it reports, unchanged, a minute later (before R: no refresh is due)
+    at = heard + MINUTE
+    report(fleet, annex, iid, at=at, claimed=2)
+
+    # Then that report writes, moving the entry to the exact silence deadline, so idle-reap does not meet
+    # a live instance when the old time comes
+    record = fleet.instance(annex.id, iid)
+    assert record.instance.last_heartbeat_at == at
+    assert record.due_at is not None
+    assert to_epoch(record.due_at) == to_epoch(fleet.silent_at(at))
+    result = reap(fleet, early)
+    assert (result.due, result.rescheduled, result.terminated) == (0, 0, {})
