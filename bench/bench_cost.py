@@ -7,8 +7,9 @@ Every figure is derived, and the script says from what:
   function's memory, architecture and tracing; the agent's period (`OnUnitActiveSec` of its timer);
 - measured by running the real handlers against moto (in process): the custom metrics an idle stack
   sends (both minute sweeps run on an empty table; their EMF output is parsed), the DynamoDB requests
-  of one steady-state heartbeat (botocore `before-call` hooks on the real heartbeat handler) and the
-  bytes it logs;
+  of one instance's heartbeats over RUN_HOURS of reports timed as its agent times them, its claimed
+  slots changing a few times an hour (botocore `before-call` hooks on the real heartbeat handler: most
+  reports write nothing, see `rules.refresh_interval`) and the bytes it logs;
 - computed: DynamoDB request units from the items' sizes (DynamoDB's item-size rules) and from which
   global secondary index entries a heartbeat writes (the index keys before and after, read back from
   moto) — moto's own ReturnConsumedCapacity answers are fixed constants, so they are not used;
@@ -32,8 +33,10 @@ import io
 import json
 import math
 import os
+import random
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -355,9 +358,65 @@ class Units:
     requests: int = 0
 
 
-def heartbeat_units(ddb: Any, period: timedelta, heartbeats: int = 5) -> tuple[Units, int, list[str]]:
-    """Units per steady-state heartbeat (averaged over `heartbeats` after a first one), the bytes the
-    function writes to its log per heartbeat, and the operations one heartbeat makes."""
+# The run the heartbeat figures are measured over: one busy instance reporting for RUN_HOURS, its agent
+# timed as annex-node.sh and annex-heartbeat.sh time it (the timer period, its AccuracySec, the jitter
+# sleep; read from those files), its claimed slots changing three times an hour (jobs ending and starting,
+# three minutes with nothing claimed), a seeded random jitter. A steady instance changes less.
+RUN_HOURS = 4
+RUN_SEED = 13
+CLAIMED_BY_MINUTE = ((0, 4), (20, 3), (35, 0), (38, 4))  # (minute of the hour it starts, claimed of 4)
+
+
+@dataclass(frozen=True)
+class AgentTiming:
+    period_s: int
+    accuracy_s: int
+    jitter_s: int
+
+
+def agent_timing(period_s: int) -> AgentTiming:
+    timer = (ROOT / "layers/annex/annex/launch/userdata/annex-node.sh").read_text()
+    agent = (ROOT / "layers/annex/annex/launch/userdata/annex-heartbeat.sh").read_text()
+    accuracy = re.search(r"^AccuracySec=(\d+)$", timer, flags=re.M)
+    jitter = re.search(r"^JITTER_SECONDS=\$\{ANNEX_JITTER_SECONDS:-(\d+)\}$", agent, flags=re.M)
+    assert accuracy, "the agent's timer accuracy (AccuracySec)"
+    assert jitter, "the agent's jitter (JITTER_SECONDS)"
+    return AgentTiming(period_s, int(accuracy.group(1)), int(jitter.group(1)))
+
+
+def report_times(start: datetime, timing: AgentTiming, hours: int) -> list[datetime]:
+    """When the agent's reports arrive: the timer fires every period (+ up to its accuracy), each run
+    sleeps 0..jitter seconds before it reports."""
+    rng = random.Random(RUN_SEED)
+    out: list[datetime] = []
+    fired = start
+    while fired < start + timedelta(hours=hours):
+        out.append(fired + timedelta(seconds=rng.randint(0, timing.jitter_s)))
+        fired += timedelta(seconds=timing.period_s + rng.randint(0, timing.accuracy_s))
+    return out
+
+
+def claimed_at(start: datetime, at: datetime) -> int:
+    minute = ((at - start).total_seconds() / 60) % 60
+    return [claimed for begins, claimed in CLAIMED_BY_MINUTE if begins <= minute][-1]
+
+
+@dataclass
+class HeartbeatRun:
+    """What one instance's reports cost, measured over the run: units per report, the operations made
+    (count over the run), reports, the writes among them, the bytes the function logs per report."""
+
+    units: Units
+    ops: Counter[str]
+    reports: int
+    writes: int
+    log_bytes: int
+    index_wru: float  # per report, the part of units.wru the `due` index's entries cost
+
+
+def heartbeat_units(ddb: Any, timing: AgentTiming) -> HeartbeatRun:
+    """Run the real heartbeat handler over RUN_HOURS of one instance's reports and meter every DynamoDB
+    request it makes (the first report, which moves the instance from pending to running, is left out)."""
     tpl_table = load_template()["Resources"]["AnnexTable"]["Properties"]
     indexes = tpl_table.get("GlobalSecondaryIndexes", [])
     store = AnnexStore(ddb, TABLE)
@@ -415,16 +474,24 @@ def heartbeat_units(ddb: Any, period: timedelta, heartbeats: int = 5) -> tuple[U
 
     units = Units()
     log_bytes = 0
-    ops: list[str] = []
+    ops: Counter[str] = Counter()
+    writes = 0
+    index_wru = 0.0
+    start = t0 + timedelta(minutes=2)
+    times = report_times(start, timing, RUN_HOURS)
     with function("heartbeat", "HeartbeatFunction") as m:
         ddb_client = clients.dynamodb()
         ddb_client.meta.events.register("before-parameter-build.dynamodb.*", record)
         caller = f"arn:aws:sts::{ACCOUNT}:assumed-role/{ROLE}/{instance_id}"
-        body = json.dumps(
-            {"instance_id": instance_id, "annex_id": annex.id, "claimed_slots": 2, "total_slots": 4}
-        )
-        for n in range(heartbeats + 1):
-            at = t0 + timedelta(minutes=2) + n * period
+        for n, at in enumerate(times):
+            body = json.dumps(
+                {
+                    "instance_id": instance_id,
+                    "annex_id": annex.id,
+                    "claimed_slots": claimed_at(start, at),
+                    "total_slots": 4,
+                }
+            )
             before = snapshot()
             calls.clear()
             out = io.StringIO()
@@ -439,8 +506,9 @@ def heartbeat_units(ddb: Any, period: timedelta, heartbeats: int = 5) -> tuple[U
             if n == 0:
                 continue  # the first heartbeat moves the instance from pending to running
             log_bytes += sum(len(line) + LOG_EVENT_OVERHEAD for line in out.getvalue().splitlines())
-            ops = [op for op, _ in calls]
+            ops.update(op for op, _ in calls)
             units.requests += len(calls)
+            writes += any(op in ("UpdateItem", "PutItem", "DeleteItem") for op, _ in calls)
             for op, params in calls:
                 if op == "BatchGetItem":
                     for spec in params["RequestItems"].values():
@@ -459,13 +527,19 @@ def heartbeat_units(ddb: Any, period: timedelta, heartbeats: int = 5) -> tuple[U
                     k = f"{key['pk']}|{key['sk']}"
                     old, new = before.get(k), after.get(k)
                     units.wru += max(1, math.ceil(max(item_size(old), item_size(new)) / 1024))
-                    units.wru += index_writes(indexes, old, new)
+                    moved = index_writes(indexes, old, new)
+                    units.wru += moved
+                    index_wru += moved
                 else:
                     raise ValueError(f"a heartbeat made {op}: add its units to bench_cost")
-    return (
-        Units(units.rru / heartbeats, units.wru / heartbeats, units.requests // heartbeats),
-        log_bytes // heartbeats,
+    reports = len(times) - 1
+    return HeartbeatRun(
+        Units(units.rru / reports, units.wru / reports, units.requests // reports),
         ops,
+        reports,
+        writes,
+        log_bytes // reports,
+        index_wru / reports,
     )
 
 
@@ -503,7 +577,8 @@ def main() -> None:
         ddb.create_table(**table_create_kwargs(TABLE))
         boto3.client("ec2", region_name="us-east-1")
         idle_metrics = idle_sweep_metrics(datetime(2026, 12, 3, 12, 0, tzinfo=UTC))
-        units, fn_log_bytes, ops = heartbeat_units(ddb, timedelta(seconds=facts.heartbeat_period_s))
+        run = heartbeat_units(ddb, agent_timing(facts.heartbeat_period_s))
+    units, fn_log_bytes = run.units, run.log_bytes
 
     # idle: what the stack costs with nothing running
     minutes = HOURS_PER_MONTH * 60
@@ -541,7 +616,7 @@ def main() -> None:
         f"Lambda GB-s ({facts.heartbeat_memory_mb} MB {facts.heartbeat_arch}, {ASSUMED_HEARTBEAT_MS} ms assumed)": beats
         * gb_s
         * price("lambda_arm_gb_s"),
-        f"DynamoDB {units.wru:g} WRU + {units.rru:g} RRU per heartbeat": beats
+        f"DynamoDB {units.wru:.3f} WRU + {units.rru:g} RRU per heartbeat (measured over {RUN_HOURS} h)": beats
         * (units.wru * price("ddb_wru") + units.rru * price("ddb_rru"))
         / 1e6,
         f"logs: access log {access_log} B + function {fn_log_bytes} B per heartbeat": beats
@@ -564,7 +639,14 @@ def main() -> None:
 
     print("Annex cost model - us-east-1 list prices looked up 2026-12-03 (sources below), a 730-hour month")
     print(f"\nheartbeat API: {facts.heartbeat_api_type}; agent period {facts.heartbeat_period_s} s")
-    print(f"one heartbeat: {' + '.join(ops)} ({units.requests} DynamoDB requests)")
+    print(
+        f"heartbeats measured: {run.reports} reports of one instance over {RUN_HOURS} h (the real handler on moto; "
+        f"claimed slots changing {len(CLAIMED_BY_MINUTE) - 1} times an hour); {run.writes} of them wrote "
+        f"({run.writes / run.reports:.1%}); DynamoDB requests: "
+        + ", ".join(f"{op} {n}" for op, n in sorted(run.ops.items()))
+        + f"; per report {units.rru:g} RRU, {units.wru - run.index_wru:.3f} table WRU + "
+        f"{run.index_wru:.3f} `due` index WRU (computed from the items and index keys before and after)"
+    )
     print("custom metrics the code can send (its add_metric / single_metric calls):")
     for source, names in metric_calls().items():
         print(f"  {source}: {', '.join(names)}")
@@ -585,19 +667,6 @@ def main() -> None:
     print(
         f"  (the same requests on a REST API: ${rest:.4f} instead of ${per_instance[next(iter(per_instance))]:.4f})"
     )
-    ddb_line = next(k for k in per_instance if k.startswith("DynamoDB"))
-    for wru, rru, why in (
-        (
-            1.0,
-            units.rru,
-            "1 WRU: the due-index entry rewritten only when the due time moves (issue 13 item 1)",
-        ),
-        (1.0, units.rru / 2, "1 WRU and eventually consistent heartbeat reads (half the read units)"),
-    ):
-        ddb = beats * (wru * price("ddb_wru") + rru * price("ddb_rru")) / 1e6
-        print(
-            f"  what if {why}: ${per_instance_total - per_instance[ddb_line] + ddb:.4f} (computed, not measured)"
-        )
     print("\ndeployment per month (idle + heartbeats; EC2 itself not included):")
     for n in (0, 100, 100_000):
         print(f"  {n:>7,} instances  ${fleet(n):12,.2f}")
