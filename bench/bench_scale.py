@@ -2,7 +2,9 @@
 instances / 10,000 annexes and set against AWS's documented limits.
 
 What runs (in process, moto, the template's table and settings): heartbeat reports (HeartbeatService, a
-sample of the fleet over four 60 s rounds: a whole cycle of the `due` entry's slack), lease-check (due
+sample of the fleet over six 60 s rounds: a whole cycle of what a steady report writes, a refresh of the
+stored last-seen time on every third report and a move of the `due` entry on every other refresh;
+reports in between write nothing), lease-check (due
 leases + the orphan sweep, run once with leases due and once with none), idle-reap (once with silent
 instances due, once with none), create + launch of an annex of 10 (the request and launch functions'
 handlers on the table stream) and an extension (the request function's handler).
@@ -73,7 +75,7 @@ from annex.core.models import Annex, AnnexState, HeartbeatRequest, Instance, Ins
 from annex.failsafe.heartbeat import HeartbeatService  # noqa: E402
 from annex.failsafe.idle_reap import run_idle_reap  # noqa: E402
 from annex.failsafe.lease_check import run_lease_check  # noqa: E402
-from annex.failsafe.rules import next_check  # noqa: E402
+from annex.failsafe.rules import next_check, refresh_interval  # noqa: E402
 from annex.store import AnnexStore  # noqa: E402
 from annex.store._table import DUE_REAP, annex_pk, due_shard, instance_sk  # noqa: E402
 from annex.store.bulk import load  # noqa: E402
@@ -96,7 +98,7 @@ INSTANCE_ROLE = "annex-bench-AnnexInstanceRole-BENCH"
 PER_ANNEX = 10
 OWNERS = 50
 HB_SAMPLE = 100  # instances reporting in the heartbeat measurement (per-report cost does not depend on N)
-HB_ROUNDS = 4  # 60 s apart: one whole cycle of the stored due time's slack
+HB_ROUNDS = 6  # 60 s apart: one whole cycle (a refresh every 3rd report, the due entry moved every 6th)
 TARGET_INSTANCES = 100_000
 TARGET_ANNEXES = 10_000
 IDLE_REAP_SHARE_PER_HOUR = 0.01
@@ -514,7 +516,8 @@ def measure(n: int) -> Measured:
         )
 
         # Seed: N instances running in EC2 and recorded, heard from 30 s ago; 5% of the annexes past their
-        # lease; 2% of the instances silent (last heard 6 minutes ago, grace 5).
+        # lease; 2% of the instances silent (their silence deadline, the loss grace plus R after the stored
+        # last-seen time, passed a minute ago).
         store = AnnexStore(ddb, TABLE)
         due_ids = _run_tagged(
             ec2, lease_due * PER_ANNEX, to_iso(now - timedelta(seconds=30)), image, pool.instance_profile_arn
@@ -538,7 +541,10 @@ def measure(n: int) -> Measured:
             for j, iid in enumerate(ids):
                 heard = now - timedelta(seconds=30)
                 if not is_due and j == 0 and silent_left > 0:
-                    heard, silent_left = now - timedelta(minutes=6), silent_left - 1
+                    heard = (
+                        now - timing.heartbeat_loss_grace - refresh_interval(timing) - timedelta(minutes=1)
+                    )
+                    silent_left -= 1
                 instance = Instance(
                     instance_id=iid,
                     annex_id=annex.id,
