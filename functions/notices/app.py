@@ -17,7 +17,7 @@ from annex.money.checks import notify_ended
 from annex.money.notices import Notifier
 from annex.store import AnnexStore
 from annex.store.notices import EndedTrigger
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -25,7 +25,6 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
@@ -45,7 +44,6 @@ def notifier() -> Notifier:
     return Notifier(clients.client("events"), settings().event_bus_name)
 
 
-@tracer.capture_method
 def record_handler(record: DynamoDBRecord, *, clock: Callable[[], datetime] = utcnow) -> None:
     change = record.dynamodb
     trigger = EndedTrigger.parse(
@@ -63,7 +61,6 @@ def record_handler(record: DynamoDBRecord, *, clock: Callable[[], datetime] = ut
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(
     event: dict[str, Any], context: LambdaContext, *, clock: Callable[[], datetime] = utcnow
