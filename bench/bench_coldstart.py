@@ -265,8 +265,8 @@ def main() -> None:
         f" baseline import boto3 + client + one GetItem {base_call:.1f} ms"
     )
     for name in FUNCTIONS:
-        figures, raised = calls[name]
-        imp, first = median(shipped[name], 1), median(figures, 1)
+        call_figures, raised = calls[name]
+        imp, first = median(shipped[name], 1), median(call_figures, 1)
         note = f"  (raised {', '.join(sorted(raised))})" if raised else ""
         print(
             f"  {name:<14} import {imp:6.1f} ms ({imp / base_import:.2f}x)"
