@@ -19,13 +19,11 @@ CODE_DIRS = sorted({Path(str(f["Properties"]["CodeUri"])).name for f in function
 # Not imported at cold start by any handler:
 UNWANTED = (
     "aws_xray_sdk",  # Powertools' Tracer (AWS put the X-Ray SDKs in maintenance mode)
-    "aws_lambda_powertools.utilities.parser.models",  # every Powertools event model
+    # every Powertools event model (the stream functions import the batch utility before pydantic for it)
+    "aws_lambda_powertools.utilities.parser.models",
     "boto3",  # clients come from botocore sessions
     "s3transfer",
 )
-# Powertools' BatchProcessor (the stream functions' partial batch responses) imports its parser models
-# itself: ~70 ms CPU on a loaded machine, not cut yet (bench_coldstart shows it).
-BATCH_FUNCTIONS = {"launch", "notices"}
 PROBE = (
     "import json, sys\n"
     "sys.path[:0] = [{fn!r}, {layer!r}]\n"
@@ -53,8 +51,7 @@ def test_a_handler_imports_none_of_the_cut_packages(code_dir: str):
     res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     loaded = set(json.loads(res.stdout.splitlines()[-1]))
-    unwanted = [m for m in UNWANTED if not (code_dir in BATCH_FUNCTIONS and m.endswith("parser.models"))]
-    assert not [m for m in unwanted if m in loaded], f"{code_dir} imports {sorted(loaded)}"
+    assert not [m for m in UNWANTED if m in loaded], f"{code_dir} imports {sorted(loaded)}"
 
 
 def test_the_probe_sees_the_packages_it_looks_for():
