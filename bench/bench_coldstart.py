@@ -211,7 +211,7 @@ def first_calls(root: Path, layer: Path) -> dict[str, tuple[list[tuple[float, fl
     before = dict(os.environ)
     stack = LocalStack(Options(state_dir=root / "state", sweep_period=3600.0, heartbeat_period=3600.0))
     # The stack's own sweeps run in this process and log to stdout: not part of the report.
-    with stack, contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), stack:
         # moto answers the prices function's Price List calls with a traceback (it has no such API).
         logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
         stack_env = {k: v for k, v in os.environ.items() if before.get(k) != v}
