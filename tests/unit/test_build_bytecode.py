@@ -68,7 +68,7 @@ def test_every_module_of_every_function_and_layer_ships_unchecked_bytecode(built
 
 
 def test_the_layer_ships_powertools_without_the_xray_sdk(built):
-    # Powertools' Tracer imported the X-Ray SDK at every traced cold start (~110 ms CPU); no function uses
+    # Powertools' Tracer imported the X-Ray SDK at every cold start in Lambda; no function uses
     # it any more, and the layer no longer ships it (`aws-lambda-powertools` without the [tracer] extra).
     layers = [root for root in built if root.name == "python"]
     assert layers, "the domain layer is in the build"

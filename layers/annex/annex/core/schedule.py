@@ -2,7 +2,7 @@
 
 The fields and rules of Powertools' `EventBridgeModel`, without its parser package: importing
 `aws_lambda_powertools.utilities.parser.models` builds every event model Powertools ships (ALB, SQS,
-Kinesis, ...), about 40 ms of each sweep's cold start for the one model a schedule needs.
+Kinesis, ...) at each sweep's cold start, for the one model a schedule needs.
 """
 
 from __future__ import annotations
