@@ -315,7 +315,6 @@ def idle_sweep_metrics(at: datetime) -> set[tuple[str, str, tuple[tuple[str, str
                 m.deps,
                 m.run,
                 logger=m.logger,
-                tracer=m.tracer,
                 metrics=m.metrics,
                 clock=lambda: at,
             )

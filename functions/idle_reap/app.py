@@ -9,10 +9,9 @@ from functools import cache
 from annex.core.config import IdleReapSettings
 from annex.failsafe.idle_reap import run_idle_reap
 from annex.failsafe.sweeps import SweepDeps, SweepReport, sweep_handler
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 
 
@@ -32,4 +31,4 @@ def run(deps: SweepDeps, cfg: IdleReapSettings, now: datetime) -> SweepReport:
     )
 
 
-handler = sweep_handler(settings, deps, run, logger=logger, tracer=tracer, metrics=metrics)
+handler = sweep_handler(settings, deps, run, logger=logger, metrics=metrics)

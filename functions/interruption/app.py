@@ -15,11 +15,10 @@ from annex.core.clock import utcnow
 from annex.core.config import InterruptionSettings
 from annex.failsafe.interruption import InterruptionHandler
 from annex.store import AnnexStore
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 
 
@@ -54,7 +53,6 @@ def process(event: dict[str, Any], handler: InterruptionHandler, now: datetime) 
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 def handler(
     event: dict[str, Any], context: LambdaContext, clock: Callable[[], datetime] = utcnow
 ) -> dict[str, Any]:

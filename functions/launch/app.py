@@ -10,6 +10,12 @@ from datetime import datetime
 from functools import cache, partial
 from typing import Any
 
+# First, before anything imports pydantic: Powertools' batch utility then skips importing its parser
+# models (utilities/batch/types.py builds them only when pydantic is already loaded), 30-40 ms CPU of
+# this function's cold start. tests/unit/test_cold_imports.py checks it.
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+# isort: split
 from annex.aws import clients
 from annex.aws.inventory import Ec2Inventory
 from annex.aws.secrets import PoolTokenSecret
@@ -21,15 +27,13 @@ from annex.launch.plan import LaunchOutcome
 from annex.launch.replace import Replacer
 from annex.store import AnnexStore
 from annex.store.stream import LaunchTrigger, ReplaceTrigger
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
@@ -51,7 +55,6 @@ def launcher() -> Launcher:
     )
 
 
-@tracer.capture_method
 def record_handler(record: DynamoDBRecord, *, clock: Callable[[], datetime] = utcnow) -> None:
     change = record.dynamodb
     trigger = LaunchTrigger.parse(
@@ -102,7 +105,6 @@ def _report(outcome: LaunchOutcome) -> None:
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(
     event: dict[str, Any], context: LambdaContext, *, clock: Callable[[], datetime] = utcnow

@@ -13,11 +13,10 @@ from annex.failsafe.lease_timer import TimerQueue, arm_due_soon
 from annex.failsafe.sweeps import SweepDeps, SweepReport, sweep_handler
 from annex.money.checks import run_money_check
 from annex.money.notices import Notifier
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 
 
@@ -71,4 +70,4 @@ def run(deps: SweepDeps, cfg: LeaseCheckSettings, now: datetime) -> SweepReport:
     return report
 
 
-handler = sweep_handler(settings, deps, run, logger=logger, tracer=tracer, metrics=metrics)
+handler = sweep_handler(settings, deps, run, logger=logger, metrics=metrics)

@@ -10,15 +10,13 @@ from typing import Any
 from annex.aws import clients
 from annex.core.clock import utcnow
 from annex.core.config import PricesSettings
+from annex.core.schedule import ScheduledEvent
 from annex.pricing.refresh import refresh_prices
 from annex.store import AnnexStore
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.utilities.parser import event_parser
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 
 
@@ -43,10 +41,9 @@ def store() -> AnnexStore:
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
 @metrics.log_metrics
-@event_parser(model=EventBridgeModel)
-def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    ScheduledEvent.model_validate(event)  # a schedule's event, or a ValidationError
     cfg = settings()
     out = refresh_prices(
         store(),

@@ -65,3 +65,15 @@ def test_every_module_of_every_function_and_layer_ships_unchecked_bytecode(built
     assert sources > 100  # the layer's dependencies are in the build
     assert not missing, f"{len(missing)} modules without bytecode, e.g. {missing[:5]}"
     assert not stale, f"{len(stale)} .pyc files not unchecked-hash for this Python, e.g. {stale[:5]}"
+
+
+def test_the_layer_ships_powertools_without_the_xray_sdk(built):
+    # Powertools' Tracer imported the X-Ray SDK at every cold start in Lambda; no function uses
+    # it any more, and the layer no longer ships it (`aws-lambda-powertools` without the [tracer] extra).
+    layers = [root for root in built if root.name == "python"]
+    assert layers, "the domain layer is in the build"
+    for layer in layers:
+        assert (layer / "aws_lambda_powertools").is_dir()
+        assert (layer / "pydantic").is_dir()
+        assert not (layer / "aws_xray_sdk").exists(), f"{layer} ships the X-Ray SDK"
+        assert not (layer / "wrapt").exists(), f"{layer} ships wrapt (the X-Ray SDK's dependency)"

@@ -231,7 +231,6 @@ class Handler:
                 m.deps,
                 m.run,
                 logger=m.logger,
-                tracer=m.tracer,
                 metrics=m.metrics,
                 clock=lambda: at,
             )

@@ -16,14 +16,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
-from aws_lambda_powertools.utilities.parser import event_parser
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 
 from annex.aws import clients
 from annex.aws.inventory import Ec2Inventory
 from annex.core.clock import utcnow
 from annex.core.config import CommonSettings, SweepScale
 from annex.core.models import EndReason
+from annex.core.schedule import ScheduledEvent
 from annex.failsafe.termination import Termination
 from annex.failsafe.workers import Workers
 from annex.store import AnnexStore
@@ -31,7 +30,7 @@ from annex.store import AnnexStore
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from aws_lambda_powertools import Logger, Metrics, Tracer
+    from aws_lambda_powertools import Logger, Metrics
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 LEASE_CHECK = "lease-check"
@@ -188,7 +187,6 @@ def sweep_handler[S: CommonSettings](
     run: Callable[[SweepDeps, S, datetime], SweepReport],
     *,
     logger: Logger,
-    tracer: Tracer,
     metrics: Metrics,
     clock: Callable[[], datetime] = utcnow,
 ) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
@@ -196,10 +194,9 @@ def sweep_handler[S: CommonSettings](
     with its settings and dependencies (read once per cold start) at `clock()`, then `conclude`."""
 
     @logger.inject_lambda_context(clear_state=True)
-    @tracer.capture_lambda_handler
     @metrics.log_metrics
-    @event_parser(model=EventBridgeModel)
-    def handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+    def handler(raw: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        event = ScheduledEvent.model_validate(raw)
         logger.append_keys(schedule_event=event.id, scheduled_at=event.time.isoformat())
         report = run(deps(), settings(), clock())
         return conclude(report, metrics, logger)

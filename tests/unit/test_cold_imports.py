@@ -1,0 +1,59 @@
+"""What a cold start imports: each handler module, imported as Lambda imports it (LAMBDA_TASK_ROOT and
+AWS_LAMBDA_FUNCTION_NAME set, tracing not disabled), pulls in none of the packages the cold path was cut
+free of. bench/bench_coldstart.py measures what the handlers cost with and without them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from annex_local.template import functions
+
+ROOT = Path(__file__).resolve().parents[2]
+CODE_DIRS = sorted({Path(str(f["Properties"]["CodeUri"])).name for f in functions().values()})
+# Not imported at cold start by any handler:
+UNWANTED = (
+    "aws_xray_sdk",  # Powertools' Tracer (AWS put the X-Ray SDKs in maintenance mode)
+    # every Powertools event model (the stream functions import the batch utility before pydantic for it)
+    "aws_lambda_powertools.utilities.parser.models",
+    "boto3",  # clients come from botocore sessions
+    "s3transfer",
+)
+PROBE = (
+    "import json, sys\n"
+    "sys.path[:0] = [{fn!r}, {layer!r}]\n"
+    "import app\n"
+    "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {tops!r})))"
+)
+
+
+@pytest.mark.parametrize("code_dir", CODE_DIRS)
+def test_a_handler_imports_none_of_the_cut_packages(code_dir: str):
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("POWERTOOLS_", "AWS_")) and k != "PYTHONPATH"
+    }
+    env.update(
+        AWS_LAMBDA_FUNCTION_NAME=code_dir,
+        LAMBDA_TASK_ROOT=str(ROOT / "functions" / code_dir),
+        AWS_REGION="us-east-1",
+        AWS_DEFAULT_REGION="us-east-1",
+        POWERTOOLS_SERVICE_NAME="annex",
+    )
+    tops = sorted({m.split(".")[0] for m in UNWANTED})
+    probe = PROBE.format(
+        fn=str(ROOT / "functions" / code_dir), layer=str(ROOT / "layers" / "annex"), tops=tops
+    )
+    res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    loaded = set(json.loads(res.stdout.splitlines()[-1]))
+    assert not [m for m in UNWANTED if m in loaded], f"{code_dir} imports {sorted(loaded)}"
+
+
+def test_the_probe_sees_the_packages_it_looks_for():
+    # The dev venv has them all (moto needs the X-Ray SDK and boto3): their absence above is the handlers'.
+    probe = "import aws_xray_sdk.core, boto3, s3transfer, aws_lambda_powertools.utilities.parser.models"
+    assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
