@@ -41,6 +41,10 @@ class Provisioned:
     # local SQS queue, which the notice courier drains and delivers as SNS would (annex_local.notices).
     notice_queue_url: str = ""
     notice_topics: list[str] = field(default_factory=list)
+    # EventBridge rules whose targets are this stack's functions (moto does not invoke Lambda): function
+    # logical id -> a local SQS queue the rule delivers to, from which annex_local.async_invoke invokes
+    # the function as Lambda's asynchronous invocation would.
+    function_targets: dict[str, str] = field(default_factory=dict)
 
 
 class EmbeddedAws:
@@ -183,14 +187,25 @@ class EmbeddedAws:
             bus = out.refs[props["EventBusName"]["Ref"]] if "EventBusName" in props else "default"
             name = self._name(logical_id)
             events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(props["EventPattern"]))
-            # Targets that are this stack's queues (`!GetAtt Queue.Arn`, the spot interruption rule): EC2's
-            # events put on the bus reach the queue as EventBridge delivers them, and the queue's poller
-            # invokes the function (moto matches the rule's pattern, $or included).
+            # Targets that are this stack's queues (`!GetAtt Queue.Arn`): the events put on the bus reach
+            # the queue as EventBridge delivers them (moto matches the rule's pattern, $or included).
             queues = [
                 {"Id": t["Id"], "Arn": out.refs[f"{t['Arn']['Fn::GetAtt'][0]}.Arn"]}
                 for t in props.get("Targets", [])
                 if "Fn::GetAtt" in t.get("Arn", {}) and f"{t['Arn']['Fn::GetAtt'][0]}.QueueName" in out.refs
             ]
+            # Targets that are this stack's functions (`!GetAtt Function.Arn`, the spot interruption
+            # rule): a local delivery queue each, drained by annex_local.async_invoke.
+            for target in props.get("Targets", []):
+                fn = (target.get("Arn", {}).get("Fn::GetAtt") or [None])[0]
+                if fn not in resources("AWS::Serverless::Function"):
+                    continue
+                url = sqs.create_queue(QueueName=f"{name}-{fn}-local-invoke")["QueueUrl"]
+                arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                    "QueueArn"
+                ]
+                queues.append({"Id": target["Id"], "Arn": arn})
+                out.function_targets[fn] = url
             if queues:
                 events.put_targets(Rule=name, EventBusName=bus, Targets=queues)
             topics = [

@@ -13,8 +13,6 @@ from annex_local.template import condition_holds, load_template
 ALARMS = {
     "SweepsStalledAlarm",
     "FailsafeDeadLetterAlarm",
-    "LaunchDeadLetterAlarm",
-    "InterruptionDeadLetterAlarm",
     "SilentTerminationsHeldAlarm",
     "LiveInstancesAlarm",
     "SpendRateAlarm",
@@ -36,7 +34,7 @@ def deployed():
     }
 
 
-def test_the_default_deployment_pays_for_thirteen_alarms_each_on_one_metric(deployed):
+def test_the_default_deployment_pays_for_these_alarms_each_on_one_metric(deployed):
     alarms = {n: r["Properties"] for n, r in deployed.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
     assert set(alarms) == ALARMS
     for name, alarm in alarms.items():

@@ -37,13 +37,13 @@ def test_stream_trigger_is_filtered_bounded_and_dead_lettered(resources):
     assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert 1 <= props["MaximumRetryAttempts"] <= 5
     assert props["BisectBatchOnFunctionError"] is True
-    assert props["DestinationConfig"]["OnFailure"]["Destination"] == {
-        "Fn::GetAtt": ["LaunchDeadLetterQueue", "Arn"]
-    }
-    assert resources["LaunchDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
-    dlq_alarm = resources["LaunchDeadLetterAlarm"]["Properties"]
+    # the stack's one dead-letter queue, encrypted and alarmed (FailsafeDeadLetterAlarm)
+    assert props["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["FailsafeDLQ", "Arn"]}
+    assert resources["FailsafeDLQ"]["Properties"]["SqsManagedSseEnabled"] is True
+    dlq_alarm = resources["FailsafeDeadLetterAlarm"]["Properties"]
     assert dlq_alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
-    assert dlq_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["LaunchDeadLetterQueue", "QueueName"]}
+    assert dlq_alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["FailsafeDLQ", "QueueName"]}
+    assert "launch" in dlq_alarm["AlarmDescription"]
     # a launch that fails is retried, then dead-lettered: that alarm, not one on each error, tells someone
     assert "LaunchErrorsAlarm" not in resources
     assert function["LoggingConfig"]["LogGroup"] == {"Ref": "LaunchLogGroup"}
