@@ -9,7 +9,7 @@ from annex_local.template import condition_holds, load_template
 
 # Every alarm of the default deployment, each watching one metric. What a user needs to hear is here:
 # a stalled fail-safe, anything dead-lettered, held silent terminations, live instances, spend rate,
-# a pool token still the placeholder.
+# launches that cannot work (EC2 refusing the configuration, no pool token stored).
 ALARMS = {
     "SweepsStalledAlarm",
     "FailsafeDeadLetterAlarm",
@@ -21,7 +21,6 @@ ALARMS = {
     "RequestErrorsAlarm",
     "PricesErrorsAlarm",
     "NoticesErrorsAlarm",
-    "PoolTokenPlaceholderAlarm",
 }
 
 
