@@ -3,7 +3,8 @@ heartbeats cost a month. The README's "Cost model" section is this script's outp
 
 Every figure is derived, and the script says from what:
 - from template.yaml: the alarms of the default deployment (conditions at their defaults), the secrets,
-  the SQS queues Lambda polls, the minute schedules, the heartbeat API's type and the heartbeat
+  the SSM parameters the stack names (the pool token; the administrator puts it), the SQS queues Lambda
+  polls, the minute schedules, the heartbeat API's type and the heartbeat
   function's memory, architecture and tracing; the agent's period (`OnUnitActiveSec` of its timer);
 - measured by running the real handlers against moto (in process): the custom metrics an idle stack
   sends (both minute sweeps run on an empty table; their EMF output is parsed), the DynamoDB requests
@@ -109,6 +110,11 @@ PRICES: dict[str, tuple[float, str, str]] = {
     "cw_logs": (0.50, "per GB of logs ingested", "aws.amazon.com/cloudwatch/pricing"),
     "xray": (5.00, "per million traces recorded", "aws.amazon.com/xray/pricing"),
     "secret": (0.40, "per secret-month", "aws.amazon.com/secrets-manager/pricing"),
+    "ssm_parameter": (
+        0.0,
+        "per standard-tier parameter-month (standard throughput: no charge per request)",
+        "aws.amazon.com/systems-manager/pricing",
+    ),
     "sqs": (0.40, "per million requests (standard queues)", "aws.amazon.com/sqs/pricing"),
 }
 # Scheduled EventBridge rules and AWS-service events are free (aws.amazon.com/eventbridge/pricing).
@@ -133,6 +139,7 @@ def price(name: str) -> float:
 class TemplateFacts:
     alarms: list[str]
     secrets: int
+    ssm_parameters: list[str]  # the functions' variables naming a parameter the stack does not create
     polled_queues: list[str]
     minute_schedules: list[str]
     heartbeat_api_type: str
@@ -178,6 +185,13 @@ def template_facts() -> TemplateFacts:
     return TemplateFacts(
         alarms=sorted(n for n, r in res.items() if r["Type"] == "AWS::CloudWatch::Alarm"),
         secrets=sum(r["Type"] == "AWS::SecretsManager::Secret" for r in res.values()),
+        ssm_parameters=sorted(
+            var
+            for r in res.values()
+            if r["Type"] == "AWS::Serverless::Function"
+            for var in ((r["Properties"].get("Environment") or {}).get("Variables") or {})
+            if var.endswith("_PARAMETER")
+        ),
         polled_queues=polled,
         minute_schedules=minute,
         heartbeat_api_type=res["HeartbeatApi"]["Type"],
@@ -587,6 +601,10 @@ def main() -> None:
         f"custom metrics ({len(idle_metrics)} sent every hour)": len(idle_metrics) * price("cw_metric"),
         f"alarms ({len(facts.alarms)})": len(facts.alarms) * price("cw_alarm"),
         f"secrets ({facts.secrets})": facts.secrets * price("secret"),
+        f"SSM parameters, standard tier ({len(facts.ssm_parameters)}: the pool token)": len(
+            facts.ssm_parameters
+        )
+        * price("ssm_parameter"),
         f"minute sweeps: {sweep_runs:,} Lambda requests": sweep_runs * price("lambda_request") / 1e6,
         f"minute sweeps: GB-s at {ASSUMED_IDLE_SWEEP_MS} ms (assumed)": sweep_runs
         * ASSUMED_IDLE_SWEEP_MS

@@ -35,7 +35,7 @@ SETTINGS: tuple[tuple[str, str], ...] = (
     ("ANNEX_STACK", "${AWS::StackName}"),
     ("ANNEX_REGION", "${AWS::Region}"),
     ("ANNEX_ENDPOINT", "https://${AnnexApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/v1"),
-    ("POOL_TOKEN_SECRET_ARN", "${PoolTokenSecret}"),
+    ("POOL_TOKEN_PARAMETER", "/annex/${AWS::StackName}/${PoolTokenParameterName}"),
     ("TOKEN_LIFETIME", "${SeedTokenLifetime}"),
     ("CONDOR_SERIES", "${SeedCondorSeries}"),
     ("CLIENT_REQUIREMENT", "${SeedClientRequirement}"),

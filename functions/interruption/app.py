@@ -1,10 +1,10 @@
 """The interruption function: EC2 spot interruption warnings, rebalance recommendations and state
-changes (EventBridge rule -> SQS queue with a DLQ). Thin: each message is one EventBridge event, handed
-to the domain; a failed message is reported back so only it is retried (and lands in the DLQ)."""
+changes. The EventBridge rule invokes it asynchronously with one event; thin: the event goes to the
+domain, which is idempotent. A failure raises, so Lambda retries it (twice) and then sends a record of it
+to the stack's dead-letter queue (template.yaml, InterruptionFunction's EventInvokeConfig)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from functools import cache
@@ -38,22 +38,16 @@ def service() -> InterruptionHandler:
     )
 
 
-def process(event: dict[str, Any], handler: InterruptionHandler, now: datetime) -> dict[str, Any]:
-    failures = []
-    for record in event.get("Records", []):
-        try:
-            outcome = handler.handle(json.loads(record["body"]), now=now)
-            logger.info(
-                "ec2 event handled", extra={"outcome": outcome.value, "message_id": record["messageId"]}
-            )
-        except Exception:
-            logger.exception("ec2 event failed", extra={"message_id": record["messageId"]})
-            failures.append({"itemIdentifier": record["messageId"]})
-    return {"batchItemFailures": failures}
+def process(event: dict[str, Any], handler: InterruptionHandler, now: datetime) -> dict[str, str]:
+    """One EventBridge event. An event that is not an EC2 event of the rule's shape, or a store/EC2
+    failure, raises: the invocation fails and Lambda's retries and dead-letter queue take it."""
+    outcome = handler.handle(event, now=now)
+    logger.info("ec2 event handled", extra={"outcome": outcome.value, "event_id": event.get("id")})
+    return {"outcome": outcome.value}
 
 
 @logger.inject_lambda_context
 def handler(
     event: dict[str, Any], context: LambdaContext, clock: Callable[[], datetime] = utcnow
-) -> dict[str, Any]:
+) -> dict[str, str]:
     return process(event, service(), clock())

@@ -18,7 +18,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 # isort: split
 from annex.aws import clients
 from annex.aws.inventory import Ec2Inventory
-from annex.aws.secrets import PoolTokenSecret
+from annex.aws.pool_token import PoolTokenParameter
 from annex.core.clock import utcnow
 from annex.core.config import LaunchSettings
 from annex.launch.capacity import Ec2Capacity
@@ -51,7 +51,7 @@ def launcher() -> Launcher:
         Ec2Inventory(clients.ec2(), cfg.stack_name, instance_profile_arn=cfg.instance_profile_arn),
         Ec2Capacity(clients.ec2_launch()),
         cfg,
-        pool_token=PoolTokenSecret(clients.client("secretsmanager"), cfg.pool_token_secret_arn),
+        pool_token=PoolTokenParameter(clients.client("ssm"), cfg.pool_token_parameter),
     )
 
 
@@ -97,9 +97,6 @@ def _report(outcome: LaunchOutcome) -> None:
     if outcome.config_errors:
         logger.error("EC2 refused the launch configuration", extra={"note": outcome.note})
         metrics.add_metric(name="LaunchConfigErrors", unit=MetricUnit.Count, value=outcome.config_errors)
-    if outcome.placeholder_token:
-        logger.error("the pool token secret still holds the placeholder", extra={"note": outcome.note})
-        metrics.add_metric(name="PoolTokenPlaceholder", unit=MetricUnit.Count, value=1)
     if outcome.terminated:
         metrics.add_metric(name="InstancesTerminated", unit=MetricUnit.Count, value=outcome.terminated)
 

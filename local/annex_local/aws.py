@@ -1,5 +1,5 @@
 """The embedded AWS: moto in server mode on 127.0.0.1, with the resources template.yaml declares created
-from the template itself (table, indexes, stream, TTL, pool secret, instance role and profile, queues,
+from the template itself (table, indexes, stream, TTL, instance role and profile, queues,
 topic), plus the network an administrator would supply (default VPC subnets, a security group, an AMI)."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 import urllib.request
 from dataclasses import dataclass, field
@@ -17,7 +18,13 @@ import boto3
 from botocore.config import Config
 
 from annex_local import moto_ec2
-from annex_local.template import load_template, resources, table_create_kwargs, ttl_attribute
+from annex_local.template import (
+    load_template,
+    parameter_defaults,
+    resources,
+    table_create_kwargs,
+    ttl_attribute,
+)
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -41,6 +48,10 @@ class Provisioned:
     # local SQS queue, which the notice courier drains and delivers as SNS would (annex_local.notices).
     notice_queue_url: str = ""
     notice_topics: list[str] = field(default_factory=list)
+    # EventBridge rules whose targets are this stack's functions (moto does not invoke Lambda): function
+    # logical id -> a local SQS queue the rule delivers to, from which annex_local.async_invoke invokes
+    # the function as Lambda's asynchronous invocation would.
+    function_targets: dict[str, str] = field(default_factory=dict)
 
 
 class EmbeddedAws:
@@ -88,7 +99,7 @@ class EmbeddedAws:
     def provision(self) -> Provisioned:
         out = Provisioned()
         self._table(out)
-        self._secrets(out)
+        self._pool_token(out)
         self._instance_role(out)
         self._queues_and_topics(out)
         self._events(out)
@@ -121,19 +132,18 @@ class EmbeddedAws:
                 out.refs[f"{logical_id}.StreamArn"] = desc["LatestStreamArn"]
             out.table_name, out.stream_arn = name, desc.get("LatestStreamArn", "")
 
-    def _secrets(self, out: Provisioned) -> None:
-        sm = self.client("secretsmanager")
-        for logical_id, spec in resources("AWS::SecretsManager::Secret").items():
-            props = spec.get("Properties", {})
-            # As deployed: the stack's placeholder first, then the administrator stores a token (a
-            # second version), so the launch function's placeholder check passes as it would on AWS.
-            arn = sm.create_secret(
-                Name=self._name(logical_id),
-                SecretString=str(props.get("SecretString", "placeholder")),
-                Description=str(props.get("Description", "")),
-            )["ARN"]
-            sm.put_secret_value(SecretId=arn, SecretString="local-pool-token-not-a-real-secret")
-            out.refs[logical_id] = arn
+    def _pool_token(self, out: Provisioned) -> None:
+        """The pool token parameter, as the administrator puts it after deploying (the stack names it in
+        the launch function's POOL_TOKEN_PARAMETER and never creates it)."""
+        launch = load_template()["Resources"]["LaunchFunction"]["Properties"]["Environment"]["Variables"]
+        name = re.sub(
+            r"\$\{([^}]+)\}",
+            lambda m: self.stack_name if m.group(1) == "AWS::StackName" else parameter_defaults()[m.group(1)],
+            launch["POOL_TOKEN_PARAMETER"]["Fn::Sub"],
+        )
+        self.client("ssm").put_parameter(
+            Name=name, Value="local-pool-token-not-a-real-secret", Type="SecureString", Tier="Standard"
+        )
 
     def _instance_role(self, out: Provisioned) -> None:
         iam = self.client("iam")
@@ -183,14 +193,25 @@ class EmbeddedAws:
             bus = out.refs[props["EventBusName"]["Ref"]] if "EventBusName" in props else "default"
             name = self._name(logical_id)
             events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(props["EventPattern"]))
-            # Targets that are this stack's queues (`!GetAtt Queue.Arn`, the spot interruption rule): EC2's
-            # events put on the bus reach the queue as EventBridge delivers them, and the queue's poller
-            # invokes the function (moto matches the rule's pattern, $or included).
+            # Targets that are this stack's queues (`!GetAtt Queue.Arn`): the events put on the bus reach
+            # the queue as EventBridge delivers them (moto matches the rule's pattern, $or included).
             queues = [
                 {"Id": t["Id"], "Arn": out.refs[f"{t['Arn']['Fn::GetAtt'][0]}.Arn"]}
                 for t in props.get("Targets", [])
                 if "Fn::GetAtt" in t.get("Arn", {}) and f"{t['Arn']['Fn::GetAtt'][0]}.QueueName" in out.refs
             ]
+            # Targets that are this stack's functions (`!GetAtt Function.Arn`, the spot interruption
+            # rule): a local delivery queue each, drained by annex_local.async_invoke.
+            for target in props.get("Targets", []):
+                fn = (target.get("Arn", {}).get("Fn::GetAtt") or [None])[0]
+                if fn not in resources("AWS::Serverless::Function"):
+                    continue
+                url = sqs.create_queue(QueueName=f"{name}-{fn}-local-invoke")["QueueUrl"]
+                arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                    "QueueArn"
+                ]
+                queues.append({"Id": target["Id"], "Arn": arn})
+                out.function_targets[fn] = url
             if queues:
                 events.put_targets(Rule=name, EventBusName=bus, Targets=queues)
             topics = [

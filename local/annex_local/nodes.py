@@ -19,9 +19,10 @@ A comma-separated list gives each instance of the annex its own behaviour, in la
 (`busy,busy,idle`); replacements of interrupted instances continue the list.
 
 A spot interruption, as the local EC2 plays it: EC2's warning goes on the default bus (the template's
-InterruptionRule sends it to its queue), the node sees the notice in its metadata, drains at once (its
-jobs are vacated) and reports the notice in a heartbeat; after the notice period (two minutes; 10 s with
-`--fast`) EC2 reclaims it: it terminates, and its state changes (shutting-down, terminated) go on the bus.
+InterruptionRule invokes the interruption function with it), the node sees the notice in its metadata,
+drains at once (its jobs are vacated) and reports the notice in a heartbeat; after the notice period
+(two minutes; 10 s with `--fast`) EC2 reclaims it: it terminates, and its state changes (shutting-down,
+terminated) go on the bus.
 
 Each node has one partitionable slot of `CPUS` CPUs, as HTCondor has by default since 23.0; a busy node
 runs one one-CPU job per CPU in dynamic slots. Its heartbeat counts them as the real agent does

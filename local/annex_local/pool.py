@@ -17,7 +17,7 @@ from annex.store import AnnexStore
 CENTRAL_MANAGER = "cm.pool.example.org:9618"
 API_ID = "a1b2c3d4e5"
 HEARTBEAT_API_ID = "h1b2c3d4e5"  # the heartbeat API (HeartbeatApi), separate from the user API
-PLACEHOLDER = "replace-me: condor_token_create -identity annex@POOL"  # what template.yaml creates it with
+POOL_TOKEN_PARAMETER = "/annex/annex-pool/pool-token"  # the administrator puts it (README deploy guide)
 POOL_TOKEN = "eyJhbGciOiJIUzI1NiJ9.annex-test-pool-token.c2lnbmF0dXJl"  # a fake IDTOKEN: never in user data
 
 
@@ -29,7 +29,7 @@ class Pool:
     image_id: str
     instance_role_arn: str
     instance_profile_arn: str
-    pool_token_secret_arn: str
+    pool_token_parameter: str
     pool_token: str
     central_manager: str = CENTRAL_MANAGER
 
@@ -40,7 +40,7 @@ class Pool:
             "PoolSecurityGroupId": self.security_group_id,
             "AnnexImageId": self.image_id,
             "CentralManager": self.central_manager,
-            "PoolTokenSecret": self.pool_token_secret_arn,
+            "POOL_TOKEN_PARAMETER": self.pool_token_parameter,
             "AnnexInstanceProfile.Arn": self.instance_profile_arn,
             "AnnexApi": API_ID,
             "HeartbeatApi": HEARTBEAT_API_ID,
@@ -54,10 +54,10 @@ def create_pool(
     pool_token: str = POOL_TOKEN,
 ) -> Pool:
     """One VPC with a subnet per zone, the pool security group, the instance role and profile (as the
-    template creates them) and the pool token secret. Call inside moto."""
+    template creates them) and the pool token parameter (as the administrator puts it). Call inside moto."""
     ec2 = boto3.client("ec2", region_name=region)
     iam = boto3.client("iam", region_name=region)
-    secrets = boto3.client("secretsmanager", region_name=region)
+    ssm = boto3.client("ssm", region_name=region)
     vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
     subnets: dict[str, str] = {}
     for i, zone in enumerate(zones):
@@ -79,9 +79,8 @@ def create_pool(
     role = iam.create_role(RoleName="annex-instance", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
     profile = iam.create_instance_profile(InstanceProfileName="annex-instance")["InstanceProfile"]
     iam.add_role_to_instance_profile(InstanceProfileName="annex-instance", RoleName="annex-instance")
-    # As the template and the administrator do: the placeholder first, then the token (a second version).
-    secret = secrets.create_secret(Name="annex-pool-token", SecretString=PLACEHOLDER)
-    secrets.put_secret_value(SecretId=secret["ARN"], SecretString=pool_token)
+    # As the administrator does after deploying (the stack never creates it).
+    ssm.put_parameter(Name=POOL_TOKEN_PARAMETER, Value=pool_token, Type="SecureString", Tier="Standard")
     return Pool(
         subnet_ids=list(subnets),
         zones=subnets,
@@ -89,7 +88,7 @@ def create_pool(
         image_id=image,
         instance_role_arn=role["Arn"],
         instance_profile_arn=profile["Arn"],
-        pool_token_secret_arn=secret["ARN"],
+        pool_token_parameter=POOL_TOKEN_PARAMETER,
         pool_token=pool_token,
     )
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from annex_local.async_invoke import AsyncInvoker, async_config
 from annex_local.aws import ACCOUNT, REGION, EmbeddedAws, Provisioned
 from annex_local.gateway import Gateway, stage_name
 from annex_local.http_api import INVOKE, IdentityPolicies, invoke_arn, researcher_statements, role_statements
@@ -219,6 +220,7 @@ class LocalStack:
         self._start_scheduler()
         self._start_nodes(prov)
         self._start_notices(prov)
+        self._start_async_invokes(prov)
         self.write_state()
         return self
 
@@ -413,6 +415,22 @@ class LocalStack:
             out=self.options.state_dir.resolve() / "notices.jsonl",
         )
         self._thread(courier.run, self.stop_event, 1.0, name="notices")
+
+    def _start_async_invokes(self, prov: Provisioned) -> None:
+        """EventBridge rules that target a function (the spot interruption rule): Lambda's asynchronous
+        invocation, with its retries and on-failure destination (annex_local.async_invoke)."""
+        for fn, queue_url in prov.function_targets.items():
+            config = async_config(fn)
+            on_failure = prov.refs.get(config.on_failure_logical_id) if config.on_failure_logical_id else None
+            invoker = AsyncInvoker(
+                config,
+                sqs=self.aws.client("sqs"),
+                queue_url=queue_url,
+                invoke=self.runtime.invoke,
+                function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.options.stack_name}-{fn}",
+                on_failure_queue_url=on_failure,
+            )
+            self._thread(invoker.run, self.stop_event, 0.2, name=f"async-{fn}")
 
     def _start_scheduler(self) -> None:
         for fn, why in NOT_SCHEDULED_LOCALLY.items():

@@ -227,11 +227,15 @@ def required(record: dict[str, Any], templates: dict[str, dict[str, Any]]) -> li
                 out += _tagging_at_creation(inner, "RunInstances")
                 out += _pass_role(data.get("IamInstanceProfile"))
             return out
-    if service == "secretsmanager":
-        return [Request(f"secretsmanager:{op}", str(p["SecretId"]))]
     if service == "ssm":
+        if op == "DescribeParameters":
+            # No resource-level permissions: IAM authorizes it on "*" (it returns metadata, never values).
+            return [Request("ssm:DescribeParameters", "*")]
+        names = p.get("Names", []) or ([p["Name"]] if "Name" in p else [])
+        # A name that starts with "/" is the ARN's path as is; one without gets a "/".
         return [
-            Request(f"ssm:{op}", f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{n}") for n in p.get("Names", [])
+            Request(f"ssm:{op}", f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{str(n).lstrip('/')}")
+            for n in names
         ]
     if service == "sqs":
         queue = str(p["QueueUrl"]).rstrip("/").rsplit("/", 1)[1]

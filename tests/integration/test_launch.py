@@ -208,7 +208,7 @@ def test_user_data_joins_the_pool_and_holds_no_secret(api, launch, ec2, ddb, poo
     assert user_data.startswith("#!/bin/bash")
     assert f"ANNEX_ID={annex['id']}" in user_data
     assert "COLLECTOR_HOST=cm.pool.example.org:9618" in user_data
-    assert f"POOL_TOKEN_SECRET_ARN={pool.pool_token_secret_arn}" in user_data
+    assert f"POOL_TOKEN_PARAMETER={pool.pool_token_parameter}" in user_data
     assert f"LEASE_EXPIRES_EPOCH={to_epoch(parse_time(annex['lease_expires_at']))}" in user_data
     assert "https://h1b2c3d4e5.execute-api.us-east-1.amazonaws.com/v1/heartbeat" in user_data
     # The token itself is nowhere: not in user data, not in the records, not in the logs.

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from annex.launch.userdata import NodeConfig, render_user_data, unpack_user_data
 
-SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:annex-pool-AbCdEf"
+POOL_TOKEN_PARAMETER = "/annex/annex-test/pool-token"
 HEARTBEAT_URL = "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/v1/heartbeat"
-SECRETS_ENDPOINT = "https://secretsmanager.us-east-1.amazonaws.com"
+SSM_ENDPOINT = "https://ssm.us-east-1.amazonaws.com"
 # A token-shaped secret: header.payload.signature with sub/iss claims (base64url, no padding).
 POOL_TOKEN = (
     "eyJhbGciOiJIUzI1NiIsImtpZCI6IlBPT0wifQ."
@@ -35,8 +35,8 @@ def node_config(**changes: object) -> NodeConfig:
         "annex_name": "bio-run",
         "condor_user": "alice",
         "central_manager": "cm.pool.example.org:9618",
-        "pool_token_secret_arn": SECRET_ARN,
-        "secrets_endpoint": SECRETS_ENDPOINT,
+        "pool_token_parameter": POOL_TOKEN_PARAMETER,
+        "ssm_endpoint": SSM_ENDPOINT,
         "heartbeat_url": HEARTBEAT_URL,
         "lease_expires_at": datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2),
         "idle_timeout": timedelta(minutes=20),
@@ -111,7 +111,10 @@ exit 0
 
 CURL = """#!{python}
 # curl: the instance metadata service (refused to a non-root user once the firewall holds a rule),
-# and Secrets Manager (signed requests only). Any other URL is an error, as it would be offline.
+# and SSM's GetParameter (JSON 1.1 protocol, SigV4-signed for ssm in the instance's region, a body the
+# service model accepts: botocore's own model judges it). Any other URL is an error, as it would be
+# offline. FAKE_PARAMETER unset: the parameter does not exist (HTTP 400 ParameterNotFound, so -f fails);
+# FAKE_SSM_THROTTLE=N: the first N requests are throttled (HTTP 400 ThrottlingException), as at 40 TPS.
 import json, os, sys
 args = sys.argv[1:]
 url = args[-1]
@@ -141,9 +144,54 @@ if url.startswith(imds):
     if path not in answers:
         sys.exit(22)
     sys.stdout.write(answers[path])
-elif url == os.environ["FAKE_SECRETS_ENDPOINT"]:
-    assert "--aws-sigv4" in args and "--config" in args, args
-    sys.stdout.write(json.dumps({{"ARN": "arn", "SecretString": os.environ["FAKE_SECRET"]}}))
+elif url == os.environ["FAKE_SSM_ENDPOINT"]:
+    import botocore.session
+    def opt(name):
+        return [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+    headers = dict(h.split(": ", 1) for h in opt("-H"))
+    def fail(status, kind, message):
+        # what SSM answers (a JSON 1.1 error body); with -f curl prints its own line and exits 22
+        with open(os.path.join(sandbox, "ssm.log"), "a") as log:
+            log.write(json.dumps({{"status": status, "__type": kind, "message": message}}) + "\\n")
+        if "-f" in args:
+            sys.stderr.write("curl: (22) The requested URL returned error: %d\\n" % status)
+            sys.exit(22)
+        sys.stdout.write(json.dumps({{"__type": kind, "message": message}}))
+        sys.exit(0)
+    if opt("--aws-sigv4") != ["aws:amz:us-east-1:ssm"] or "--config" not in args:
+        fail(400, "IncompleteSignatureException", "not signed for ssm in us-east-1: %r" % args)
+    target = headers.get("X-Amz-Target", "")
+    if target.partition(".")[0] != "AmazonSSM" or headers.get("Content-Type") != "application/x-amz-json-1.1":
+        fail(400, "UnknownOperationException", "headers: %r" % headers)
+    operation = headers["X-Amz-Target"].partition(".")[2]
+    model = botocore.session.get_session().get_service_model("ssm")
+    if operation not in model.operation_names:
+        fail(400, "UnknownOperationException", operation)
+    if operation != "GetParameter":
+        fail(400, "AccessDeniedException", "the instance role may only call ssm:GetParameter")
+    body = json.loads((opt("--data-binary") or opt("-d"))[0])
+    shape = model.operation_model(operation).input_shape
+    unknown = set(body) - set(shape.members)
+    missing = set(shape.required_members) - set(body)
+    types = {{"string": str, "boolean": bool}}
+    wrong = [
+        k for k, v in body.items()
+        if k in shape.members and not isinstance(v, types[shape.members[k].type_name])
+    ]
+    if unknown or missing or wrong:
+        fail(400, "SerializationException", "unknown %s, missing %s, type %s" % (unknown, missing, wrong))
+    with open(os.path.join(sandbox, "ssm-requests"), "a") as log:
+        log.write("x")
+    throttled = int(os.environ.get("FAKE_SSM_THROTTLE", "0"))
+    if os.path.getsize(os.path.join(sandbox, "ssm-requests")) <= throttled:
+        fail(400, "ThrottlingException", "Rate exceeded")
+    if "FAKE_PARAMETER" not in os.environ or body["Name"] != os.environ["FAKE_PARAMETER_NAME"]:
+        fail(400, "ParameterNotFound", body["Name"])
+    value = os.environ["FAKE_PARAMETER"] if body.get("WithDecryption") else "AQICAHhEncryptedNotTheToken=="
+    sys.stdout.write(json.dumps({{"Parameter": {{
+        "Name": body["Name"], "Type": "SecureString", "Value": value, "Version": 3,
+        "LastModifiedDate": 1764763200.0, "DataType": "text",
+        "ARN": "arn:aws:ssm:us-east-1:123456789012:parameter" + body["Name"]}}}}))
 else:
     sys.stderr.write("curl: (6) Could not resolve host\\n")
     sys.exit(6)
@@ -247,8 +295,9 @@ class NodeSandbox:
             "ANNEX_ROOT": str(self.root),
             "ANNEX_IMDS": "http://imds.invalid/latest",
             "CONDOR_CONFIG": str(self.etc / "condor_config"),
-            "FAKE_SECRETS_ENDPOINT": SECRETS_ENDPOINT,
-            "FAKE_SECRET": POOL_TOKEN,
+            "FAKE_SSM_ENDPOINT": SSM_ENDPOINT,
+            "FAKE_PARAMETER_NAME": POOL_TOKEN_PARAMETER,
+            "FAKE_PARAMETER": POOL_TOKEN,
             **env,
         }
         command = f"source {shlex.quote(str(self.script))}\nDEADLINE=$(date +%s)\n{steps}\n"

@@ -15,13 +15,13 @@ from typing import Any
 
 from scripts.seed_userdata import DELIMITER, LIB, render
 
-SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:annex-pool-AbCdEf"
+POOL_TOKEN_PARAMETER = "/annex/annex-prod/pool-token"
 STACK_VALUES = {
     "AWS::StackName": "annex-prod",
     "AWS::Region": "us-east-1",
     "AWS::URLSuffix": "amazonaws.com",
     "AnnexApi": "a1b2c3d4e5",
-    "PoolTokenSecret": SECRET_ARN,
+    "PoolTokenParameterName": "pool-token",
     "SeedTokenLifetime": "2592000",
     "SeedCondorSeries": "25.x",
     "SeedClientRequirement": "git+https://github.com/example/annex@v1.0#subdirectory=client",
@@ -160,46 +160,70 @@ if "-token" in opts or "-file" in opts:
 print(token)
 """
 
-# aws secretsmanager put-secret-value (AWS CLI v2): --secret-id, exactly one of --secret-string /
-# --secret-binary, optional --client-request-token and --version-stages; global --region, --output.
+# aws ssm put-parameter (AWS CLI v2), judged by botocore's service model for ssm: every option is an
+# input member of PutParameter in the CLI's spelling (--name, --value, --type, --tier, --overwrite |
+# --no-overwrite, --key-id, ...) plus the global --region and --output; Name and Value are required;
+# enums (Type, Tier) must be members; a parameter that exists is replaced only with --overwrite; tags
+# cannot go with --overwrite. The seed's role may write only the stack's parameter (AccessDenied else).
 FAKE_AWS = r"""
-import json, os, stat, sys, uuid
+import json, os, stat, sys
 from pathlib import Path
+import botocore.session
+from botocore import xform_name
 state = Path(os.environ["FAKE_STATE"])
 argv = sys.argv[1:]
 with open(state / "aws-argv.jsonl", "a") as log:
     log.write(json.dumps(argv) + "\n")
-if argv[:2] != ["secretsmanager", "put-secret-value"]:
-    sys.stderr.write("fake aws: only `aws secretsmanager put-secret-value` exists here\n"); sys.exit(252)
-KNOWN = {"--region", "--output", "--secret-id", "--secret-string", "--secret-binary",
-         "--client-request-token", "--version-stages"}
+if argv[:2] != ["ssm", "put-parameter"]:
+    sys.stderr.write("fake aws: only `aws ssm put-parameter` exists here\n"); sys.exit(252)
+shape = botocore.session.get_session().get_service_model("ssm").operation_model("PutParameter").input_shape
+members = {"--" + xform_name(m, "-"): m for m in shape.members}
+flags = {f"--{p}{xform_name(m, '-')}" : (m, p == "") for m, t in shape.members.items()
+         if t.type_name == "boolean" for p in ("", "no-")}
 args, opts = argv[2:], {}
 while args:
     a = args.pop(0)
-    if a not in KNOWN or not args:
+    if a in flags:
+        member, value = flags[a]
+    elif (a in members or a in ("--region", "--output")) and args:
+        member, value = members.get(a, a), args.pop(0)
+    else:
         sys.stderr.write(f"aws: error: Unknown options: {a}\n"); sys.exit(252)
-    if a in opts:
+    if member in opts:
         sys.stderr.write(f"aws: error: {a} given twice\n"); sys.exit(252)
-    opts[a] = args.pop(0)
-if "--secret-id" not in opts or ("--secret-string" in opts) == ("--secret-binary" in opts):
-    sys.stderr.write("aws: error: --secret-id and one of --secret-string/--secret-binary are required\n")
-    sys.exit(252)
-secret = json.loads((state / "secret.json").read_text())
-if opts["--secret-id"] != secret["ARN"]:
-    sys.stderr.write("An error occurred (ResourceNotFoundException) when calling the PutSecretValue "
-                     "operation: Secrets Manager can't find the specified secret.\n"); sys.exit(254)
-value = opts["--secret-string"]
+    opts[member] = value
+missing = [m for m in shape.required_members if m not in opts]
+if missing:
+    sys.stderr.write("aws: error: the following arguments are required: "
+                     + ", ".join("--" + xform_name(m, "-") for m in missing) + "\n"); sys.exit(252)
+for m in ("Type", "Tier"):
+    if m in opts and opts[m] not in shape.members[m].enum:
+        sys.stderr.write(f"aws: error: argument --{m.lower()}: Invalid choice '{opts[m]}'\n"); sys.exit(252)
+allowed = json.loads((state / "iam.json").read_text())["PutParameter"]
+if opts["Name"] != allowed:
+    sys.stderr.write("An error occurred (AccessDeniedException) when calling the PutParameter operation: "
+                     "not authorized to perform: ssm:PutParameter\n"); sys.exit(254)
+store = state / "parameters.json"
+params = json.loads(store.read_text()) if store.exists() else {}
+if opts["Name"] in params and not opts.get("Overwrite"):
+    sys.stderr.write("An error occurred (ParameterAlreadyExists) when calling the PutParameter operation: "
+                     "The parameter already exists. To overwrite this value, set the overwrite option in "
+                     "the request to true.\n"); sys.exit(254)
+if opts.get("Overwrite") and "Tags" in opts:
+    sys.stderr.write("An error occurred (ValidationException) when calling the PutParameter operation: "
+                     "Invalid request: tags and overwrite can't be used together.\n"); sys.exit(254)
+value = opts["Value"]
 if value.startswith("file://"):
     path = Path(value[len("file://"):])
     modes = {"file": stat.S_IMODE(path.stat().st_mode), "dir": stat.S_IMODE(path.parent.stat().st_mode)}
     with open(state / "aws-files.jsonl", "a") as log:
         log.write(json.dumps(modes) + "\n")
     value = path.read_text()
-version = str(uuid.uuid4())
-secret.update(SecretString=value, VersionId=version)
-(state / "secret.json").write_text(json.dumps(secret))
-print(json.dumps({"ARN": secret["ARN"], "Name": secret["Name"], "VersionId": version,
-                  "VersionStages": ["AWSCURRENT"]}, indent=4))
+version = params.get(opts["Name"], {}).get("Version", 0) + 1
+params[opts["Name"]] = {"Name": opts["Name"], "Type": opts.get("Type", "String"), "Value": value,
+                        "Version": version, "Tier": opts.get("Tier", "Standard")}
+store.write_text(json.dumps(params))
+print(json.dumps({"Version": version, "Tier": params[opts["Name"]]["Tier"]}, indent=4))
 """
 
 
@@ -252,8 +276,10 @@ class Sandbox:
         log = self.state / "issued.jsonl"
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
-    def secret(self) -> dict[str, Any]:
-        return json.loads((self.state / "secret.json").read_text())  # type: ignore[no-any-return]
+    def parameter(self, name: str = POOL_TOKEN_PARAMETER) -> dict[str, Any]:
+        """The parameter as SSM holds it (KeyError: it was never put)."""
+        store = self.state / "parameters.json"
+        return json.loads(store.read_text() if store.exists() else "{}")[name]  # type: ignore[no-any-return]
 
     def jsonl(self, name: str) -> list[Any]:
         log = self.state / name
@@ -283,9 +309,8 @@ def make_sandbox(
         (bin_dir / name).chmod(0o755)
     (state / "imds-token").write_text("AQAEAFake-imds-session-token==")
     (state / "imds.json").write_text(json.dumps(IMDS if imds is None else imds))
-    (state / "secret.json").write_text(
-        json.dumps({"ARN": SECRET_ARN, "Name": "annex-pool", "SecretString": "replace-me"})
-    )
+    # what the seed role's policy allows (template.yaml, SeedRole: ssm:PutParameter on this one name)
+    (state / "iam.json").write_text(json.dumps({"PutParameter": POOL_TOKEN_PARAMETER}))
     key = condor / "passwords.d" / "POOL"
     key.write_text("fake-signing-key\n")
     key.chmod(0o600)

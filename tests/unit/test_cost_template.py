@@ -9,12 +9,10 @@ from annex_local.template import condition_holds, load_template
 
 # Every alarm of the default deployment, each watching one metric. What a user needs to hear is here:
 # a stalled fail-safe, anything dead-lettered, held silent terminations, live instances, spend rate,
-# a pool token still the placeholder.
+# launches that cannot work (EC2 refusing the configuration, no pool token stored).
 ALARMS = {
     "SweepsStalledAlarm",
     "FailsafeDeadLetterAlarm",
-    "LaunchDeadLetterAlarm",
-    "InterruptionDeadLetterAlarm",
     "SilentTerminationsHeldAlarm",
     "LiveInstancesAlarm",
     "SpendRateAlarm",
@@ -23,7 +21,6 @@ ALARMS = {
     "RequestErrorsAlarm",
     "PricesErrorsAlarm",
     "NoticesErrorsAlarm",
-    "PoolTokenPlaceholderAlarm",
 }
 
 
@@ -36,7 +33,7 @@ def deployed():
     }
 
 
-def test_the_default_deployment_pays_for_thirteen_alarms_each_on_one_metric(deployed):
+def test_the_default_deployment_pays_for_these_alarms_each_on_one_metric(deployed):
     alarms = {n: r["Properties"] for n, r in deployed.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
     assert set(alarms) == ALARMS
     for name, alarm in alarms.items():

@@ -4,6 +4,7 @@ the argument forms the real tools accept."""
 
 from __future__ import annotations
 
+import json
 import stat
 
 import pytest
@@ -45,12 +46,53 @@ def test_the_token_lands_root_only_and_in_no_output(node):
     assert (node.root / "var/lib/annex/token-identity").read_text().strip() == "annex@pool.example.org"
 
 
-def test_a_placeholder_secret_is_refused_and_no_token_is_written(node):
-    result = node.run(f"{IDENTITY} && fetch_pool_token", FAKE_SECRET="replace-me: condor_token_create ...")
+def ssm_answers(node) -> list[dict]:
+    log = node.dir / "ssm.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_a_missing_parameter_writes_no_token_and_the_step_fails(node):
+    # Given no pool token parameter under the name the stack gave (the administrator has not put it)
+    result = node.run(f"{IDENTITY} && fetch_pool_token", FAKE_PARAMETER_NAME="/annex/other-stack/pool-token")
 
     assert result.returncode != 0
-    assert "the pool token secret holds no token yet" in result.stderr
+    assert [a["__type"] for a in ssm_answers(node)] == ["ParameterNotFound"]
     assert not (node.etc / "tokens.d" / "annex-pool").exists()
+
+
+def test_an_empty_value_is_refused_and_no_token_is_written(node):
+    result = node.run(f"{IDENTITY} && fetch_pool_token", FAKE_PARAMETER=" ")
+
+    assert result.returncode != 0
+    assert "the pool token parameter holds no token" in result.stderr
+    assert not (node.etc / "tokens.d" / "annex-pool").exists()
+
+
+def test_a_throttled_fetch_is_retried_with_growing_jittered_waits_until_it_succeeds(node):
+    # Given SSM throttling the first five requests (1,000 instances booting against 40 per second)
+    steps = f"{IDENTITY} && DEADLINE=$(( $(date +%s) + 600 )) && retry fetch_pool_token"
+    result = node.run(steps, FAKE_SSM_THROTTLE="5")
+
+    assert result.returncode == 0, result.output
+    assert [a["__type"] for a in ssm_answers(node)] == ["ThrottlingException"] * 5
+    assert (node.etc / "tokens.d" / "annex-pool").read_text() == POOL_TOKEN + "\n"
+    waits = [int(line.split()[1]) for line in node.commands("sleep")]
+    assert len(waits) == 5
+    for wait, delay in zip(waits, (2, 4, 8, 16, 30), strict=True):
+        assert delay // 2 <= wait <= delay
+
+
+def test_the_waits_are_jittered_so_instances_booted_together_spread_out(tmp_path):
+    # Given several instances throttled alike, their waits differ (the same wait for all = a herd)
+    seen = set()
+    for n in range(8):
+        node = NodeSandbox(tmp_path / str(n))
+        node.run(
+            f"{IDENTITY} && DEADLINE=$(( $(date +%s) + 600 )) && retry fetch_pool_token",
+            FAKE_SSM_THROTTLE="3",
+        )
+        seen.add(tuple(int(line.split()[1]) for line in node.commands("sleep")))
+    assert len(seen) > 1
 
 
 # --- the metadata lock fails closed -----------------------------------------------------------------

@@ -30,7 +30,7 @@ REFS = {
     "AWS::Partition": "aws",
     "AWS::Region": "us-east-1",
     "AWS::AccountId": ACCT,
-    "PoolTokenSecret": f"arn:aws:secretsmanager:us-east-1:{ACCT}:secret:annex-pool-token",
+    "PoolTokenParameterName": "pool-token",
 }
 KEYS = {
     "ASIAINSTANCE": Identity("instance-secret", INSTANCE),

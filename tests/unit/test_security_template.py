@@ -265,19 +265,6 @@ def test_the_sweeps_have_reserved_concurrency(resources):
         assert resources[fn]["Properties"]["ReservedConcurrentExecutions"] >= 2
 
 
-def test_only_annex_instances_may_read_the_pool_token(resources):
-    policy = next(r for r in resources.values() if r["Type"] == "AWS::SecretsManager::ResourcePolicy")
-    props = policy["Properties"]
-    assert props["SecretId"] == {"Ref": "PoolTokenSecret"}
-    assert props["BlockPublicPolicy"] is True
-    (deny,) = props["ResourcePolicy"]["Statement"]
-    assert deny["Effect"] == "Deny"
-    assert deny["Action"] == "secretsmanager:GetSecretValue"
-    assert deny["Condition"] == {
-        "ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": ["AnnexInstanceRole", "Arn"]}}
-    }
-
-
 def test_every_skipped_checkov_check_says_why():
     from annex_local.template import REPO_ROOT
 

@@ -19,7 +19,6 @@ SEED_PARAMETERS = {
     "CentralManager": "",
 }
 LAUNCH_OVERRIDES = {
-    "PoolTokenSecret": "arn:aws:secretsmanager:us-east-1:123456789012:secret:pool-AbCdEf",
     "AnnexInstanceProfile.Arn": "arn:aws:iam::123456789012:instance-profile/annex",
     "AnnexApi": "a1b2c3d4e5",
     "HeartbeatApi": "f6g7h8i9j0",
@@ -204,8 +203,9 @@ def test_the_seed_role_may_only_write_the_pool_token(resources):
     (policy,) = role["Policies"]
     (statement,) = statements(policy["PolicyDocument"])
     assert statement["Effect"] == "Allow"
-    assert statement["Action"] == "secretsmanager:PutSecretValue"
-    assert statement["Resource"] == {"Ref": "PoolTokenSecret"}
+    assert statement["Action"] == "ssm:PutParameter"
+    arn = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
+    assert statement["Resource"] == {"Fn::Sub": arn + "/annex/${AWS::StackName}/${PoolTokenParameterName}"}
     assert resources["SeedInstanceProfile"]["Properties"]["Roles"] == [{"Ref": "SeedRole"}]
     assert resources["SeedInstance"]["Properties"]["IamInstanceProfile"] == {"Ref": "SeedInstanceProfile"}
     # The seed's role is not the annex instances' role: it cannot report heartbeats for them.

@@ -1,6 +1,6 @@
 """The seed node's user data: the template's copy is the files in seed/ and pool/ (no drift), it passes
 shellcheck, fits EC2's limit and holds no token; the address script reads IMDSv2 on every boot; the
-token step, run with strict fakes, puts a limited token with a lifetime into the secret and nowhere
+token step, run with strict fakes, puts a limited token with a lifetime into the SSM parameter and nowhere
 else."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from annex_local.template import load_template
 from scripts.seed_userdata import FILES, LIB, ROOT, sub_body
 from tests.unit.seed_sandbox import (
     IMDS,
-    SECRET_ARN,
+    POOL_TOKEN_PARAMETER,
     STACK_VALUES,
     config_installs,
     make_sandbox,
@@ -62,7 +62,7 @@ def test_every_file_arrives_on_the_instance_exactly_as_committed():
 def test_every_substitution_is_a_stack_value_and_the_settings_reach_seed_env():
     settings = unpacked()["/etc/annex-seed/seed.env"]
 
-    assert f"POOL_TOKEN_SECRET_ARN='{SECRET_ARN}'" in settings
+    assert f"POOL_TOKEN_PARAMETER='{POOL_TOKEN_PARAMETER}'" in settings
     assert "ANNEX_ENDPOINT='https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/v1'" in settings
     assert f"TOKEN_LIFETIME='{STACK_VALUES['SeedTokenLifetime']}'" in settings
 
@@ -87,12 +87,12 @@ def test_each_seed_script_passes_shellcheck(tmp_path, name):
     assert result.returncode == 0, result.stdout
 
 
-def test_user_data_names_the_secret_but_never_holds_a_token():
+def test_user_data_names_the_parameter_but_never_holds_a_token():
     script = user_data()
 
-    assert SECRET_ARN in script
+    assert f"POOL_TOKEN_PARAMETER='{POOL_TOKEN_PARAMETER}'" in script
     assert "eyJ" not in script  # every IDTOKENS token (a JWT) starts so
-    assert "put-secret-value" in script  # the token is written at boot, by the instance
+    assert "aws ssm put-parameter" in script  # the token is written at boot, by the instance
 
 
 # --- the address script, every boot --------------------------------------------------------------
@@ -143,7 +143,7 @@ def files_holding(root: Path, text: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and text in p.read_text(errors="replace")]
 
 
-def test_the_token_reaches_the_secret_and_nothing_else(tmp_path):
+def test_the_token_reaches_the_parameter_encrypted_and_nothing_else(tmp_path):
     box = make_sandbox(tmp_path)
     box.run("annex-seed-address")
 
@@ -152,7 +152,9 @@ def test_the_token_reaches_the_secret_and_nothing_else(tmp_path):
     assert result.returncode == 0, result.stderr
     (issued,) = box.issued()
     token = issued["token"]
-    assert box.secret()["SecretString"].strip() == token
+    stored = box.parameter()
+    assert stored["Value"].strip() == token
+    assert (stored["Type"], stored["Tier"]) == ("SecureString", "Standard")  # encrypted, and free
     assert token not in result.stdout + result.stderr
     # Never in a command line: the CLI read it from a private file in a private directory.
     assert all(token not in " ".join(argv) for argv in box.jsonl("aws-argv.jsonl"))
@@ -191,14 +193,15 @@ def test_the_token_step_is_idempotent_and_renews_at_half_its_lifetime(tmp_path):
 
     assert renewed.returncode == 0, renewed.stderr
     assert len(box.issued()) == 2
-    assert box.secret()["SecretString"].strip() == box.issued()[-1]["token"]
+    assert box.parameter()["Value"].strip() == box.issued()[-1]["token"]
+    assert box.parameter()["Version"] == 2  # the renewal replaced the token (--overwrite)
 
 
 def test_a_refused_write_fails_leaves_no_token_behind_and_is_retried_next_time(tmp_path):
     box = make_sandbox(tmp_path)
     box.run("annex-seed-address")
-    secret = box.secret()
-    (box.state / "secret.json").write_text(json.dumps({**secret, "ARN": secret["ARN"] + "-other"}))
+    # the seed role may write only another parameter (a policy that does not match the stack's name)
+    (box.state / "iam.json").write_text(json.dumps({"PutParameter": POOL_TOKEN_PARAMETER + "-other"}))
 
     result = box.run("annex-seed-token")
 

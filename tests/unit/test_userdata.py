@@ -20,7 +20,7 @@ from annex.launch.userdata import (
 )
 
 SHELLCHECK = Path(sys.executable).with_name("shellcheck")
-SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:annex-pool-AbCdEf"
+POOL_TOKEN_PARAMETER = "/annex/annex-test/pool-token"
 HEARTBEAT_URL = "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/v1/heartbeat"
 LEASE = datetime(2026, 11, 22, 16, 0, tzinfo=UTC)
 
@@ -31,8 +31,8 @@ def node_config(**changes) -> NodeConfig:
         "annex_name": "bio-run",
         "condor_user": "alice",
         "central_manager": "cm.pool.example.org:9618",
-        "pool_token_secret_arn": SECRET_ARN,
-        "secrets_endpoint": "https://secretsmanager.us-east-1.amazonaws.com",
+        "pool_token_parameter": POOL_TOKEN_PARAMETER,
+        "ssm_endpoint": "https://ssm.us-east-1.amazonaws.com",
         "heartbeat_url": HEARTBEAT_URL,
         "lease_expires_at": LEASE,
         "idle_timeout": timedelta(minutes=20),
@@ -75,13 +75,13 @@ def test_heartbeat_agent_passes_shellcheck(tmp_path):
     assert result.returncode == 0, result.stdout
 
 
-def test_user_data_names_the_secret_but_never_holds_a_token():
+def test_user_data_names_the_parameter_but_never_holds_a_token():
     script = unpack_user_data(render_user_data(node_config()))
 
-    assert f"POOL_TOKEN_SECRET_ARN={SECRET_ARN}" in script
-    assert "secretsmanager.GetSecretValue" in script
+    assert f"POOL_TOKEN_PARAMETER={POOL_TOKEN_PARAMETER}" in script
+    assert "AmazonSSM.GetParameter" in script
     # The renderer takes no token at all; the only token-shaped strings are the IMDS session headers.
-    assert "SecretString" in script  # read at boot, from the API answer
+    assert '"WithDecryption\\":true' in script  # read at boot, decrypted, from the API answer
     for forbidden in ("eyJ", "BEGIN", "condor_token_create"):
         assert forbidden not in script
 

@@ -1,10 +1,10 @@
 """Spot interruptions, cloud side (moto): real sample EventBridge events (events/spot-*.json) for the
-fleet's instances, delivered as SQS messages to the interruption function's domain at a moved clock."""
+fleet's instances, each the whole event of one asynchronous invocation (as the rule delivers it), to the
+interruption function and its domain at a moved clock."""
 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -54,7 +54,7 @@ def test_warning_drains_records_and_a_duplicate_changes_nothing(fleet: Fleet) ->
         fleet.heartbeat(annex, other, at=at + timedelta(minutes=1), claimed=4).action is HeartbeatAction.RUN
     )
 
-    # The same event again (SQS delivers at least once), later: nothing changes.
+    # The same event again (EventBridge and Lambda's retries deliver at least once), later: nothing changes.
     assert handler.handle(warning, now=at + timedelta(minutes=2)) is Outcome.DUPLICATE
     assert history(fleet, annex.id) == before
     assert fleet.instance(annex.id, victim).instance.spot_notice_at == record.spot_notice_at
@@ -109,13 +109,28 @@ def test_events_for_instances_that_are_not_ours_are_ignored(fleet: Fleet) -> Non
     assert fleet.quota(ALICE) == 1
 
 
-def test_the_function_reports_only_failed_messages(fleet: Fleet, interruption_fn: Handler) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"source": "aws.ec2", "detail": {}},  # no envelope, no instance
+        {"Records": [{"messageId": "m1", "body": "{}"}]},  # an SQS batch: not what the rule sends
+        "envelope-only",  # an EventBridge envelope whose detail names no instance
+    ],
+)
+def test_an_event_it_cannot_read_fails_the_invocation_and_changes_nothing(
+    fleet: Fleet, interruption_fn: Handler, bad: Any
+) -> None:
+    # Given an annex, when the function is invoked with something that is not an EC2 event of the rule's
+    # shape, the invocation fails (Lambda retries it, then dead-letters it) and nothing is recorded.
     annex, ids = fleet.annex(count=1)
-    good = {"messageId": "m1", "body": json.dumps(event_for("spot-interruption-warning", ids[0]))}
-    bad = {"messageId": "m2", "body": json.dumps({"source": "aws.ec2", "detail": {}})}
-    result = interruption_fn({"Records": [good, bad]}, at=fleet.t0)
-    assert result == {"batchItemFailures": [{"itemIdentifier": "m2"}]}
-    assert fleet.instance(annex.id, ids[0]).instance.spot_notice is SpotNotice.INTERRUPTION
+    if bad == "envelope-only":
+        bad = event_for("spot-interruption-warning", ids[0])
+        del bad["detail"]["instance-id"]
+    before = history(fleet, annex.id)
+    with pytest.raises(ValueError, match="validation error"):
+        interruption_fn(bad, at=fleet.t0)
+    assert history(fleet, annex.id) == before
+    assert fleet.instance(annex.id, ids[0]).instance.spot_notice is None
 
 
 @pytest.fixture
@@ -123,23 +138,22 @@ def interruption_fn(ddb, ec2, monkeypatch) -> Iterator[Handler]:
     yield from _handler("interruption", "InterruptionFunction", monkeypatch)
 
 
-def message(n: int, event: dict[str, Any]) -> dict[str, Any]:
-    return {"messageId": f"m{n}", "body": json.dumps(event)}
-
-
 def test_the_deployed_handler_drains_then_ends_the_record(fleet: Fleet, interruption_fn: Handler) -> None:
     annex, ids = fleet.annex(count=2)
     at = fleet.t0 + timedelta(minutes=30)
-    warning = message(1, event_for("spot-interruption-warning", ids[0]))
-    assert interruption_fn({"Records": [warning]}, at=at) == {"batchItemFailures": []}
+    warning = event_for("spot-interruption-warning", ids[0])
+    assert interruption_fn(warning, at=at) == {"outcome": "recorded"}
     assert (
         fleet.heartbeat(annex, ids[0], at=at + timedelta(seconds=30), claimed=1).action
         is HeartbeatAction.DRAIN
     )
     quota = fleet.quota()
-    gone = message(2, event_for("spot-state-terminated", ids[0]))
-    assert interruption_fn({"Records": [gone]}, at=at + timedelta(minutes=2)) == {"batchItemFailures": []}
+    gone = event_for("spot-state-terminated", ids[0])
+    assert interruption_fn(gone, at=at + timedelta(minutes=2)) == {"outcome": "reclaimed"}
     assert fleet.instance(annex.id, ids[0]).instance.state is InstanceState.TERMINATED
+    assert fleet.quota() == quota - 1
+    # a retry of the same invocation (Lambda's, or EventBridge's): nothing more is returned to the quota
+    assert interruption_fn(gone, at=at + timedelta(minutes=3)) == {"outcome": "duplicate"}
     assert fleet.quota() == quota - 1
 
 

@@ -223,10 +223,8 @@ class LaunchSettings(CommonSettings, ReapTiming):
     central_manager: str = Field(
         alias="CENTRAL_MANAGER", pattern=r"^([A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?)?$", max_length=253
     )
-    pool_token_secret_arn: str = Field(
-        alias="POOL_TOKEN_SECRET_ARN", pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$"
-    )
-    secrets_endpoint: str = Field(alias="SECRETS_ENDPOINT", pattern=r"^https?://[A-Za-z0-9.:-]+/?$")
+    pool_token_parameter: str = Field(alias="POOL_TOKEN_PARAMETER", pattern=r"^/[A-Za-z0-9_.\-/]{1,1010}$")
+    ssm_endpoint: str = Field(alias="SSM_ENDPOINT", pattern=r"^https?://[A-Za-z0-9.:-]+/?$")
     instance_profile_arn: str = Field(
         alias="INSTANCE_PROFILE_ARN", pattern=r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$"
     )

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from annex.aws.inventory import TAG_ID, TAG_STACK, Ec2Inventory
-from annex.aws.secrets import PoolTokenSecret
+from annex.aws.pool_token import PoolTokenParameter
 from annex.core.config import LaunchSettings
 from annex.core.errors import AnnexNotFound, CapacityUnavailable, LaunchRejected
 from annex.core.models import (
@@ -53,9 +53,10 @@ from annex.launch.userdata import NodeConfig, render_user_data
 from annex.store import AnnexStore
 
 ACTOR = "launch"
-PLACEHOLDER_NOTE = (
-    "the pool token secret still holds the placeholder: an administrator must store a token "
-    "(condor_token_create; see the deploy guide, docs/launch.md). Nothing was launched."
+MISSING_TOKEN_NOTE = (
+    "the pool token parameter {name} does not exist: an administrator must store a token made with "
+    "condor_token_create (aws ssm put-parameter --type SecureString; see the README's deploy guide). "
+    "Nothing was launched."
 )
 
 
@@ -78,13 +79,13 @@ class Launcher:
         ec2: Ec2Inventory,
         capacity: Ec2Capacity,
         settings: LaunchSettings,
-        pool_token: PoolTokenSecret | None = None,
+        pool_token: PoolTokenParameter | None = None,
     ) -> None:
         self.store = store
         self.ec2 = ec2
         self.capacity = capacity
         self.settings = settings
-        self.pool_token = pool_token  # None: not checked (the instance still refuses a placeholder)
+        self.pool_token = pool_token  # None: not checked (an instance without a token powers off)
         self._zones: dict[str, str] | None = None  # subnet -> zone, read once per container
 
     def launch(self, annex_id: str, *, now: datetime) -> LaunchOutcome:
@@ -125,10 +126,10 @@ class Launcher:
                 "are empty; the administrator must set them (see docs/launch.md)"
             )
             return self._fail(annex, now, note, config_errors=1)
-        if self.pool_token is not None and self.pool_token.placeholder():
+        if self.pool_token is not None and self.pool_token.missing():
             # Every instance would boot, find no token, and power off unjoined: launch none.
-            outcome = self._fail(annex, now, PLACEHOLDER_NOTE, config_errors=0)  # its own alarm
-            return replace(outcome, placeholder_token=True)
+            note = MISSING_TOKEN_NOTE.format(name=self.pool_token.name)
+            return self._fail(annex, now, note, config_errors=1)  # LaunchConfigErrorsAlarm
         if annex.lease_expires_at <= now:
             detail = "the lease ended before the annex could launch"
             terminated = len(self._end(annex.id, EndReason.LEASE_EXPIRED, now, detail).instance_ids)

@@ -28,7 +28,6 @@ class LaunchOutcome:
     terminated: int = 0
     config_errors: int = 0  # refusals the administrator must act on (image, subnet, permissions...)
     note: str = ""
-    placeholder_token: bool = False  # the pool token secret still held the stack's placeholder
 
 
 # --- pure helpers -------------------------------------------------------------------------------

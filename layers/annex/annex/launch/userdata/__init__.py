@@ -1,6 +1,6 @@
 """User data for annex instances: the boot script (annex-node.sh) with the heartbeat agent
-(annex-heartbeat.sh) inside, rendered per annex. The pool token is never an input: only the secret's
-ARN is, and the instance reads the token itself at boot.
+(annex-heartbeat.sh) inside, rendered per annex. The pool token is never an input: only its SSM
+parameter's name is, and the instance reads the token itself at boot.
 
 Every value is checked here, whatever validated it upstream, because the boot script writes most of
 them into the HTCondor configuration: a value that could end a line, close a quoted string or expand
@@ -35,10 +35,9 @@ _SAFE = {
     "annex_name": re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"),
     "condor_user": re.compile(r"^[A-Za-z_][A-Za-z0-9._-]{0,31}$"),
     "central_manager": re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?$"),
-    "pool_token_secret_arn": re.compile(
-        r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$"
-    ),
-    "secrets_endpoint": re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/?$"),
+    # SSM's parameter name characters (a-z, A-Z, 0-9, _ . - and the path's /): it goes into a JSON body.
+    "pool_token_parameter": re.compile(r"^/[A-Za-z0-9_.\-/]{1,1010}$"),
+    "ssm_endpoint": re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/?$"),
     "heartbeat_url": re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/[A-Za-z0-9._/-]*$"),
 }
 
@@ -51,8 +50,8 @@ class NodeConfig:
     annex_name: str
     condor_user: str
     central_manager: str
-    pool_token_secret_arn: str
-    secrets_endpoint: str
+    pool_token_parameter: str
+    ssm_endpoint: str
     heartbeat_url: str
     lease_expires_at: datetime
     idle_timeout: timedelta
@@ -71,8 +70,8 @@ class NodeConfig:
             annex_name=annex.name,
             condor_user=user,
             central_manager=settings.central_manager,
-            pool_token_secret_arn=settings.pool_token_secret_arn,
-            secrets_endpoint=settings.secrets_endpoint,
+            pool_token_parameter=settings.pool_token_parameter,
+            ssm_endpoint=settings.ssm_endpoint,
             heartbeat_url=settings.heartbeat_url,
             lease_expires_at=annex.lease_expires_at,
             idle_timeout=annex.idle_timeout,
@@ -141,8 +140,8 @@ def node_values(config: NodeConfig) -> dict[str, str]:
         "CONDOR_HOST": config.condor_host,
         "COLLECTOR_HOST": config.collector_host,
         "USE_CCB": "true" if config.use_ccb else "false",
-        "POOL_TOKEN_SECRET_ARN": config.pool_token_secret_arn,
-        "SECRETS_ENDPOINT": config.secrets_endpoint,
+        "POOL_TOKEN_PARAMETER": config.pool_token_parameter,
+        "SSM_ENDPOINT": config.ssm_endpoint,
         "HEARTBEAT_URL": config.heartbeat_url,
         "LEASE_EXPIRES_EPOCH": str(lease),
         "DRAIN_LEAD_SECONDS": _seconds("drain_lead", config.drain_lead),

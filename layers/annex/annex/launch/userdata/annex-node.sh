@@ -1,7 +1,7 @@
 #!/bin/bash
 # Annex node bootstrap, rendered by the launch function for one annex and run once by cloud-init.
 # It joins this instance to the HTCondor pool and installs what stops it. It carries no secret: the
-# pool token is read from Secrets Manager at boot with the instance's own role. Any failure powers the
+# pool token is read from SSM Parameter Store at boot with the instance's own role. Any failure powers the
 # instance off (its shutdown behaviour is terminate), and so does running out of time to configure.
 # Before HTCondor starts it checks, and powers off with a reported reason when one fails: jobs cannot
 # reach the instance metadata service; the annex policy is the effective configuration; the pool
@@ -18,8 +18,8 @@ ALL_MY_JOBS=@@ALL_MY_JOBS@@
 CONDOR_HOST=@@CONDOR_HOST@@
 COLLECTOR_HOST=@@COLLECTOR_HOST@@
 USE_CCB=@@USE_CCB@@
-POOL_TOKEN_SECRET_ARN=@@POOL_TOKEN_SECRET_ARN@@
-SECRETS_ENDPOINT=@@SECRETS_ENDPOINT@@
+POOL_TOKEN_PARAMETER=@@POOL_TOKEN_PARAMETER@@
+SSM_ENDPOINT=@@SSM_ENDPOINT@@
 HEARTBEAT_URL=@@HEARTBEAT_URL@@
 LEASE_EXPIRES_EPOCH=@@LEASE_EXPIRES_EPOCH@@
 DRAIN_LEAD_SECONDS=@@DRAIN_LEAD_SECONDS@@
@@ -58,13 +58,17 @@ problem() {
 }
 
 # retry STEP: run the function STEP until it succeeds; power off once the configuration bound passes.
+# Exponential backoff (2, 4, 8, 16, 30, 30... s) with jitter: each wait is drawn between half of it and
+# all of it, so instances that booted together (a launch of 1,000) do not retry in step against a
+# shared rate limit (SSM's GetParameter: 40 per second per account and region by default).
 retry() {
-  local delay=2
+  local delay=2 wait
   until "$1"; do
-    if (( $(date +%s) + delay > DEADLINE )); then
+    wait=$(( delay / 2 + RANDOM % (delay / 2 + 1) ))
+    if (( $(date +%s) + wait > DEADLINE )); then
       power_off "${1//_/ } did not succeed within ${CONFIG_TIMEOUT_SECONDS}s"
     fi
-    sleep "$delay"
+    sleep "$wait"
     delay=$(( delay < 30 ? delay * 2 : 30 ))
   done
 }
@@ -94,21 +98,23 @@ print("user = \"%s:%s\"" % (c["AccessKeyId"], c["SecretAccessKey"]))
 print("header = \"x-amz-security-token: %s\"" % c["Token"])'
 }
 
-# The pool token goes from Secrets Manager straight into a root-only file (directory 0700, file 0600,
-# whatever the image had): never echoed, never logged. Its identity (not secret) is kept for messages.
+# The pool token goes from SSM Parameter Store (GetParameter, decrypted: a SecureString) straight into a
+# root-only file (directory 0700, file 0600, whatever the image had): never echoed, never logged. Its
+# identity (not secret) is kept for messages. A throttled or failed request fails the step; `retry`
+# tries again with backoff and jitter.
 fetch_pool_token() {
   local config
   config=$(signing_config) || return 1
   install -d -m 0700 "$TOKEN_DIR" && chmod 0700 "$TOKEN_DIR"
-  curl -sS -f --max-time 20 --aws-sigv4 "aws:amz:${REGION}:secretsmanager" \
+  curl -sS -f --max-time 20 --aws-sigv4 "aws:amz:${REGION}:ssm" \
     --config <(printf '%s\n' "$config") \
-    -H "Content-Type: application/x-amz-json-1.1" -H "X-Amz-Target: secretsmanager.GetSecretValue" \
-    --data-binary "{\"SecretId\":\"${POOL_TOKEN_SECRET_ARN}\"}" "$SECRETS_ENDPOINT" |
+    -H "Content-Type: application/x-amz-json-1.1" -H "X-Amz-Target: AmazonSSM.GetParameter" \
+    --data-binary "{\"Name\":\"${POOL_TOKEN_PARAMETER}\",\"WithDecryption\":true}" "$SSM_ENDPOINT" |
     python3 -c '
 import base64, json, os, re, sys
-token = json.load(sys.stdin).get("SecretString", "").strip()
-if not token or token.startswith("replace-me"):
-    sys.exit("annex-boot: the pool token secret holds no token yet (see the deploy guide)")
+token = json.load(sys.stdin).get("Parameter", {}).get("Value", "").strip()
+if not token:
+    sys.exit("annex-boot: the pool token parameter holds no token (see the deploy guide)")
 fd = os.open(sys.argv[1] + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 os.fchmod(fd, 0o600)
 with os.fdopen(fd, "w") as out:
