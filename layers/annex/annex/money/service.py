@@ -1,8 +1,11 @@
 """Money as the API serves it: estimates on annexes, quotes for requests and extensions with admission
 control against the owner's monthly budget, budget due times, owner budgets and the spend report.
 
-Reading an owner's month reads their annexes (the by-owner index) and those annexes' instances: the
-cost grows with the owner's annexes kept (RetentionDays), not with the table.
+Admission control reads an owner's month from their ledger (store/ledger.py, money/ledger.py): one
+TransactGetItems for the ledger and the owner's open annexes, one BatchGetItem for those annexes, and one
+Query per open annex for its instances: the cost grows with the owner's live annexes (bounded by their
+quota), not with the annexes they keep. The spend report reads every annex of the month (the by-owner
+index and each annex's instances), the full recomputation the ledger is tested against.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from annex.money.budgets import (
     month_of,
 )
 from annex.money.cost import AnnexCost, annex_cost, budget_reached_at, extension_cost, request_cost, usd
+from annex.money.ledger import priced
 from annex.money.models import (
     AnnexView,
     CostEstimate,
@@ -112,6 +116,26 @@ class MoneyService:
         return out
 
     def owner_month(self, owner: str, *, now: datetime, book: PriceBook | None = None) -> OwnerMonth:
+        """The owner's current month: the ledger of their ended annexes, plus their open annexes read in
+        full. An open annex that ended after the ledger was read is not in that ledger snapshot, so it is
+        recomputed from its record like a live one: each annex is counted once."""
+        book = book or self.book()
+        month = month_of(now)
+        ledger = self.store.owner_ledger(owner, month)
+        settled = priced(ledger.seconds, book)
+        out = OwnerMonth(owner, month, annexes=ledger.annexes, spent=settled, committed=settled)
+        opened = self.store.get_annexes(ledger.open_ids) if ledger.open_ids else {}
+        live = self._months((r.annex for r in opened.values()), month, now, book).get(owner)
+        if live is not None:
+            out.annexes += live.annexes
+            out.spent += live.spent
+            out.committed += live.committed
+            out.usd_per_hour += live.usd_per_hour
+            out.ids.extend(live.ids)
+        return out
+
+    def owner_month_in_full(self, owner: str, *, now: datetime, book: PriceBook | None = None) -> OwnerMonth:
+        """The same month recomputed from every annex the owner keeps (what the ledger must agree with)."""
         month = month_of(now)
         found = self._months(self._owner_annexes(owner), month, now, book or self.book())
         return found.get(owner, OwnerMonth(owner, month))
