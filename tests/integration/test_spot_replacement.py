@@ -10,6 +10,7 @@ import copy
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +153,17 @@ def test_no_replacement_when_the_budget_would_be_passed(api, launch, faults, ec2
 
 
 def test_no_replacement_past_the_owners_monthly_budget(api, launch, faults, ec2, ddb, interruptions):
-    # Given a spot annex of alice's that replaces its instances, and then a monthly budget that her
-    # running annex already fills (an administrator lowered it after the request was admitted)
+    # Given a spot annex of alice's that replaces its instances, and then a monthly budget of what one
+    # such instance costs for a whole lease: a replacement alone (for the rest of the lease) would fit, but
+    # not beside what her annex has committed (an administrator lowered it after the request was admitted)
     annex, (victim, _) = spot_annex(api, launch, count=2, name="monthly")
-    status, _ = api.call("PUT", "/admin/budgets", as_=ADMIN, body={"owner": ALICE, "monthly_usd": "0.50"})
+    one = {"name": "one", "count": 1, "lease": "4h", "market": "spot", "replace": True}
+    status, quote = api.call("POST", "/estimates", body={"request": one})
+    assert status == 200, quote
+    budget = Decimal(quote["adds_usd"])
+    status, _ = api.call(
+        "PUT", "/admin/budgets", as_=ADMIN, body={"owner": ALICE, "monthly_usd": str(budget)}
+    )
     assert status == 200
     now = utcnow() + timedelta(minutes=20)
     # When EC2 reclaims one of its instances
@@ -165,7 +173,7 @@ def test_no_replacement_past_the_owners_monthly_budget(api, launch, faults, ec2,
     assert len(faults.launches("CreateFleet")) == 1
     note = record(api, annex["id"], victim)["replacement_note"]
     assert "a replacement instance would add up to $" in note
-    assert "$0.50 budget for" in note
+    assert f"${budget} budget for" in note
     assert not record(api, annex["id"], victim).get("replaced_by")
 
 
