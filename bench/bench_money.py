@@ -1,5 +1,6 @@
-"""Money: DynamoDB calls per POST /annexes and GET /annexes/{id} (admission control reads the owner's
-month), and the budget check's reads as the not-due population grows (it must grow with what is due).
+"""Money: DynamoDB calls per POST /annexes and GET /annexes/{id} as an owner keeps more ended annexes
+(admission control reads the owner's month: their ledger and their live annexes), and the budget check's
+reads as the not-due population grows (it must grow with what is due).
 In process against moto. Prints figures; asserts nothing about speed."""
 
 from __future__ import annotations
@@ -77,17 +78,22 @@ def main() -> None:
             print(f"{label}: {sum(calls.values())} DynamoDB calls {dict(sorted(calls.items()))}")
             return out
 
+        # The owner keeps `prior` annexes they stopped (ended this month); the measured one is live.
         for prior in (0, 10, 40):
             while len(call("GET", "/annexes", query={"limit": "100"}).get("annexes", [])) < prior:
                 n = len(call("GET", "/annexes", query={"limit": "100"})["annexes"])
-                call("POST", "/annexes", {"name": f"prior-{n}", "count": 1, "lease": "1h"})
+                kept = call("POST", "/annexes", {"name": f"prior-{n}", "count": 1, "lease": "1h"})
+                call("POST", f"/annexes/{kept['id']}/stop")
             annex = measure(
-                f"POST /annexes with --budget, owner with {prior} annexes",
+                f"POST /annexes with --budget, owner keeping {prior} ended annexes",
                 "POST",
                 "/annexes",
                 {"name": f"b-{prior}", "count": 2, "lease": "1h", "budget": "5"},
             )
-            measure(f"GET /annexes/{{id}}, owner with {prior} annexes", "GET", f"/annexes/{annex['id']}")
+            measure(
+                f"GET /annexes/{{id}}, owner keeping {prior} ended annexes", "GET", f"/annexes/{annex['id']}"
+            )
+            call("POST", f"/annexes/{annex['id']}/stop")
 
         # The budget check: 20 budgeted annexes due now, and a growing population that is not due.
         store = AnnexStore(ddb, "bench-annex")

@@ -10,6 +10,7 @@ import copy
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from annex.failsafe.interruption import InterruptionHandler, Outcome
 from annex.store import AnnexStore, InstanceKey, ReplacementClaim
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from tests.integration.conftest import ALICE, INSTANCE_PROFILE_ARN, STACK, TABLE
+from tests.integration.conftest import ADMIN, ALICE, INSTANCE_PROFILE_ARN, STACK, TABLE
 from tests.integration.failsafe.conftest import function_env, instance_arn
 from tests.integration.test_launch import detail, faults, history, instances_of, request, tags_of
 
@@ -151,8 +152,34 @@ def test_no_replacement_when_the_budget_would_be_passed(api, launch, faults, ec2
     assert "budget" in record(api, annex["id"], victim)["replacement_note"]
 
 
+def test_no_replacement_past_the_owners_monthly_budget(api, launch, faults, ec2, ddb, interruptions):
+    # Given a spot annex of alice's that replaces its instances, and then a monthly budget of what one
+    # such instance costs for a whole lease: a replacement alone (for the rest of the lease) would fit, but
+    # not beside what her annex has committed (an administrator lowered it after the request was admitted)
+    annex, (victim, _) = spot_annex(api, launch, count=2, name="monthly")
+    one = {"name": "one", "count": 1, "lease": "4h", "market": "spot", "replace": True}
+    status, quote = api.call("POST", "/estimates", body={"request": one})
+    assert status == 200, quote
+    budget = Decimal(quote["adds_usd"])
+    status, _ = api.call(
+        "PUT", "/admin/budgets", as_=ADMIN, body={"owner": ALICE, "monthly_usd": str(budget)}
+    )
+    assert status == 200
+    now = utcnow() + timedelta(minutes=20)
+    # When EC2 reclaims one of its instances
+    interrupt(ec2, interruptions, victim, now=now)
+    launch.deliver(clock=at(now + timedelta(minutes=2)))
+    # Then no replacement is launched, and the record says it is the monthly budget, with the figures
+    assert len(faults.launches("CreateFleet")) == 1
+    note = record(api, annex["id"], victim)["replacement_note"]
+    assert "a replacement instance would add up to $" in note
+    assert f"${budget} budget for" in note
+    assert not record(api, annex["id"], victim).get("replaced_by")
+
+
 def test_a_roomy_budget_does_not_stop_the_replacement(api, launch, faults, ec2, ddb, interruptions):
     annex, (victim, _) = spot_annex(api, launch, count=2, budget="500", name="roomy")
+    api.call("PUT", "/admin/budgets", as_=ADMIN, body={"owner": ALICE, "monthly_usd": "500"})
     interrupt(ec2, interruptions, victim, now=utcnow() + timedelta(minutes=20))
     launch.deliver(clock=at(utcnow() + timedelta(minutes=22)))
     assert record(api, annex["id"], victim)["replaced_by"]

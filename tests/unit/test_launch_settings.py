@@ -30,6 +30,7 @@ ENV = {
     "REGION": "us-east-1",
     "MAX_LIVE_INSTANCES_PER_OWNER": "50",
     "MAX_LIVE_INSTANCES": "500",
+    "DEFAULT_MONTHLY_BUDGET": "1000",
 }
 
 

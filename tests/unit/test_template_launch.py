@@ -205,6 +205,7 @@ def test_table_access_is_exact(statements):
 
     assert set(records["Action"]) == {
         "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",  # a replacement's owner-month check: the owner's open annexes
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",

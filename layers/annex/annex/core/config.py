@@ -238,6 +238,10 @@ class LaunchSettings(CommonSettings, ReapTiming):
     region: str = Field(alias="REGION", min_length=1)
     max_live_instances_per_owner: int = Field(alias="MAX_LIVE_INSTANCES_PER_OWNER", ge=1)
     max_live_instances: int = Field(alias="MAX_LIVE_INSTANCES", ge=1)
+    # ... and the owner's monthly budget a replacement must fit (an administrator's, else this default)
+    default_monthly_budget: Annotated[Decimal | None, BeforeValidator(_optional_budget)] = Field(
+        alias="DEFAULT_MONTHLY_BUDGET"
+    )
 
     @model_validator(mode="after")
     def _config_before_reap(self) -> Self:

@@ -7,9 +7,11 @@ lost, idle-reap ends the silent record, and a silent end after an interruption w
 A record ends once, so there is exactly one trigger per interruption; a repeated delivery finds the
 record settled and does nothing. The replacement's progress is kept on the interrupted record:
 
-1. decide: the annex must be running with a lease that ends after the drain lead, and its budget must
+1. decide: the annex must be running with a lease that ends after the drain lead, its budget must
    not be reached with the replacement running (the money package's check, `over_budget`, on the annex's
-   cost with one more instance at the dearest allowed type); otherwise the record says why not, once;
+   cost with one more instance at the dearest allowed type), and the replacement is new spend that must
+   fit the owner's monthly budget as a request must (`admit_new_spend`: one instance at the dearest
+   allowed type until the lease ends); otherwise the record says why not, once;
 2. claim: `replacement_claimed_at` is set in the transaction that takes one quota unit (the annex below
    its count, the owner's and the stack's limits), so at most one replacement is ever claimed;
 3. launch one instance with the annex's own allocation (an instant capacity-optimized fleet across the
@@ -42,8 +44,9 @@ from annex.failsafe.termination import end_annexes
 from annex.launch.capacity import Launched
 from annex.launch.launcher import Launcher
 from annex.launch.plan import client_token, launch_note
-from annex.money.budgets import over_budget
-from annex.money.cost import annex_cost, usd
+from annex.money.budgets import BudgetExceeded, over_budget
+from annex.money.cost import annex_cost, request_cost, usd
+from annex.money.service import admit_new_spend
 from annex.store import InstanceKey, InstanceRecord, ReplacementClaim
 
 ACTOR = "launch"
@@ -116,9 +119,9 @@ class Replacer:
                 f"its lease ends at {to_iso(annex.lease_expires_at)}, within the drain lead of "
                 f"{format_duration(lead)}"
             )
-        if annex.budget_usd is not None:
-            return self._over_budget(annex, now)
-        return None
+        if annex.budget_usd is not None and (why := self._over_budget(annex, now)):
+            return why
+        return self._over_monthly_budget(annex, now)
 
     def _over_budget(self, annex: Annex, now: datetime) -> str | None:
         book = self.store.price_book(self.settings.region)
@@ -138,6 +141,26 @@ class Replacer:
                 f"its budget ${usd(annex.budget_usd)} would be reached (${usd(cost.accrued)} spent, "
                 f"${cost.usd_per_hour.normalize():f}/h with a replacement)"
             )
+        return None
+
+    def _over_monthly_budget(self, annex: Annex, now: datetime) -> str | None:
+        """A replacement is new spend: it must fit the owner's monthly budget as a request must (one
+        instance at the dearest allowed type until the lease ends)."""
+        book = self.store.price_book(self.settings.region)
+        adds, _ = request_cost(1, annex.instance_types, annex.market, annex.lease_expires_at - now, book)
+        try:
+            admit_new_spend(
+                self.store,
+                annex.owner,
+                adds=adds,
+                default_budget=self.settings.default_monthly_budget,
+                book=book,
+                now=now,
+                what="a replacement instance",
+                field="replace",
+            )
+        except BudgetExceeded as refused:
+            return refused.message
         return None
 
     # --- 3, 4. launch and record ------------------------------------------------------------------

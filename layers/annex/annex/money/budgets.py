@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from annex.core.errors import QuotaExceeded
 from annex.core.models import Annex, Instance
-from annex.money.cost import AnnexCost, annex_cost, budget_reached_at, run_cost, usd
+from annex.money.cost import HOUR, AnnexCost, annex_cost, billed_seconds, budget_reached_at, usd
 from annex.pricing.prices import PriceBook
 
 # The budget check runs every minute: an annex is ended when its budget would be reached before the
@@ -58,17 +58,24 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _clipped(hourly: Decimal, start: datetime, end: datetime, lo: datetime, hi: datetime) -> Decimal:
-    """A run's cost within [lo, hi): the 60-second minimum belongs to the month the run started in."""
+def clipped_seconds(start: datetime, end: datetime, lo: datetime, hi: datetime) -> int:
+    """The billed seconds of a run within [lo, hi): the 60-second minimum belongs to the month the run
+    started in."""
     if end <= lo or start >= hi:
-        return Decimal(0)
+        return 0
     if lo <= start and end <= hi:
-        return run_cost(hourly, start, end)
+        return billed_seconds(start, end)
     a, b = max(start, lo), min(end, hi)
     seconds = int((b - a).total_seconds())
     if start >= lo:  # started in the window, runs past it
         seconds = max(seconds, 60)
-    return hourly * seconds / Decimal(3600)
+    return seconds
+
+
+def _clipped(hourly: Decimal, start: datetime, end: datetime, lo: datetime, hi: datetime) -> Decimal:
+    """A run's cost within [lo, hi)."""
+    seconds = clipped_seconds(start, end, lo, hi)
+    return hourly * seconds / HOUR if seconds else Decimal(0)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """Money as the API serves it: estimates on annexes, quotes for requests and extensions with admission
 control against the owner's monthly budget, budget due times, owner budgets and the spend report.
 
-Reading an owner's month reads their annexes (the by-owner index) and those annexes' instances: the
-cost grows with the owner's annexes kept (RetentionDays), not with the table.
+Admission control reads an owner's month from their ledger (store/ledger.py, money/ledger.py): one
+TransactGetItems for the ledger and the owner's open annexes, one BatchGetItem for those annexes, and one
+Query per open annex for its instances: the cost grows with the owner's live annexes (bounded by their
+quota), not with the annexes they keep. The spend report reads every annex of the month (the by-owner
+index and each annex's instances), the full recomputation the ledger is tested against.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from annex.money.budgets import (
     month_of,
 )
 from annex.money.cost import AnnexCost, annex_cost, budget_reached_at, extension_cost, request_cost, usd
+from annex.money.ledger import priced
 from annex.money.models import (
     AnnexView,
     CostEstimate,
@@ -58,9 +62,62 @@ class OwnerMonth:
         self.ids.append(annex_id)
 
 
-class MoneyService:
-    def __init__(self, store: AnnexStore, settings: MoneySettings) -> None:
+class OwnerMonths:
+    """Owners' months read from the store: the ledger for admission, every annex for the report."""
+
+    def __init__(self, store: AnnexStore) -> None:
         self.store = store
+
+    def _owner_annexes(self, owner: str | None) -> Iterator[Annex]:
+        token: str | None = None
+        while True:
+            annexes, token = self.store.list_annexes(owner=owner, limit=PAGE, page_token=token)
+            yield from annexes
+            if not token:
+                return
+
+    def _months(
+        self, annexes: Iterable[Annex], month: str, now: datetime, book: PriceBook
+    ) -> dict[str, OwnerMonth]:
+        lo, hi = month_bounds(month)
+        out: dict[str, OwnerMonth] = {}
+        for annex in annexes:
+            if annex.created_at >= hi or (
+                not annex.live and annex.ended_at is not None and annex.ended_at < lo
+            ):
+                continue
+            spend = annex_month_spend(annex, self.store.list_instances(annex.id), book, month=month, now=now)
+            out.setdefault(annex.owner, OwnerMonth(annex.owner, month)).add(annex.id, spend)
+        return out
+
+    def owner_month(self, owner: str, *, now: datetime, book: PriceBook) -> OwnerMonth:
+        """The owner's current month: the ledger of their ended annexes, plus their open annexes read in
+        full. An open annex that ended after the ledger was read is not in that ledger snapshot, so it is
+        recomputed from its record like a live one: each annex is counted once."""
+        month = month_of(now)
+        ledger = self.store.owner_ledger(owner, month)
+        settled = priced(ledger.seconds, book)
+        out = OwnerMonth(owner, month, annexes=ledger.annexes, spent=settled, committed=settled)
+        opened = self.store.get_annexes(ledger.open_ids) if ledger.open_ids else {}
+        live = self._months((r.annex for r in opened.values()), month, now, book).get(owner)
+        if live is not None:
+            out.annexes += live.annexes
+            out.spent += live.spent
+            out.committed += live.committed
+            out.usd_per_hour += live.usd_per_hour
+            out.ids.extend(live.ids)
+        return out
+
+    def owner_month_in_full(self, owner: str, *, now: datetime, book: PriceBook) -> OwnerMonth:
+        """The same month recomputed from every annex the owner keeps (what the ledger must agree with)."""
+        month = month_of(now)
+        found = self._months(self._owner_annexes(owner), month, now, book)
+        return found.get(owner, OwnerMonth(owner, month))
+
+
+class MoneyService(OwnerMonths):
+    def __init__(self, store: AnnexStore, settings: MoneySettings) -> None:
+        super().__init__(store)
         self.settings = settings
 
     # --- prices and estimates -------------------------------------------------------------------
@@ -87,46 +144,8 @@ class MoneyService:
         estimate = self.estimate(detail, detail.instances, now=now)
         return AnnexView.model_validate({**detail.model_dump(), "cost": estimate})
 
-    # --- the owner's month ----------------------------------------------------------------------
-
-    def _owner_annexes(self, owner: str | None) -> Iterator[Annex]:
-        token: str | None = None
-        while True:
-            annexes, token = self.store.list_annexes(owner=owner, limit=PAGE, page_token=token)
-            yield from annexes
-            if not token:
-                return
-
-    def _months(
-        self, annexes: Iterable[Annex], month: str, now: datetime, book: PriceBook
-    ) -> dict[str, OwnerMonth]:
-        lo, hi = month_bounds(month)
-        out: dict[str, OwnerMonth] = {}
-        for annex in annexes:
-            if annex.created_at >= hi or (
-                not annex.live and annex.ended_at is not None and annex.ended_at < lo
-            ):
-                continue
-            spend = annex_month_spend(annex, self.store.list_instances(annex.id), book, month=month, now=now)
-            out.setdefault(annex.owner, OwnerMonth(annex.owner, month)).add(annex.id, spend)
-        return out
-
-    def owner_month(self, owner: str, *, now: datetime, book: PriceBook | None = None) -> OwnerMonth:
-        month = month_of(now)
-        found = self._months(self._owner_annexes(owner), month, now, book or self.book())
-        return found.get(owner, OwnerMonth(owner, month))
-
     def owner_budget(self, owner: str) -> OwnerBudget:
-        record = self.store.owner_budget(owner)
-        if record is not None:
-            return OwnerBudget(
-                owner=owner,
-                monthly_usd=record.monthly_usd,
-                source=f"set by {record.set_by} at {record.set_at.isoformat()}",
-            )
-        return OwnerBudget(
-            owner=owner, monthly_usd=self.settings.default_monthly_budget, source="template default"
-        )
+        return owner_budget(self.store, owner, default=self.settings.default_monthly_budget)
 
     # --- quotes and admission -------------------------------------------------------------------
 
@@ -282,6 +301,38 @@ class MoneyService:
             )
         total = sum((m.spent for m in months.values()), Decimal(0))
         return SpendReport(month=month, at=now, owners=owners, total_spent_usd=usd(total))
+
+
+def owner_budget(store: AnnexStore, owner: str, *, default: Decimal | None) -> OwnerBudget:
+    """The owner's monthly budget: an administrator's, else the template's default (None: no limit)."""
+    record = store.owner_budget(owner)
+    if record is not None:
+        return OwnerBudget(
+            owner=owner,
+            monthly_usd=record.monthly_usd,
+            source=f"set by {record.set_by} at {record.set_at.isoformat()}",
+        )
+    return OwnerBudget(owner=owner, monthly_usd=default, source="template default")
+
+
+def admit_new_spend(
+    store: AnnexStore,
+    owner: str,
+    *,
+    adds: Decimal | None,
+    default_budget: Decimal | None,
+    book: PriceBook,
+    now: datetime,
+    what: str,
+    field: str,
+) -> None:
+    """Admission control for spend that no request carries (a spot replacement): BudgetExceeded, naming
+    the figures, when `adds` would take the owner's month past their budget. Reads as a request does."""
+    budget = owner_budget(store, owner, default=default_budget).monthly_usd
+    if budget is None or adds is None:
+        return
+    month = OwnerMonths(store).owner_month(owner, now=now, book=book)
+    admit(adds=adds, committed=month.committed, budget=budget, month=month.month, what=what, field=field)
 
 
 def _admitted(quote: Quote, adds: Decimal | None, *, what: str, field: str, enforce: bool) -> Quote:

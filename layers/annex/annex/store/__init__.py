@@ -8,6 +8,7 @@ typed records (`records.py`), never items or keys. One module per record family:
 - `quota`: the only writer of the quota invariant (QUOTA.live = the sum of the annexes' held units);
 - `prices`: instance prices per region, type and market; `budgets`: when each budgeted annex is due
   for the budget check, and each owner's monthly budget; `notices`: which notices went out;
+- `ledger`: each owner's open annexes and month ledger (what their ended annexes ran), for admission;
 - `history`: history events; `sweep_status`: when each sweep last succeeded; `due`: the sparse index
   the sweeps read; `keys`: the API's page-token key;
 - `_table`: the key layout, items, batched reads, and transactions built from named operations.
@@ -26,6 +27,7 @@ from annex.store.due import DueIndex
 from annex.store.history import History, Ticks
 from annex.store.instances import InstanceRecords
 from annex.store.keys import KeyRecords
+from annex.store.ledger import LedgerRecords, OwnerLedger
 from annex.store.notices import NoticeRecords
 from annex.store.prices import PriceRecords
 from annex.store.records import (
@@ -52,6 +54,7 @@ __all__ = [
     "InstanceKey",
     "InstanceRecord",
     "OwnerBudgetRecord",
+    "OwnerLedger",
     "ReplacementClaim",
     "TokenRecord",
     "TokenTaken",
@@ -67,6 +70,7 @@ class AnnexStore(
     BudgetRecords,
     NoticeRecords,
     KeyRecords,
+    LedgerRecords,
 ):
     """All reads and writes of the annex table. `sleep` waits between throttled batch reads; `ticks`
     orders history events within a second (both injected so tests need not patch modules)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from annex.core.clock import to_epoch, to_iso
 from annex.core.errors import (
@@ -18,7 +18,8 @@ from annex.core.errors import (
     QuotaExceeded,
 )
 from annex.core.models import LIVE_STATES, Annex, AnnexDetail, AnnexState, EndReason, HistoryEvent, Instance
-from annex.store import quota
+from annex.money.ledger import settled_seconds
+from annex.store import ledger, quota
 from annex.store._table import (
     DUE_LEASE,
     INDEX_ALL,
@@ -84,6 +85,10 @@ def _describe(annex: Annex) -> str:
 
 
 class AnnexRecords(StoreBase):
+    if TYPE_CHECKING:  # InstanceRecords' (AnnexStore has both): ending an annex settles its instances' cost
+
+        def list_instances(self, annex_id: str) -> list[Instance]: ...
+
     @staticmethod
     def new_annex_id() -> str:
         return f"ax-{secrets.token_hex(8)}"
@@ -115,6 +120,7 @@ class AnnexRecords(StoreBase):
             condition="attribute_not_exists(pk)",
         )
         quota.reserve(tx, annex.owner, annex.count, limit=max_live_per_owner, stack_limit=max_live_in_stack)
+        ledger.open_annex(tx, annex.owner, annex.id)
         self._history.add_to(
             tx, annex.id, at=annex.created_at, actor=actor, action="requested", detail=_describe(annex)
         )
@@ -463,7 +469,8 @@ class AnnexRecords(StoreBase):
         final_state: AnnexState = AnnexState.ENDED,
         due_by: datetime | None = None,
     ) -> Annex | None:
-        """End a live annex: state, name lock, quota and history in one transaction.
+        """End a live annex: state, name lock, quota, history and the owner's month ledger in one
+        transaction.
 
         Returns the ended annex, or None if it had already ended (another writer won; nothing changed).
         With `due_by` (the lease-check), the annex ends only if its lease has passed by then on this
@@ -510,6 +517,10 @@ class AnnexRecords(StoreBase):
                 tx, annex_id, at=now, actor=actor, action=final_state.value, detail=detail or reason.value
             )
             quota.release(tx, annex.owner, record.held)
+            # What it ran joins the owner's month ledger in this same conditional write: exactly once.
+            ledger.settle_annex(
+                tx, annex.owner, annex_id, settled_seconds(annex, self.list_instances(annex_id), ended_at=now)
+            )
             try:
                 tx.commit(self._table.client)
             except Cancelled:
