@@ -87,6 +87,13 @@ def test_a_two_minute_lease_gets_its_timer_at_create_and_ends_to_the_second(api,
     assert expiry - created == timedelta(minutes=2)
 
 
+def test_a_lease_just_past_the_look_ahead_is_armed_at_create(api, timers):
+    # The lease-check may have armed its window past this end already, from an index read that did not
+    # see the new annex yet: create arms it rather than leave it to the minute backstop.
+    annex = create(api, "3m5s")
+    assert timers.annexes() == [annex["id"]]
+
+
 def test_a_lease_beyond_the_look_ahead_is_left_to_the_lease_check(api, timers):
     create(api, "10m")  # SQS could hold it (up to 15 min), but the lease-check arms it in time
     create(api, "4h", name="long")
