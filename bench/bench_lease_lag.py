@@ -18,6 +18,7 @@ Usage: python bench/bench_lease_lag.py [--annexes 50] [--periods default] [--bur
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing
 import os
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "local")]
 
+from annex_local import aws as aws_mod  # noqa: E402
 from annex_local.runtime import install_code_paths  # noqa: E402
 
 install_code_paths()
@@ -120,6 +123,65 @@ class Tracer:
         return traced
 
 
+class AwsLockMeter:
+    """Wraps the embedded AWS's one-request-at-a-time gate: per operation, the calls, the time they
+    waited for the gate and the time they held it, while the annexes' leases fall due."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ops: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # (at, waited, held)
+
+    def install(self) -> None:
+        meter = self
+
+        def call(gate: Any, environ: dict[str, Any], start_response: Any) -> Any:
+            op = environ.get("HTTP_X_AMZ_TARGET") or _query_action(environ)
+            if op.endswith("ReceiveMessage") and aws_mod._waits(environ):
+                return gate.app(environ, start_response)
+            asked = time.perf_counter()
+            with gate.lock:
+                got = time.perf_counter()
+                body = gate.app(environ, start_response)
+                try:
+                    return [b"".join(body)]
+                finally:
+                    if hasattr(body, "close"):
+                        body.close()
+                    done = time.perf_counter()
+                    with meter.lock:
+                        meter.ops[op].append((time.time(), got - asked, done - got))
+
+        aws_mod.OneRequestAtATime.__call__ = call  # type: ignore[method-assign]
+
+    def report(self, start: float, end: float) -> None:
+        rows = []
+        for op, calls in self.ops.items():
+            inside = [c for c in calls if start <= c[0] <= end]
+            if inside:
+                rows.append((sum(c[2] for c in inside), op, inside))
+        span = end - start
+        print(
+            f"  embedded AWS while leases fell due ({span:.0f} s): busy {sum(r[0] for r in rows) / span:.0%}",
+            file=sys.__stdout__,
+        )
+        for held, op, inside in sorted(rows, reverse=True)[:8]:
+            print(
+                f"    {op.split('.')[-1]:28s} {len(inside):5d} calls  held {held:5.1f} s  "
+                f"wait median {statistics.median(c[1] for c in inside) * 1000:4.0f} ms  "
+                f"max {max(c[1] for c in inside) * 1000:5.0f} ms",
+                file=sys.__stdout__,
+            )
+
+
+def _query_action(environ: dict[str, Any]) -> str:
+    """The Action of a query-protocol request (EC2, SNS, STS); the body is put back."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    fields = urllib.parse.parse_qs(body.decode(errors="replace"))
+    return fields.get("Action", [environ.get("PATH_INFO", "?")])[0]
+
+
 def _burn(until: float) -> None:
     while time.time() < until:
         pass
@@ -142,6 +204,8 @@ def measure(annexes: int, sweep_period: float | None, *, burn: int = 0, quiet: b
         period = sweep_period or min(s.period for s in schedules_from_template())
         stack.options.sweep_period = period
         tracer = Tracer()
+        meter = AwsLockMeter()
+        meter.install()
         stack.runtime.invoke = tracer.wrap(stack.runtime.invoke)  # type: ignore[method-assign]
         burners = [
             multiprocessing.Process(target=_burn, args=(time.time() + 600,), daemon=True) for _ in range(burn)
@@ -197,6 +261,7 @@ def measure(annexes: int, sweep_period: float | None, *, burn: int = 0, quiet: b
             if len(lags) < annexes:
                 raise SystemExit(f"only {len(lags)} of {annexes} annexes were terminated in time")
             report(tracer, expiry, quiet=quiet)
+            meter.report(min(expiry.values()), max(expiry.values()) + 10)
             return list(lags.values())
         finally:
             stack.stop()
