@@ -93,6 +93,15 @@ def test_late_and_skipped_runs_still_arm_every_lease_once(fleet, skipped):
     assert all(sent_at < expiry for _, expiry, sent_at in sweep.log)
 
 
+def test_a_run_with_nothing_to_arm_writes_nothing(fleet):
+    # An idle stack's lease-check reads the mark and leaves it alone (a write a minute is paid for).
+    fleet.annex(count=1, lease=timedelta(hours=4), launch=False)
+    sweep = SentAt()
+
+    assert sweep.run(fleet, fleet.t0) == 0
+    assert fleet.store.timers_armed_through("lease-check") is None
+
+
 def test_a_window_whose_timers_could_not_be_sent_is_armed_again_by_the_next_run(fleet):
     # Given a lease ending in 100 s and a lease-check whose queue refuses the send
     annex, _ = fleet.annex(count=1, lease=timedelta(minutes=2))

@@ -106,7 +106,8 @@ def arm_due_soon(store: AnnexStore, queue: TimerQueue, *, now: datetime, horizon
     `armed_through` being where the previous run's arming stopped (at the earliest `now`: passed leases
     are the lease-check's own work). Each lease thus gets one timer from the lease-check, however late or
     far apart its runs; the mark moves only if every timer was accepted (a failed send is retried by the
-    next run, and the timers that did go out are sent again: a duplicate changes nothing)."""
+    next run, and the timers that did go out are sent again: a duplicate changes nothing). The mark is
+    read eventually consistent: a stale one only widens the window (duplicates, never a gap)."""
     until = now + horizon
     marked = store.timers_armed_through(TIMERS_OF)
     after = max(marked, now) if marked is not None else now
@@ -114,7 +115,9 @@ def arm_due_soon(store: AnnexStore, queue: TimerQueue, *, now: datetime, horizon
         return 0
     timers = [LeaseTimer(annex_id, expires) for annex_id, expires in store.leases_due_by(until, after=after)]
     sent = queue.arm(timers, now=now)
-    if sent == len(timers):
+    if timers and sent == len(timers):
+        # Only when something was sent: an idle stack's run writes nothing (a window left open is
+        # read again by the next run, and still holds no lease the index knows of).
         store.record_timers_armed(TIMERS_OF, through=until)
     return sent
 

@@ -19,7 +19,7 @@ class SweepStatusRecords(StoreBase):
 
     def timers_armed_through(self, name: str) -> datetime | None:
         """Up to when sweep `name` has armed every lease timer (None before its first arming)."""
-        item = self._table.get((sweep_pk(name), TIMERS))
+        item = self._table.get((sweep_pk(name), TIMERS), consistent=False)
         return from_epoch(int(item["armed_through"])) if item else None
 
     def record_timers_armed(self, name: str, *, through: datetime) -> bool:
