@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from annex_local import moto_ec2
+from annex_local import moto_dynamodb, moto_ec2
 from annex_local.template import (
     load_template,
     parameter_defaults,
@@ -68,6 +68,7 @@ class EmbeddedAws:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         moto_ec2.install()  # EC2's iam-instance-profile.arn filter (the inventory uses it)
+        moto_dynamodb.install()  # transactions without a copy of the whole table (seconds each, locally)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
         self._server._server.app = OneRequestAtATime(self._server._server.app)

@@ -155,7 +155,10 @@ class SimulatedNodes:
 
     # --- discovery --------------------------------------------------------------------------------
 
-    def discover(self, now: datetime) -> None:
+    def discover(self, now: datetime) -> set[str]:
+        """Boot a node for every new instance of the stack; returns the ids of those still running (one
+        paginated describe per tick: a node learns it was terminated from it, not from a describe of
+        its own, which made 50 nodes 50 DescribeInstances a second in the one-call-at-a-time AWS)."""
         with self.lock:
             pages = self.ec2.get_paginator("describe_instances").paginate(
                 Filters=[
@@ -164,6 +167,7 @@ class SimulatedNodes:
                 ]
             )
             found = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        running = {i["InstanceId"] for i in found}
         for raw in sorted(found, key=lambda i: (i["LaunchTime"], i["InstanceId"])):
             if raw["InstanceId"] in self.nodes:
                 continue
@@ -191,6 +195,7 @@ class SimulatedNodes:
             self._next_beat[node.instance_id] = now
             self._publish_credentials(node)
             log.info("node %s of %s booted (%s)", node.instance_id, annex_id, choices[index % len(choices)])
+        return running
 
     def _publish_credentials(self, node: Node) -> None:
         """What IMDS would give the instance: its role session, as a profile named after the instance
@@ -214,11 +219,11 @@ class SimulatedNodes:
 
     def tick(self, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
-        self.discover(now)
+        running = self.discover(now)
         for node in list(self.nodes.values()):
             if node.powered_off:
                 continue
-            if not self._still_running(node):
+            if node.instance_id not in running:
                 node.powered_off = True
                 node.log.append(f"{now:%H:%M:%S} terminated by the cloud")
                 continue
@@ -272,12 +277,6 @@ class SimulatedNodes:
             resp = self.events.put_events(Entries=entries)
         if resp.get("FailedEntryCount"):
             log.error("EventBridge refused EC2 events: %s", resp.get("Entries"))
-
-    def _still_running(self, node: Node) -> bool:
-        with self.lock:
-            resp = self.ec2.describe_instances(InstanceIds=[node.instance_id])
-        states = [i["State"]["Name"] for r in resp["Reservations"] for i in r["Instances"]]
-        return bool(states) and states[0] in ("pending", "running")
 
     def _body(self, node: Node, now: datetime, problem: str | None = None) -> bytes:
         claimed, total = count_slots(node.slot_ads(now))

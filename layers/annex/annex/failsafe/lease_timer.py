@@ -1,13 +1,21 @@
 """Second-precise leases: SQS message timers, the one-minute lease-check as the backstop.
 
 EventBridge (rules and Scheduler alike) fires at minute precision, so a lease would overshoot by up to a
-minute plus a sweep's run time. Instead, whoever learns of a lease end within the next `HORIZON` (the
-lease-check every minute, create and extend when the new expiry is that near) sends one message to the
-lease-timer queue with `DelaySeconds` = seconds until the expiry (SQS allows at most 900). The lease-timer
-function re-reads the annex when the message becomes visible and ends it through `end_annexes` only if
-its lease has really passed on a consistent read (`due_by`): an extension that landed first wins, and an
-early or duplicate message changes nothing. A lost or failed message costs at most the backstop's
-minute. See docs/failsafe.md for the cost and failure modes against Step Functions and Scheduler.
+minute plus a sweep's run time. Instead each lease end gets one message on the lease-timer queue with
+`DelaySeconds` = seconds until the expiry (SQS allows at most 900), sent once:
+
+- by the lease-check, for the leases that newly enter its `HORIZON`: each run arms the window from where
+  the previous arming stopped (the `armed_through` mark it keeps in the table) to `now + HORIZON`, and
+  moves the mark only when every timer of the window was accepted. A late or skipped run therefore
+  widens the next run's window instead of leaving a gap, and a failed send is retried by the next run.
+- by create, extend and shorten, when the new end is within `HORIZON + ARM_MARGIN`: the lease-check's
+  window may already have passed it (the margin covers the `due` index lagging behind the write).
+
+The lease-timer function re-reads the annex when the message becomes visible and ends it through
+`end_annexes` only if its lease has really passed on a consistent read (`due_by`): an extension that
+landed first wins, and an early or duplicate message changes nothing. A lost or failed message costs at
+most the backstop's minute. See docs/failsafe.md for the cost and failure modes against Step Functions
+and Scheduler.
 """
 
 from __future__ import annotations
@@ -31,7 +39,11 @@ log = logging.getLogger(__name__)
 ACTOR = "lease-timer"
 MAX_DELAY_SECONDS = 900  # SQS's limit on DelaySeconds
 HORIZON = timedelta(minutes=3)  # the lease-check arms what falls due before its next runs
+# Create/extend/shorten also arm a lease ending just past the horizon: a lease-check whose read of the
+# eventually consistent `due` index missed the new end may already have armed past it.
+ARM_MARGIN = timedelta(seconds=10)
 SEND_BATCH = 10  # SendMessageBatch entries per call (the API's limit)
+TIMERS_OF = "lease-check"  # whose `armed_through` mark (store/sweep_status.py)
 
 
 @dataclass(frozen=True)
@@ -90,14 +102,24 @@ class TimerQueue:
 
 
 def arm_due_soon(store: AnnexStore, queue: TimerQueue, *, now: datetime, horizon: timedelta = HORIZON) -> int:
-    """The lease-check's part: a timer for every live lease ending before `now + horizon` (and not yet
-    passed: those the lease-check ends itself)."""
-    timers = [
-        LeaseTimer(annex_id, expires)
-        for annex_id, expires in store.leases_due_by(now + horizon)
-        if expires > now
-    ]
-    return queue.arm(timers, now=now)
+    """The lease-check's part: a timer for every live lease ending in (armed_through, now + horizon],
+    `armed_through` being where the previous run's arming stopped (at the earliest `now`: passed leases
+    are the lease-check's own work). Each lease thus gets one timer from the lease-check, however late or
+    far apart its runs; the mark moves only if every timer was accepted (a failed send is retried by the
+    next run, and the timers that did go out are sent again: a duplicate changes nothing). The mark is
+    read eventually consistent: a stale one only widens the window (duplicates, never a gap)."""
+    until = now + horizon
+    marked = store.timers_armed_through(TIMERS_OF)
+    after = max(marked, now) if marked is not None else now
+    if until <= after:
+        return 0
+    timers = [LeaseTimer(annex_id, expires) for annex_id, expires in store.leases_due_by(until, after=after)]
+    sent = queue.arm(timers, now=now)
+    if timers and sent == len(timers):
+        # Only when something was sent: an idle stack's run writes nothing (a window left open is
+        # read again by the next run, and still holds no lease the index knows of).
+        store.record_timers_armed(TIMERS_OF, through=until)
+    return sent
 
 
 def arm_if_due_soon(
@@ -108,10 +130,11 @@ def arm_if_due_soon(
     now: datetime,
     horizon: timedelta = HORIZON,
 ) -> bool:
-    """Create, extend and shorten's part: a timer for this lease if it ends before `now + horizon` (the
-    lease-check would not arm it in time). Best effort: the record is already written, and a timer that
-    could not be sent costs at most the minute sweep's lag, so a failure is logged, never raised."""
-    if queue is None or not now < expires_at <= now + horizon:
+    """Create, extend and shorten's part: a timer for this lease if it ends before `now + horizon +
+    ARM_MARGIN` (the lease-check may have armed its window past it already). Best effort: the record is
+    already written, and a timer that could not be sent costs at most the minute sweep's lag, so a
+    failure is logged, never raised."""
+    if queue is None or not now < expires_at <= now + horizon + ARM_MARGIN:
         return False
     try:
         return queue.arm([LeaseTimer(annex_id, expires_at)], now=now) == 1

@@ -13,6 +13,7 @@ Item layout (one table, `pk`/`sk`):
 | quota         | OWNER#<arn>      | QUOTA                 | `live`: instances held by live annexes   |
 | stack quota   | STACK            | QUOTA                 | `live`: the same, all owners (one item)  |
 | sweep status  | SWEEP#<name>     | STATUS                |                                          |
+| timers armed  | SWEEP#<name>     | TIMERS                | `armed_through`: lease timers sent       |
 | price         | PRICE#<region>   | <market>#<type>       | (store/prices.py)                        |
 | annex budget  | ANNEX#<id>       | BUDGET                | due (budget, live budgeted annexes)      |
 | owner budget  | OWNER#<arn>      | BUDGET                | (store/budgets.py)                       |
@@ -48,6 +49,7 @@ META = "META"
 QUOTA = "QUOTA"
 STACK = "STACK"
 STATUS = "STATUS"
+TIMERS = "TIMERS"
 DUE_LEASE = "lease"
 DUE_REAP = "reap"
 # Partition keys of the `due` index per kind. 100,000 instances heartbeating every 60 s are 1,667 writes/s;

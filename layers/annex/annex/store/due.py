@@ -35,14 +35,22 @@ from annex.store._table import (
 from annex.store.records import InstanceKey
 
 
-def due_items(table: Table, kind: str, until: datetime, *, limit: int = 1000) -> Iterator[dict[str, Any]]:
-    """The index entries of `kind` due by `until`, from every shard, earliest first. `limit` is the page
-    size of each shard's Query (every page is read)."""
+def due_items(
+    table: Table, kind: str, until: datetime, *, after: datetime | None = None, limit: int = 1000
+) -> Iterator[dict[str, Any]]:
+    """The index entries of `kind` due by `until` (and, given `after`, due strictly after it), from every
+    shard, earliest first. `limit` is the page size of each shard's Query (every page is read)."""
+    if after is None:
+        condition, values = "due_kind = :k AND due_at <= :until", {":until": to_epoch(until)}
+    else:
+        # due_at is whole seconds: (after, until] is BETWEEN after + 1 AND until.
+        condition = "due_kind = :k AND due_at BETWEEN :after AND :until"
+        values = {":after": to_epoch(after) + 1, ":until": to_epoch(until)}
     shards = [
         table.query(
             IndexName=INDEX_DUE,
-            KeyConditionExpression="due_kind = :k AND due_at <= :until",
-            ExpressionAttributeValues=to_attrs({":k": partition, ":until": to_epoch(until)}),
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=to_attrs({":k": partition, **values}),
             Limit=limit,
         )
         for partition in due_partitions(kind)
@@ -57,10 +65,12 @@ class DueIndex(StoreBase):
             if item["sk"] == META:
                 yield annex_id_of(item["pk"])
 
-    def leases_due_by(self, until: datetime, *, limit: int = 1000) -> Iterator[tuple[str, datetime]]:
-        """(annex id, lease expiry) of live annexes whose lease ends by `until` (as the index last saw
-        them): what the lease timers must be armed for."""
-        for item in due_items(self._table, DUE_LEASE, until, limit=limit):
+    def leases_due_by(
+        self, until: datetime, *, after: datetime | None = None, limit: int = 1000
+    ) -> Iterator[tuple[str, datetime]]:
+        """(annex id, lease expiry) of live annexes whose lease ends by `until` (and after `after`, if
+        given), as the index last saw them: what the lease timers must be armed for."""
+        for item in due_items(self._table, DUE_LEASE, until, after=after, limit=limit):
             if item["sk"] == META:
                 yield annex_id_of(item["pk"]), from_epoch(int(item["due_at"]))
 
