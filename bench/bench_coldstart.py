@@ -142,7 +142,7 @@ def representative_events(instance_role: str) -> dict[str, dict[str, Any]]:
     return {
         "heartbeat": heartbeat,
         "idle_reap": load("idle-reap-schedule.json"),
-        "interruption": {"Records": [{"messageId": "m-1", "body": json.dumps(warning)}]},
+        "interruption": warning,  # EventBridge invokes the function with the event itself
         "launch": load("launch-insert.json"),
         "lease_check": load("lease-check-schedule.json"),
         "lease_timer": {"Records": [{"messageId": "m-1", "body": json.dumps(timer)}]},
