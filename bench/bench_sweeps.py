@@ -50,7 +50,7 @@ from annex.core.config import IdleReapSettings  # noqa: E402
 from annex.core.models import Annex, AnnexState, Instance, InstanceState, Market  # noqa: E402
 from annex.failsafe.idle_reap import run_idle_reap  # noqa: E402
 from annex.failsafe.lease_check import run_lease_check, sweep_orphans  # noqa: E402
-from annex.failsafe.rules import next_check  # noqa: E402
+from annex.failsafe.rules import next_check, refresh_interval  # noqa: E402
 from annex.failsafe.sweeps import SweepReport  # noqa: E402
 from annex.store import AnnexStore  # noqa: E402
 from annex.store.bulk import load  # noqa: E402
@@ -171,8 +171,9 @@ def _instance(annex: Annex, instance_id: str, now: Any, kind: str) -> Instance:
     fields: dict[str, Any] = {"last_heartbeat_at": heard, "claimed_slots": SLOTS, "total_slots": SLOTS}
     if kind == "idle":  # idle for 25 minutes, timeout 20
         fields.update(claimed_slots=0, idle_since=now - timedelta(minutes=25))
-    elif kind == "silent":  # last heard 6 minutes ago, grace 5
-        fields.update(last_heartbeat_at=now - timedelta(minutes=6), claimed_slots=2)
+    elif kind == "silent":  # last heard a minute past the silence bound (grace 5m + refresh R 2.5m)
+        silent_for = SETTINGS.heartbeat_loss_grace + refresh_interval(SETTINGS) + timedelta(minutes=1)
+        fields.update(last_heartbeat_at=now - silent_for, claimed_slots=2)
     return Instance(
         instance_id=instance_id,
         annex_id=annex.id,
