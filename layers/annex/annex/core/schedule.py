@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class ScheduledEvent(BaseModel):
-    """An EventBridge event (rules and Scheduler). Invalid input raises pydantic's ValidationError, as
-    Powertools' `event_parser` does."""
+class EventEnvelope(BaseModel):
+    """The envelope every EventBridge event carries (the fields of Powertools' EventBridgeModel); each
+    kind of event adds its `detail`."""
 
     model_config = ConfigDict(populate_by_name=True, defer_build=True)
 
@@ -27,6 +27,12 @@ class ScheduledEvent(BaseModel):
     region: str
     resources: list[str]
     detail_type: str = Field(alias="detail-type")
+
+
+class ScheduledEvent(EventEnvelope):
+    """An EventBridge event (rules and Scheduler). Invalid input raises pydantic's ValidationError, as
+    Powertools' `event_parser` does."""
+
     detail: dict[str, Any]
     replay_name: str | None = Field(default=None, alias="replay-name")
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from annex.aws.inventory import TAG_ID, TAG_STACK
 from annex.core.models import INSTANCE_ID_PATTERN, EndReason, SpotNotice
+from annex.core.schedule import EventEnvelope
 from annex.store import AnnexStore, InstanceEnd, InstanceKey
 
 if TYPE_CHECKING:
@@ -45,21 +46,13 @@ class _Detail(BaseModel):
     state: str | None = None
 
 
-class Ec2Event(BaseModel):
-    """An EC2 EventBridge event as the rule delivers it: the envelope every EventBridge event carries (the
-    fields of Powertools' EventBridgeModel, which is not imported: its models package costs ~50 ms of
-    cold import) and the detail we read (the rule's pattern admits only these)."""
+class Ec2Event(EventEnvelope):
+    """An EC2 EventBridge event as the rule delivers it: the envelope (not Powertools' EventBridgeModel,
+    whose models package costs ~50 ms of cold import) and the detail we read (the rule's pattern admits
+    only these)."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    version: str
-    id: str
-    source: str
-    account: str
-    time: datetime
-    region: str
-    resources: list[str]
-    detail_type: str = Field(alias="detail-type")
     detail: _Detail
 
 
