@@ -29,7 +29,7 @@ POLICY = (
     "local delay=2 wait",
     "wait=$(( delay / 2 + RANDOM % (delay / 2 + 1) ))",
     "if (( $(date +%s) + wait > DEADLINE )); then",
-    "delay=$(( delay < 30 ? delay * 2 : 30 ))",
+    "delay=$(( delay * 2 > 30 ? 30 : delay * 2 ))",
 )
 
 
@@ -63,7 +63,7 @@ def simulate(n: int, spread: float, seed: int) -> dict[str, float]:
         wait = delay // 2 + rng.randrange(32768) % (delay // 2 + 1)
         if t + wait > start[i] + TIMEOUT:
             continue  # powers off: the configuration bound passed
-        heapq.heappush(events, (t + wait, i, delay * 2 if delay < 30 else 30))
+        heapq.heappush(events, (t + wait, i, min(delay * 2, 30)))
     return {
         "ok": len(done),
         "last": max(done.values()) if done else float("nan"),

@@ -69,7 +69,7 @@ retry() {
       power_off "${1//_/ } did not succeed within ${CONFIG_TIMEOUT_SECONDS}s"
     fi
     sleep "$wait"
-    delay=$(( delay < 30 ? delay * 2 : 30 ))
+    delay=$(( delay * 2 > 30 ? 30 : delay * 2 ))
   done
 }
 
@@ -337,7 +337,7 @@ verify_authorization() {
         problem "the collector at ${COLLECTOR_HOST} refused ${level} for ${identity} — see the deploy guide (pool/annex-central-manager.conf)"
       fi
       sleep "$delay"
-      delay=$(( delay < 30 ? delay * 2 : 30 ))
+      delay=$(( delay * 2 > 30 ? 30 : delay * 2 ))
     done
   done
   log "verified: the collector authorizes READ, ADVERTISE_STARTD and ADVERTISE_MASTER for ${identity}"
