@@ -406,6 +406,8 @@ class HistoryEvent(BaseModel):
 class Draining(BaseModel):
     """The drain time the API adds to an annex it answers with (`Annex.drain_time`)."""
 
+    model_config = ConfigDict(defer_build=True)
+
     drains_at: Time | None = Field(
         default=None,
         description="When a live annex stops starting new jobs (lease end minus DrainBeforeLeaseEnd); "
@@ -424,22 +426,26 @@ class AnnexDetail(Annex):
 
 
 class AnnexList(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     annexes: list[Annex]
     next_token: str | None = Field(default=None, description="Pass as ?next_token= for the next page.")
 
 
 class ExtendResult(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     annex: Annex
     capped: bool = Field(description="True when the request was cut to the administrator's maximum lease.")
     message: str
 
 
 class SweepStatus(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     name: str
     last_success_at: Time | None = None
 
 
 class Limits(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     allowed_instance_types: list[str]
     default_instance_type: str
     max_instances_per_annex: int
@@ -452,6 +458,7 @@ class Limits(BaseModel):
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     status: Literal["ok"] = "ok"
     caller: str
     is_admin: bool
@@ -460,11 +467,13 @@ class Health(BaseModel):
 
 
 class ErrorField(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     field: str
     reason: str
 
 
 class ErrorBody(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     error: str = Field(description="A stable code, such as ValidationError or NameInUse.")
     message: str
     fields: list[ErrorField] = Field(default_factory=list)
@@ -510,6 +519,7 @@ class HeartbeatRequest(_Strict):
 
 
 class HeartbeatResponse(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     action: HeartbeatAction
     lease_expires_at: Time | None = Field(
         default=None, description="The lease expiry the instance must enforce itself (dead-man switch)."

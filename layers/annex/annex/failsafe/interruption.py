@@ -39,7 +39,7 @@ class Outcome(StrEnum):
 
 
 class _Detail(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, defer_build=True)
 
     instance_id: str = Field(alias="instance-id", pattern=INSTANCE_ID_PATTERN)
     instance_action: str | None = Field(default=None, alias="instance-action")

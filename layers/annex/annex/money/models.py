@@ -31,6 +31,7 @@ ESTIMATE_NOTE = (
 
 
 class InstanceCostView(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     instance_id: str
     usd_per_hour: Usd | None = None
     accrued_usd: Usd
@@ -38,6 +39,8 @@ class InstanceCostView(BaseModel):
 
 class CostEstimate(BaseModel):
     """What an annex has cost so far and will cost if it runs to the end of its lease."""
+
+    model_config = ConfigDict(defer_build=True)
 
     at: Time
     accrued_usd: Usd = Field(description="Cost so far (USD, rounded to the cent).")
@@ -90,6 +93,7 @@ class AnnexSummary(Annex, Draining):
 
 
 class AnnexListView(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     annexes: list[AnnexSummary]
     next_token: str | None = Field(default=None, description="Pass as ?next_token= for the next page.")
 
@@ -161,6 +165,7 @@ class NotificationRequest(BaseModel):
 
 
 class NotificationSubscription(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     email: str
     owner: str = Field(description="Only notices about this owner's annexes reach the address.")
     subscription: str = Field(description="The SNS subscription ARN, or 'pending confirmation'.")
@@ -181,12 +186,14 @@ class OwnerBudgetRequest(BaseModel):
 
 
 class OwnerBudget(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     owner: str
     monthly_usd: Usd | None = Field(description="None: no monthly budget for this owner.")
     source: str = Field(description="'set by <admin> at <time>', or 'template default'.")
 
 
 class OwnerSpend(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     owner: str
     month: str
     annexes: int
@@ -198,6 +205,7 @@ class OwnerSpend(BaseModel):
 
 
 class SpendReport(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     month: str
     at: Time
     owners: list[OwnerSpend]

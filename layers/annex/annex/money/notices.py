@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from annex.core.clock import format_duration, to_iso
 from annex.core.errors import AnnexError
@@ -36,6 +36,8 @@ class NoticeKind(StrEnum):
 
 class NoticeDetail(BaseModel):
     """The `detail` of every notice event."""
+
+    model_config = ConfigDict(defer_build=True)
 
     kind: NoticeKind
     annex_id: str

@@ -37,7 +37,7 @@ class PriceSourceKind:
 class Price(BaseModel):
     """One price, as stored and as shown next to every estimate made from it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     region: str
     instance_type: str
@@ -97,7 +97,7 @@ class PriceBook:
 class Snapshot(BaseModel):
     """The shape of `snapshot.json`: who published the figures and when."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     source: str
     as_of: _Time

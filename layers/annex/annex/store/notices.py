@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from annex.core.clock import to_epoch, to_iso
 from annex.store._table import StoreBase, annex_id_of, annex_pk
@@ -42,6 +42,8 @@ class NoticeRecords(StoreBase):
 class EndedTrigger(BaseModel):
     """The stream record of an annex that has just ended (or failed): its META item modified from a
     live state. The template's FilterCriteria let only these through; the handler checks again."""
+
+    model_config = ConfigDict(defer_build=True)
 
     event_name: Literal["MODIFY"]
     pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from annex.store._table import annex_id_of
 from annex.store.records import InstanceKey
@@ -14,6 +14,8 @@ from annex.store.records import InstanceKey
 class LaunchTrigger(BaseModel):
     """The stream record that asks for capacity: an annex META item inserted in state `requested`.
     The template's FilterCriteria let only these through; the handler checks again."""
+
+    model_config = ConfigDict(defer_build=True)
 
     event_name: Literal["INSERT"]
     pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
@@ -46,6 +48,8 @@ class ReplaceTrigger(BaseModel):
     instance just ended (live before, `terminated` with reason `spot-interrupted` now; or `silent` after an
     interruption warning, when the reclaim event was lost and idle-reap ended it). There is one such change
     per interrupted instance; the stream retries it until the launch function has settled it."""
+
+    model_config = ConfigDict(defer_build=True)
 
     event_name: Literal["MODIFY"]
     pk: str = Field(pattern=r"^ANNEX#ax-[0-9a-f]{16}$")
