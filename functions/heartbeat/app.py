@@ -15,6 +15,7 @@ from datetime import datetime
 from functools import cache
 from typing import Annotated, Any
 
+from annex import coldstart
 from annex.api.http import ERROR_RESPONSES, install_error_handlers, strict_input
 from annex.aws import clients
 from annex.core.clock import utcnow
@@ -29,6 +30,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
+coldstart.loaded()
 
 logger = Logger()
 metrics = Metrics()

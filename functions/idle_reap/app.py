@@ -6,10 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 from functools import cache
 
+from annex import coldstart
 from annex.core.config import IdleReapSettings
 from annex.failsafe.idle_reap import run_idle_reap
 from annex.failsafe.sweeps import SweepDeps, SweepReport, sweep_handler
 from aws_lambda_powertools import Logger, Metrics
+
+coldstart.loaded()
 
 logger = Logger()
 metrics = Metrics()

@@ -10,6 +10,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from annex import coldstart
 from annex.aws import clients
 from annex.core.clock import utcnow
 from annex.core.config import InterruptionSettings
@@ -17,6 +18,8 @@ from annex.failsafe.interruption import InterruptionHandler
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
+coldstart.loaded()
 
 logger = Logger()
 metrics = Metrics()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from functools import cache
 
+from annex import coldstart
 from annex.aws import clients
 from annex.core.config import LeaseCheckSettings
 from annex.failsafe.lease_check import run_lease_check
@@ -15,6 +16,8 @@ from annex.money.checks import run_money_check
 from annex.money.notices import Notifier
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+
+coldstart.loaded()
 
 logger = Logger()
 metrics = Metrics()

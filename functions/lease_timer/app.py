@@ -9,12 +9,15 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from annex import coldstart
 from annex.core.clock import utcnow
 from annex.core.config import LeaseCheckSettings
 from annex.failsafe.lease_timer import fire, parse_timer
 from annex.failsafe.sweeps import SweepDeps
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
+coldstart.loaded()
 
 logger = Logger()
 

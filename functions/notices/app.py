@@ -13,6 +13,7 @@ from typing import Any
 # First, before anything imports pydantic: Powertools' batch utility then skips importing its parser
 # models (utilities/batch/types.py builds them only when pydantic is already loaded), 30-40 ms CPU of
 # this function's cold start. tests/unit/test_cold_imports.py checks it.
+from annex import coldstart
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
 # isort: split
@@ -28,6 +29,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
+coldstart.loaded()
 
 logger = Logger()
 metrics = Metrics()

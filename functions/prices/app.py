@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from annex import coldstart
 from annex.aws import clients
 from annex.core.clock import utcnow
 from annex.core.config import PricesSettings
@@ -15,6 +16,8 @@ from annex.pricing.refresh import refresh_prices
 from annex.store import AnnexStore
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
+coldstart.loaded()
 
 logger = Logger()
 metrics = Metrics()

@@ -6,6 +6,7 @@ from functools import cache
 from http import HTTPStatus
 from typing import Annotated, Any
 
+from annex import coldstart
 from annex.api import pagetoken
 from annex.api.http import ERROR_RESPONSES as ERRORS
 from annex.api.http import install_error_handlers, json_response, strict_input
@@ -49,6 +50,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
+coldstart.loaded()
 
 logger = Logger()
 metrics = Metrics()

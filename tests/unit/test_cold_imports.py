@@ -1,6 +1,7 @@
-"""What a cold start imports: each handler module, imported as Lambda imports it (LAMBDA_TASK_ROOT and
-AWS_LAMBDA_FUNCTION_NAME set, tracing not disabled), pulls in none of the packages the cold path was cut
-free of. bench/bench_coldstart.py measures what the handlers cost with and without them."""
+"""What a cold start imports, and how: each handler module, imported as Lambda imports it
+(LAMBDA_TASK_ROOT and AWS_LAMBDA_FUNCTION_NAME set, tracing not disabled), pulls in none of the packages
+the cold path was cut free of, and loads with the cyclic garbage collector paused (annex.coldstart).
+bench/bench_coldstart.py measures what the handlers cost."""
 
 from __future__ import annotations
 
@@ -57,3 +58,34 @@ def test_the_probe_sees_the_packages_it_looks_for():
     # The dev venv has them all (moto needs the X-Ray SDK and boto3): their absence above is the handlers'.
     probe = "import aws_xray_sdk.core, boto3, s3transfer, aws_lambda_powertools.utilities.parser.models"
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+GC_PROBE = (
+    "import gc, json, sys\n"
+    "sys.path[:0] = [{fn!r}, {layer!r}]\n"
+    "heavy = {{'botocore', 'pydantic', 'pydantic_core', 'aws_lambda_powertools'}}\n"
+    "seen = {{}}\n"
+    "class Spy:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name in heavy and name not in seen:\n"
+    "            seen[name] = gc.isenabled()\n"
+    "sys.meta_path.insert(0, Spy())\n"
+    "import app\n"
+    "print(json.dumps({{'seen': seen, 'after': gc.isenabled(), 'frozen': gc.get_freeze_count()}}))"
+)
+
+
+@pytest.mark.parametrize("code_dir", CODE_DIRS)
+def test_a_handler_loads_with_the_collector_paused_and_hands_it_back(code_dir: str):
+    # annex.coldstart: no cyclic-GC passes over the modules a cold start loads; afterwards the collector
+    # runs again and what was loaded is frozen out of the invocations' collections.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(LAMBDA_TASK_ROOT=str(ROOT / "functions" / code_dir), AWS_DEFAULT_REGION="us-east-1")
+    probe = GC_PROBE.format(fn=str(ROOT / "functions" / code_dir), layer=str(ROOT / "layers" / "annex"))
+    res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    state = json.loads(res.stdout.splitlines()[-1])
+    assert {"botocore", "pydantic"} <= set(state["seen"]), state
+    assert not [name for name, enabled in state["seen"].items() if enabled], f"collector ran: {state}"
+    assert state["after"] is True, "the collector was not handed back"
+    assert state["frozen"] > 10_000, "what the import loaded was not frozen"
