@@ -8,6 +8,10 @@ layer ships is importable) timing `import app` from the function's directory. Th
 `import boto3` plus one client in the same environment. The same is measured without bytecode (sources
 only, PYTHONDONTWRITEBYTECODE), which is what a build without the compile step ships.
 
+Each handler imports as shipped: the cyclic garbage collector paused while its modules load, then the
+loaded objects frozen (annex.coldstart); the baseline is plain `import boto3` + one client, as any Python
+function would start.
+
 Every function of template.yaml is measured, in the environment Lambda gives it: LAMBDA_TASK_ROOT set,
 POWERTOOLS_TRACE_DISABLED never set (no handler has a Powertools Tracer any more: `Tracing: Active` is
 Lambda's own segments, which need no SDK in the function). Wall time is what a cold start costs on an idle
