@@ -3,9 +3,9 @@
 
 - every record goes to the record handler, whatever happened to the ones before it;
 - a record whose handler raised is reported as `{"itemIdentifier": <its dynamodb.SequenceNumber>}`, and
-  logged (warning, with its sequence number and traceback); a failed record without a SequenceNumber is
-  reported with a null identifier, which Lambda reads as the whole batch failing (AWS: "Configuring partial
-  batch response with DynamoDB and Lambda", success and failure conditions), so nothing is skipped;
+  logged (a warning with its sequence number, event id and traceback); a failed record without a
+  SequenceNumber is reported with a null identifier, which Lambda reads as the whole batch failing (AWS:
+  "Configuring partial batch response with DynamoDB and Lambda", success and failure conditions);
 - when every record failed, `BatchProcessingError` ("All records failed processing. ...") is raised, so
   Lambda retries the batch (Powertools' `raise_on_entire_batch_failure=True`, the default);
 - an event without records (an empty or missing `Records` list) raises `UnexpectedBatchTypeError`.
@@ -14,7 +14,8 @@ Why not Powertools' own: `aws_lambda_powertools.utilities.batch` imports every e
 asyncio, about 40 ms of the launch and notices functions' cold start (bench/bench_coldstart.py), for a loop
 of twenty lines. Its exception types are kept (what Lambda logs as the error type, and what callers
 catch); they are imported only when a batch fails as a whole, which no successful invocation pays.
-Record images are decoded by `annex.aws.attribute_values` (boto3's rules, as Powertools' decoder).
+Record images are decoded by `annex.aws.attribute_values` (boto3's rules; Powertools' decoder differs
+only on numbers written with more than 38 digits, or empty, which the store never writes).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class StreamRecord:
     def event_name(self) -> Any:
         """`INSERT`, `MODIFY` or `REMOVE` as delivered (unchecked: the triggers validate it)."""
         return self.raw.get("eventName")
+
+    @property
+    def event_id(self) -> str | None:
+        return self.raw.get("eventID")
 
     @property
     def sequence_number(self) -> str | None:
@@ -105,7 +110,7 @@ def process_stream_batch(
             logger.warning(
                 "Record processing exception; reported for retry",
                 exc_info=True,
-                extra={"sequence_number": record.sequence_number},
+                extra={"sequence_number": record.sequence_number, "event_id": record.event_id},
             )
     if failures and len(failures) == len(records):
         from aws_lambda_powertools.utilities.batch.exceptions import (  # noqa: PLC0415 (cold start: error path)
