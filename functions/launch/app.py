@@ -1,5 +1,5 @@
 """The launch function: the annex table's stream -> EC2 capacity. Thin: each stream record becomes a
-LaunchTrigger and one call to the launcher; Powertools reports the records that failed, so only those
+LaunchTrigger and one call to the launcher; annex.aws.batch reports the records that failed, so only those
 are retried (the template bounds the retries and sends what is left to a dead-letter queue)."""
 
 from __future__ import annotations
@@ -10,14 +10,9 @@ from datetime import datetime
 from functools import cache, partial
 from typing import Any
 
-# First, before anything imports pydantic: Powertools' batch utility then skips importing its parser
-# models (utilities/batch/types.py builds them only when pydantic is already loaded), 30-40 ms CPU of
-# this function's cold start. tests/unit/test_cold_imports.py checks it.
 from annex import coldstart
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-
-# isort: split
 from annex.aws import clients
+from annex.aws.batch import PartialItemFailureResponse, StreamRecord, process_stream_batch
 from annex.aws.inventory import Ec2Inventory
 from annex.aws.pool_token import PoolTokenParameter
 from annex.core.clock import utcnow
@@ -25,20 +20,16 @@ from annex.core.config import LaunchSettings
 from annex.launch.capacity import Ec2Capacity
 from annex.launch.launcher import Launcher
 from annex.launch.plan import LaunchOutcome
-from annex.launch.replace import Replacer
 from annex.store import AnnexStore
 from annex.store.stream import LaunchTrigger, ReplaceTrigger
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 coldstart.loaded()
 
 logger = Logger()
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 
 @cache
@@ -58,30 +49,21 @@ def launcher() -> Launcher:
     )
 
 
-def record_handler(record: DynamoDBRecord, *, clock: Callable[[], datetime] = utcnow) -> None:
-    change = record.dynamodb
-    trigger = LaunchTrigger.parse(
-        record.raw_event.get("eventName"),
-        change.keys if change else {},
-        change.new_image if change else {},
-    )
+def record_handler(record: StreamRecord, *, clock: Callable[[], datetime] = utcnow) -> None:
+    trigger = LaunchTrigger.parse(record.event_name, record.keys, record.new_image)
     if trigger is None:
-        replace = ReplaceTrigger.parse(
-            record.raw_event.get("eventName"),
-            change.keys if change else {},
-            change.new_image if change else {},
-            change.old_image if change else {},
-        )
+        replace = ReplaceTrigger.parse(record.event_name, record.keys, record.new_image, record.old_image)
         if replace is not None:
+            # Only a spot replacement needs the replacer (and money.service with it): ~11 ms of cold start.
+            from annex.launch.replace import Replacer  # noqa: PLC0415 (cold start: replacements only)
+
             logger.append_keys(annex_id=replace.key.annex_id)
             replaced = Replacer(launcher()).replace(replace.key, now=clock())
             logger.info("replacement %s", replaced.result, extra={"outcome": asdict(replaced)})
             if replaced.result == "replaced":
                 metrics.add_metric(name="InstancesReplaced", unit=MetricUnit.Count, value=1)
             return
-        logger.info(
-            "not a launch request; skipped", extra={"sequence_number": change and change.sequence_number}
-        )
+        logger.info("not a launch request; skipped", extra={"sequence_number": record.sequence_number})
         return
     logger.append_keys(annex_id=trigger.annex_id)
     outcome = launcher().launch(trigger.annex_id, now=clock())
@@ -110,6 +92,4 @@ def handler(
     event: dict[str, Any], context: LambdaContext, *, clock: Callable[[], datetime] = utcnow
 ) -> PartialItemFailureResponse:
     # Lambda calls handler(event, context); tests inject the clock each record's launch reads.
-    return process_partial_response(
-        event=event, record_handler=partial(record_handler, clock=clock), processor=processor, context=context
-    )
+    return process_stream_batch(event, partial(record_handler, clock=clock), logger)

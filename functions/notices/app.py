@@ -1,6 +1,6 @@
 """The notices function: the annex table's stream -> an "annex ended" notice on the stack's event bus,
 whatever ended it (stop, lease, idle, silent, budget, launch failure). Thin: each stream record becomes
-an EndedTrigger and one domain call; Powertools reports the records that failed, so only those are
+an EndedTrigger and one domain call; annex.aws.batch reports the records that failed, so only those are
 retried."""
 
 from __future__ import annotations
@@ -10,14 +10,9 @@ from datetime import datetime
 from functools import cache, partial
 from typing import Any
 
-# First, before anything imports pydantic: Powertools' batch utility then skips importing its parser
-# models (utilities/batch/types.py builds them only when pydantic is already loaded), 30-40 ms CPU of
-# this function's cold start. tests/unit/test_cold_imports.py checks it.
 from annex import coldstart
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-
-# isort: split
 from annex.aws import clients
+from annex.aws.batch import PartialItemFailureResponse, StreamRecord, process_stream_batch
 from annex.core.clock import utcnow
 from annex.core.config import NoticesSettings
 from annex.money.checks import notify_ended
@@ -26,15 +21,12 @@ from annex.store import AnnexStore
 from annex.store.notices import EndedTrigger
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 coldstart.loaded()
 
 logger = Logger()
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 
 @cache
@@ -52,14 +44,8 @@ def notifier() -> Notifier:
     return Notifier(clients.client("events"), settings().event_bus_name)
 
 
-def record_handler(record: DynamoDBRecord, *, clock: Callable[[], datetime] = utcnow) -> None:
-    change = record.dynamodb
-    trigger = EndedTrigger.parse(
-        record.raw_event.get("eventName"),
-        change.keys if change else {},
-        change.new_image if change else {},
-        change.old_image if change else {},
-    )
+def record_handler(record: StreamRecord, *, clock: Callable[[], datetime] = utcnow) -> None:
+    trigger = EndedTrigger.parse(record.event_name, record.keys, record.new_image, record.old_image)
     if trigger is None:
         logger.info("not an annex that just ended; skipped")
         return
@@ -74,6 +60,4 @@ def handler(
     event: dict[str, Any], context: LambdaContext, *, clock: Callable[[], datetime] = utcnow
 ) -> PartialItemFailureResponse:
     # Lambda calls handler(event, context); tests inject the clock each notice reads.
-    return process_partial_response(
-        event=event, record_handler=partial(record_handler, clock=clock), processor=processor, context=context
-    )
+    return process_stream_batch(event, partial(record_handler, clock=clock), logger)

@@ -32,8 +32,22 @@ PROBE = (
 )
 
 
-@pytest.mark.parametrize("code_dir", CODE_DIRS)
-def test_a_handler_imports_none_of_the_cut_packages(code_dir: str):
+# Nor by the stream functions, which answer partial batches with annex.aws.batch: Powertools' batch
+# utility imports every event data class and asyncio (~40 ms). Nor by launch, what only some of its
+# invocations need: the spot replacer (with money.service) and the termination path (~11 + ~2.5 ms).
+BATCH_UTILITY = (
+    "aws_lambda_powertools.utilities.batch",
+    "aws_lambda_powertools.utilities.data_classes",
+    "asyncio",
+)
+STREAM_UNWANTED = {
+    "launch": (*BATCH_UTILITY, "annex.launch.replace", "annex.failsafe.termination"),
+    "notices": BATCH_UTILITY,
+}
+
+
+def cold_imports(code_dir: str, unwanted: tuple[str, ...]) -> set[str]:
+    """The modules of `unwanted`'s top-level packages that importing the handler loads."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("POWERTOOLS_", "AWS_")) and k != "PYTHONPATH"
     }
@@ -44,14 +58,26 @@ def test_a_handler_imports_none_of_the_cut_packages(code_dir: str):
         AWS_DEFAULT_REGION="us-east-1",
         POWERTOOLS_SERVICE_NAME="annex",
     )
-    tops = sorted({m.split(".")[0] for m in UNWANTED})
+    tops = sorted({m.split(".")[0] for m in unwanted})
     probe = PROBE.format(
         fn=str(ROOT / "functions" / code_dir), layer=str(ROOT / "layers" / "annex"), tops=tops
     )
     res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
-    loaded = set(json.loads(res.stdout.splitlines()[-1]))
+    return set(json.loads(res.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("code_dir", CODE_DIRS)
+def test_a_handler_imports_none_of_the_cut_packages(code_dir: str):
+    loaded = cold_imports(code_dir, UNWANTED)
     assert not [m for m in UNWANTED if m in loaded], f"{code_dir} imports {sorted(loaded)}"
+
+
+@pytest.mark.parametrize("code_dir", sorted(STREAM_UNWANTED))
+def test_a_stream_function_imports_no_batch_utility_nor_what_few_invocations_need(code_dir: str):
+    unwanted = STREAM_UNWANTED[code_dir]
+    loaded = cold_imports(code_dir, unwanted)
+    assert not [m for m in unwanted if m in loaded], f"{code_dir} imports {sorted(loaded)}"
 
 
 def test_the_probe_sees_the_packages_it_looks_for():
