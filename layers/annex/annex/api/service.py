@@ -34,7 +34,6 @@ from annex.core.models import (
     ShortenRequest,
     SweepStatus,
 )
-from annex.failsafe.lease_tag import keep_lease_tag
 from annex.money.models import (
     AnnexListView,
     AnnexSummary,
@@ -288,7 +287,7 @@ class AnnexService:
                 raise
             return replay
         # Move the lease tag too: the orphan sweep terminates instances whose own tag has passed.
-        keep_lease_tag(self.ec2, updated)
+        _keep_lease_tag(self.ec2, updated)
         self._arm_timer(updated, now=now)
         return ExtendView(annex=updated, capped=ext.capped, message=ext.message, quote=quote)
 
@@ -305,7 +304,7 @@ class AnnexService:
             )
         current = self.store.get_annex(annex.id)
         if current.live:
-            keep_lease_tag(self.ec2, current)
+            _keep_lease_tag(self.ec2, current)
         return ExtendView(
             annex=current,
             capped=False,
@@ -333,7 +332,7 @@ class AnnexService:
             now=now,
             note=f"{to_iso(annex.lease_expires_at)} -> {to_iso(new_expiry)}",
         )
-        keep_lease_tag(self.ec2, updated)
+        _keep_lease_tag(self.ec2, updated)
         self._arm_timer(updated, now=now)
         return updated
 
@@ -441,3 +440,10 @@ class AnnexService:
             for name in (LEASE_CHECK, IDLE_REAP)
         ]
         return Health(caller=caller.arn, is_admin=caller.is_admin, limits=limits, sweeps=sweeps)
+
+
+def _keep_lease_tag(ec2: Ec2Inventory, annex: Annex) -> None:
+    """Move the instances' lease tag to the annex's lease (extend and shorten)."""
+    from annex.failsafe.lease_tag import keep_lease_tag  # noqa: PLC0415 - cold start: with EC2, at first use
+
+    keep_lease_tag(ec2, annex)
