@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from annex import coldstart
 from annex.api import pagetoken
@@ -12,7 +12,6 @@ from annex.api.http import ERROR_RESPONSES as ERRORS
 from annex.api.http import install_error_handlers, json_response, strict_input
 from annex.api.service import AnnexService
 from annex.aws import clients
-from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller, caller_from_arn
 from annex.core.clock import utcnow
 from annex.core.config import RequestSettings
@@ -27,7 +26,6 @@ from annex.core.models import (
     ShortenRequest,
     StopRequest,
 )
-from annex.failsafe.lease_timer import TimerQueue
 from annex.money.models import (
     MONTH_PATTERN,
     AnnexListView,
@@ -51,6 +49,10 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+if TYPE_CHECKING:
+    from annex.aws.inventory import Ec2Inventory
+    from annex.failsafe.lease_timer import TimerQueue
+
 coldstart.loaded()
 
 logger = Logger()
@@ -69,15 +71,27 @@ def settings() -> RequestSettings:
     return RequestSettings.from_env()
 
 
+def ec2_inventory() -> Ec2Inventory:
+    from annex.aws.inventory import Ec2Inventory  # noqa: PLC0415 - cold start: extend/shorten/stop only
+
+    cfg = settings()
+    return Ec2Inventory(clients.ec2(), cfg.stack_name, instance_profile_arn=cfg.instance_profile_arn)
+
+
+def timer_queue() -> TimerQueue | None:
+    from annex.failsafe.lease_timer import TimerQueue  # noqa: PLC0415 - cold start: create/extend/shorten only
+
+    url = settings().lease_timer_queue_url
+    return TimerQueue(clients.client("sqs"), url) if url else None
+
+
 @cache
 def service() -> AnnexService:
+    """The store now; EC2, SNS and the timer queue when a route first needs them (their clients are the
+    costly part of a first request, and listing, reading or creating an annex needs none of them)."""
     cfg = settings()
     store = AnnexStore(clients.dynamodb(), cfg.table_name)
-    timers = (
-        TimerQueue(clients.client("sqs"), cfg.lease_timer_queue_url) if cfg.lease_timer_queue_url else None
-    )
-    ec2 = Ec2Inventory(clients.ec2(), cfg.stack_name, instance_profile_arn=cfg.instance_profile_arn)
-    return AnnexService(store, ec2, cfg, sns=clients.client("sns"), timers=timers)
+    return AnnexService(store, ec2_inventory, cfg, sns=lambda: clients.client("sns"), timers=timer_queue)
 
 
 @cache

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from annex.api.policy import (
     AnnexSpec,
@@ -16,7 +18,6 @@ from annex.api.policy import (
     resolve_owner,
     resolve_shortening,
 )
-from annex.aws.inventory import Ec2Inventory
 from annex.core.auth import Caller
 from annex.core.clock import format_duration, to_iso
 from annex.core.config import RequestSettings
@@ -33,10 +34,6 @@ from annex.core.models import (
     ShortenRequest,
     SweepStatus,
 )
-from annex.failsafe.lease_tag import keep_lease_tag
-from annex.failsafe.lease_timer import TimerQueue, arm_if_due_soon
-from annex.failsafe.sweeps import IDLE_REAP, LEASE_CHECK
-from annex.failsafe.termination import end_annexes
 from annex.money.models import (
     AnnexListView,
     AnnexSummary,
@@ -52,11 +49,21 @@ from annex.money.models import (
     SpendReport,
 )
 from annex.money.service import MoneyService
-from annex.money.subscriptions import subscribe_owner
 from annex.store import AnnexStore, TokenTaken
 from annex.store.annexes import HISTORY_PAGE
 
-SWEEPS = (LEASE_CHECK, IDLE_REAP)
+if TYPE_CHECKING:
+    from annex.aws.inventory import Ec2Inventory
+    from annex.failsafe.lease_timer import TimerQueue
+
+# Cold start: the typical first request (list, get, create) needs neither EC2 nor SNS, and creating a
+# botocore client costs tens of milliseconds (EC2's service model alone ~100 ms), so the request function
+# hands over the routes-only collaborators as functions that make them, called at their first use.
+type Made[T] = T | Callable[[], T]
+
+
+def _made[T](given: Made[T]) -> T:
+    return given() if callable(given) else given
 
 
 def fingerprint(
@@ -94,19 +101,33 @@ class AnnexService:
     def __init__(
         self,
         store: AnnexStore,
-        ec2: Ec2Inventory,
+        ec2: Made[Ec2Inventory],
         settings: RequestSettings,
-        sns: Any = None,
-        timers: TimerQueue | None = None,
+        sns: Made[Any] = None,
+        timers: Made[TimerQueue | None] = None,
     ) -> None:
+        """`ec2`, `sns` and `timers` are each the thing itself or a function that makes it at first use."""
         self.store = store
-        self.ec2 = ec2
         self.settings = settings
         self.money = MoneyService(store, settings)
-        self.sns = sns  # only POST /notifications uses it
-        self.timers = timers  # the lease-timer queue: a lease set to end within minutes ends to the second
+        self._ec2, self._sns, self._timers = ec2, sns, timers
+
+    @cached_property
+    def ec2(self) -> Ec2Inventory:  # extend, shorten and stop (lease tags, termination)
+        return _made(self._ec2)
+
+    @cached_property
+    def sns(self) -> Any:  # only POST /notifications uses it
+        return _made(self._sns)
+
+    @cached_property
+    def timers(self) -> TimerQueue | None:
+        """The lease-timer queue: a lease set to end within minutes ends to the second."""
+        return _made(self._timers)
 
     def _arm_timer(self, annex: Annex, *, now: datetime) -> None:
+        from annex.failsafe.lease_timer import arm_if_due_soon  # noqa: PLC0415 - cold start: create/extend/shorten
+
         arm_if_due_soon(self.timers, annex.id, annex.lease_expires_at, now=now)
 
     # --- create ---------------------------------------------------------------------------------
@@ -266,7 +287,7 @@ class AnnexService:
                 raise
             return replay
         # Move the lease tag too: the orphan sweep terminates instances whose own tag has passed.
-        keep_lease_tag(self.ec2, updated)
+        _keep_lease_tag(self.ec2, updated)
         self._arm_timer(updated, now=now)
         return ExtendView(annex=updated, capped=ext.capped, message=ext.message, quote=quote)
 
@@ -283,7 +304,7 @@ class AnnexService:
             )
         current = self.store.get_annex(annex.id)
         if current.live:
-            keep_lease_tag(self.ec2, current)
+            _keep_lease_tag(self.ec2, current)
         return ExtendView(
             annex=current,
             capped=False,
@@ -311,7 +332,7 @@ class AnnexService:
             now=now,
             note=f"{to_iso(annex.lease_expires_at)} -> {to_iso(new_expiry)}",
         )
-        keep_lease_tag(self.ec2, updated)
+        _keep_lease_tag(self.ec2, updated)
         self._arm_timer(updated, now=now)
         return updated
 
@@ -376,10 +397,14 @@ class AnnexService:
         return self.money.report(is_admin=caller.is_admin, month=month, now=now)
 
     def subscribe(self, caller: Caller, body: NotificationRequest) -> NotificationSubscription:
+        from annex.money.subscriptions import subscribe_owner  # noqa: PLC0415 - cold start: this route only
+
         return subscribe_owner(self.sns, self.settings.notice_topic_arn, owner=caller.owner, email=body.email)
 
     def stop(self, caller: Caller, annex_id: str, *, now: datetime, reason: str | None) -> AnnexView:
         """End the annex and send TerminateInstances now, not at the next sweep."""
+        from annex.failsafe.termination import end_annexes  # noqa: PLC0415 - cold start: this route only
+
         self._visible(caller, annex_id)
         end_annexes(
             self.store,
@@ -396,6 +421,8 @@ class AnnexService:
     # --- health ---------------------------------------------------------------------------------
 
     def health(self, caller: Caller) -> Health:
+        from annex.failsafe.sweeps import IDLE_REAP, LEASE_CHECK  # noqa: PLC0415 - cold start: this route only
+
         p = self.settings
         limits = Limits(
             allowed_instance_types=list(p.allowed_instance_types),
@@ -410,6 +437,13 @@ class AnnexService:
         )
         sweeps = [
             SweepStatus.model_validate({"name": name, "last_success_at": self.store.sweep_status(name)})
-            for name in SWEEPS
+            for name in (LEASE_CHECK, IDLE_REAP)
         ]
         return Health(caller=caller.arn, is_admin=caller.is_admin, limits=limits, sweeps=sweeps)
+
+
+def _keep_lease_tag(ec2: Ec2Inventory, annex: Annex) -> None:
+    """Move the instances' lease tag to the annex's lease (extend and shorten)."""
+    from annex.failsafe.lease_tag import keep_lease_tag  # noqa: PLC0415 - cold start: with EC2, at first use
+
+    keep_lease_tag(ec2, annex)
