@@ -4,8 +4,6 @@ The template sets every variable; there are no silent defaults here. A missing o
 fails the cold start with a message naming it.
 """
 
-from __future__ import annotations
-
 import os
 import re
 from collections.abc import Callable, Mapping

@@ -1,12 +1,10 @@
 """Records and API shapes. The same models produce the OpenAPI document."""
 
-from __future__ import annotations
-
 import re
 import unicodedata
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -512,7 +510,7 @@ class HeartbeatRequest(_Strict):
     )
 
     @model_validator(mode="after")
-    def _claimed_within_total(self) -> HeartbeatRequest:
+    def _claimed_within_total(self) -> Self:
         if self.claimed_slots > self.total_slots:
             raise ValueError("claimed_slots must not exceed total_slots")
         return self

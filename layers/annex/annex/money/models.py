@@ -1,11 +1,9 @@
 """API shapes for money: cost estimates, budgets and spend reports. Every figure carries the prices it
 was made from (source and date)."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
@@ -59,7 +57,7 @@ class CostEstimate(BaseModel):
     note: str = ESTIMATE_NOTE
 
     @classmethod
-    def of(cls, annex: Annex, cost: AnnexCost, *, budget_reached_at: datetime | None) -> CostEstimate:
+    def of(cls, annex: Annex, cost: AnnexCost, *, budget_reached_at: datetime | None) -> Self:
         return cls(
             at=cost.at,
             accrued_usd=usd(cost.accrued),
@@ -143,7 +141,7 @@ class EstimateRequest(BaseModel):
     extend: ExtendEstimate | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> EstimateRequest:
+    def _exactly_one(self) -> Self:
         if (self.request is None) == (self.extend is None):
             raise ValueError(
                 "give exactly one of 'request' (a new annex) or 'extend' (an annex id and by/until)"
