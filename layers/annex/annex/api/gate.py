@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 # (method, path) -> the query parameters that route takes, or None when no route matches
 type QueryParams = Callable[[str, str], Collection[str] | None]
 
-# --- the strict-input gate ------------------------------------------------------------------------
-#
 # Every API function (request, heartbeat) runs this before routing. What cannot be parsed safely is
 # refused here, before Powertools or pydantic see it: a body too large, not UTF-8, nested too deep,
 # with numbers too long or not finite, with duplicate keys; a repeated query parameter, an unknown
