@@ -22,7 +22,6 @@ from annex.core.models import (
     InstanceState,
     SpotNotice,
 )
-from annex.failsafe.interruption import record_notice
 from annex.failsafe.rules import (
     idle_after,
     idle_since_after_report,
@@ -194,6 +193,9 @@ class HeartbeatService:
         whichever arrives first), and the answer drains it."""
         if _known_notice(instance, notice):
             return instance  # already known (a stronger or the same notice): nothing to write
+        # Only a heartbeat that brings a new spot notice needs it (cold start: EC2's event models).
+        from annex.failsafe.interruption import record_notice  # noqa: PLC0415
+
         record_notice(
             self.store,
             key,
