@@ -427,6 +427,34 @@ def test_json_with_a_charset_is_json(api):
     assert api.module.handler(event, FakeContext())["statusCode"] == 201
 
 
+@pytest.mark.parametrize(
+    "content_type", ["application/merge-patch+json", "Application/JSON", "APPLICATION/JSON; charset=utf-8"]
+)
+def test_every_json_media_type_is_json(api, content_type):
+    # The strict-input table: `application/*+json` is JSON and media types are case-blind; the resolver
+    # behind the gate must not refuse what the gate accepted.
+    event = rest_event(
+        "POST", "/annexes", caller_arn=ALICE, body=json.dumps(BODY), headers={"Content-Type": content_type}
+    )
+    resp = api.module.handler(event, FakeContext())
+    assert resp["statusCode"] == 201, resp
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_no_body_under_any_media_type_is_a_missing_body(api, ddb, content_type):
+    # No body: its declared type does not matter; the answer names the missing body, as without a header.
+    before = table_items(ddb)
+    event = rest_event("POST", "/annexes", caller_arn=ALICE, headers={"Content-Type": content_type})
+    resp = api.module.handler(event, FakeContext())
+    body = json.loads(resp["body"])
+    assert resp["statusCode"] == 422, resp
+    assert body["error"] == "ValidationError", body
+    assert [f["field"] for f in body["fields"]] == ["body"], body
+    assert table_items(ddb) == before
+
+
 def test_an_unsigned_request_is_refused(api, ddb):
     before = table_items(ddb)
     status, body = api.call("POST", "/annexes", as_=None, body=BODY)

@@ -306,7 +306,7 @@ def checked_event(event: dict[str, Any], query_params: QueryParams | None = None
     _check_query(event, query_params)
     _check_content_type(event)
     if event.get("body") in (None, ""):
-        return event
+        return {**event, **_json_headers(event, body=False)}
     parsed = parse_json_strictly(_body_text(event))
     if not isinstance(parsed, dict):
         reason = "the body must be a JSON object (or absent where the route allows)"
@@ -316,7 +316,25 @@ def checked_event(event: dict[str, Any], query_params: QueryParams | None = None
             f"invalid request: body: {reason}",
             [ErrorField(field="body", reason=reason)],
         )
-    return {**event, "body": json.dumps(parsed), "isBase64Encoded": False}
+    return {**event, **_json_headers(event, body=True), "body": json.dumps(parsed), "isBase64Encoded": False}
+
+
+def _json_headers(event: dict[str, Any], *, body: bool) -> dict[str, Any]:
+    """The event's headers with one canonical Content-Type: `application/json` for the checked body, none
+    without a body. Behind the gate, Powertools' validation reads a body only under a media type that
+    starts with `application/json` (case and all), so `application/merge-patch+json` or `Application/JSON`,
+    which the gate accepts as JSON, would reach it as unsupported; and a bodiless request's declared type
+    says nothing."""
+    out: dict[str, Any] = {}
+    for key, canonical in (("headers", "application/json"), ("multiValueHeaders", ["application/json"])):
+        headers = event.get(key)
+        if headers is None:
+            continue
+        kept = {name: value for name, value in headers.items() if name.lower() != "content-type"}
+        if body:
+            kept["Content-Type"] = canonical
+        out[key] = kept
+    return out
 
 
 def strict_input[Handler: Callable[..., dict[str, Any]]](
