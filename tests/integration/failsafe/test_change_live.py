@@ -19,7 +19,9 @@ MINUTE = timedelta(minutes=1)
 
 
 def service(fleet):
-    return AnnexService(fleet.store, fleet.ec2, RequestSettings.from_env(function_env("RequestFunction")))
+    return AnnexService(
+        fleet.store, lambda: fleet.ec2, RequestSettings.from_env(function_env("RequestFunction"))
+    )
 
 
 def alice():

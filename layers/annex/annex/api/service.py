@@ -57,13 +57,8 @@ if TYPE_CHECKING:
     from annex.failsafe.lease_timer import TimerQueue
 
 # Cold start: the typical first request (list, get, create) needs neither EC2 nor SNS, and creating a
-# botocore client costs tens of milliseconds (EC2's service model alone ~100 ms), so the request function
-# hands over the routes-only collaborators as functions that make them, called at their first use.
-type Made[T] = T | Callable[[], T]
-
-
-def _made[T](given: Made[T]) -> T:
-    return given() if callable(given) else given
+# botocore client costs tens of milliseconds (EC2's service model alone ~100 ms), so the service takes
+# the routes-only collaborators as functions that make them, called at their first use.
 
 
 def fingerprint(
@@ -101,12 +96,13 @@ class AnnexService:
     def __init__(
         self,
         store: AnnexStore,
-        ec2: Made[Ec2Inventory],
+        ec2: Callable[[], Ec2Inventory],
         settings: RequestSettings,
-        sns: Made[Any] = None,
-        timers: Made[TimerQueue | None] = None,
+        sns: Callable[[], Any] | None = None,
+        timers: Callable[[], TimerQueue | None] | None = None,
     ) -> None:
-        """`ec2`, `sns` and `timers` are each the thing itself or a function that makes it at first use."""
+        """`ec2`, `sns` and `timers` make their collaborator at its first use (no `sns`: no notifications;
+        no `timers`: no lease-timer queue)."""
         self.store = store
         self.settings = settings
         self.money = MoneyService(store, settings)
@@ -114,16 +110,16 @@ class AnnexService:
 
     @cached_property
     def ec2(self) -> Ec2Inventory:  # extend, shorten and stop (lease tags, termination)
-        return _made(self._ec2)
+        return self._ec2()
 
     @cached_property
     def sns(self) -> Any:  # only POST /notifications uses it
-        return _made(self._sns)
+        return self._sns() if self._sns else None
 
     @cached_property
     def timers(self) -> TimerQueue | None:
         """The lease-timer queue: a lease set to end within minutes ends to the second."""
-        return _made(self._timers)
+        return self._timers() if self._timers else None
 
     def _arm_timer(self, annex: Annex, *, now: datetime) -> None:
         from annex.failsafe.lease_timer import arm_if_due_soon  # noqa: PLC0415 - cold start: create/extend/shorten
