@@ -18,7 +18,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from annex.core.models import ErrorBody, ErrorField
+from annex.api.answers import error_answer
+from annex.core.models import ErrorField
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
@@ -50,11 +51,11 @@ class InputRefused(Exception):
         self.fields = fields or []
 
     def answer(self, headers: dict[str, str] | None = None) -> dict[str, Any]:
-        error = ErrorBody(error=self.code, message=self.message, fields=self.fields)
+        error = error_answer(self.status, self.code, self.message, self.fields)
         return {
             "statusCode": self.status.value,
             "headers": {"Content-Type": "application/json", **(headers or {})},
-            "body": json.dumps(error.model_dump(mode="json"), separators=(",", ":")),
+            "body": json.dumps(error.json(), separators=(",", ":")),
             "isBase64Encoded": False,
         }
 
